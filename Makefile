@@ -1,0 +1,35 @@
+# The two commands in the README: `make repro` and `make test`. Everything the project needs is
+# installed here, so a machine with only Python 3.10+ and git is enough.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: repro repo test lint env clean-env
+
+env: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# dvc and `dvc exp` need a git repository with DVC initialised.
+repo: env
+	test -d .git || (git init -q && git add -A && git -c user.name=denoise -c user.email=denoise@localhost commit -qm "initial import")
+	test -d .dvc || $(BIN)/dvc init -q
+
+repro: repo
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+test: env
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+
+lint: env
+	$(BIN)/ruff check src stages tests benchmarks
+	$(BIN)/ruff format --check src stages tests benchmarks
+
+clean-env:
+	rm -rf $(VENV)

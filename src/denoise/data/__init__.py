@@ -1,0 +1,1 @@
+"""Data: SIDD download, the synthetic camera, crops and splits, the training Dataset."""

@@ -1,0 +1,101 @@
+"""The compact patch store that training reads, and the Dataset on top of it.
+
+One split is a folder holding ``noisy.npy`` and ``clean.npy``: uint8 arrays of shape
+``(N, P, P, 3)``, memory-mapped on read, so a random patch costs one slice and no PNG decode.
+
+:class:`RandomCropDataset` draws a fresh random sub-crop and a random dihedral transform
+(flips and 90-degree rotations) every time an index is fetched; the randomness comes from a
+generator seeded per (seed, epoch, index), so a run is reproducible and the DataLoader worker
+count does not change the samples.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from denoise.errors import DenoiseError
+from denoise.fileio import atomic_path
+
+NOISY_FILE = "noisy.npy"
+CLEAN_FILE = "clean.npy"
+
+
+def write_patch_store(out_dir: str | Path, noisy: np.ndarray, clean: np.ndarray) -> None:
+    """Write one split's patches (``(N, P, P, 3)`` uint8 each) atomically."""
+    if noisy.shape != clean.shape or noisy.dtype != np.uint8 or clean.dtype != np.uint8:
+        raise ValueError(f"noisy {noisy.shape} {noisy.dtype} vs clean {clean.shape} {clean.dtype}")
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        np.save(tmp / NOISY_FILE, noisy)
+        np.save(tmp / CLEAN_FILE, clean)
+
+
+def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map one split's ``(noisy, clean)`` patch arrays."""
+    split_dir = Path(split_dir)
+    try:
+        noisy = np.load(split_dir / NOISY_FILE, mmap_mode="r")
+        clean = np.load(split_dir / CLEAN_FILE, mmap_mode="r")
+    except FileNotFoundError as e:
+        raise DenoiseError(f"{split_dir}: no patch store ({e.filename} missing); "
+                           "run the crop-split stage first") from None
+    if noisy.shape != clean.shape or noisy.ndim != 4 or noisy.shape[-1] != 3:
+        raise DenoiseError(f"{split_dir}: noisy {noisy.shape} and clean {clean.shape} "
+                           "are not matching (N, P, P, 3) arrays")
+    return noisy, clean
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HWC uint8 -> CHW float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1)).float().div_(255.0)
+
+
+def dihedral(img: np.ndarray, k: int) -> np.ndarray:
+    """One of the 8 flips/rotations of an HWC image (``k`` in 0..7)."""
+    img = np.rot90(img, k % 4, axes=(0, 1))
+    return img[:, ::-1] if k >= 4 else img
+
+
+class RandomCropDataset(Dataset):
+    """Random ``crop`` x ``crop`` sub-crops with random dihedral augmentation.
+
+    ``len`` is the number of patches; call :meth:`set_epoch` so each pass draws new crops.
+    With ``augment=False`` the crop is the patch centre and no transform is applied (for
+    validation).
+    """
+
+    def __init__(self, split_dir: str | Path, crop: int, *, augment: bool = True,
+                 seed: int = 0) -> None:
+        self.noisy, self.clean = read_patch_store(split_dir)
+        patch = self.noisy.shape[1]
+        if crop > patch or crop > self.noisy.shape[2]:
+            raise DenoiseError(f"{split_dir}: crop {crop} is larger than the stored "
+                               f"{self.noisy.shape[1]}x{self.noisy.shape[2]} patches")
+        self.crop = crop
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.noisy.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        _, h, w, _ = self.noisy.shape
+        c = self.crop
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            y = int(rng.integers(0, h - c + 1))
+            x = int(rng.integers(0, w - c + 1))
+            k = int(rng.integers(0, 8))
+        else:
+            y, x, k = (h - c) // 2, (w - c) // 2, 0
+        noisy = dihedral(self.noisy[index, y:y + c, x:x + c], k)
+        clean = dihedral(self.clean[index, y:y + c, x:x + c], k)
+        return to_tensor(noisy), to_tensor(clean)

@@ -1,0 +1,10 @@
+"""The one exception type a user is meant to read.
+
+Library code raises :class:`DenoiseError` with a single line that names the file (or URL)
+and the problem; stage scripts and the CLI print it as ``error: ...`` and exit non-zero.
+Anything else escaping is a bug and keeps its traceback.
+"""
+
+
+class DenoiseError(Exception):
+    """A user-facing failure: bad input, missing data, failed verification."""
