@@ -15,9 +15,7 @@ from skimage.metrics import structural_similarity
 def to_uint8(img: np.ndarray | torch.Tensor) -> np.ndarray:
     """Clamp a float image in [0, 1] (HWC numpy or CHW tensor) and quantise it to HWC uint8."""
     if isinstance(img, torch.Tensor):
-        img = img.detach().float().cpu().numpy()
-        if img.ndim == 3 and img.shape[0] in (1, 3) and img.shape[-1] not in (1, 3):
-            img = img.transpose(1, 2, 0)
+        img = img.detach().float().cpu().numpy().transpose(1, 2, 0)  # tensors are CHW
     if img.dtype == np.uint8:
         return img
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)

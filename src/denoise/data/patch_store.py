@@ -11,6 +11,8 @@ count does not change the samples.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,28 @@ def write_patch_store(out_dir: str | Path, noisy: np.ndarray, clean: np.ndarray)
         np.save(tmp / CLEAN_FILE, clean)
 
 
+@contextlib.contextmanager
+def create_patch_store(out_dir: str | Path, count: int,
+                       patch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Streaming form of :func:`write_patch_store` for stores larger than memory.
+
+    Yields ``(noisy, clean)`` writable memory maps of shape ``(count, P, P, 3)`` to be filled
+    in place (e.g. one image at a time); the folder appears at ``out_dir`` only when the block
+    exits without an exception. The files are byte-identical to what ``write_patch_store``
+    writes for the same arrays.
+    """
+    shape = (count, patch_size, patch_size, 3)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir()
+        noisy = np.lib.format.open_memmap(tmp / NOISY_FILE, mode="w+", dtype=np.uint8,
+                                          shape=shape)
+        clean = np.lib.format.open_memmap(tmp / CLEAN_FILE, mode="w+", dtype=np.uint8,
+                                          shape=shape)
+        yield noisy, clean
+        noisy.flush()
+        clean.flush()
+
+
 def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map one split's ``(noisy, clean)`` patch arrays."""
     split_dir = Path(split_dir)
@@ -51,7 +75,10 @@ def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:
     """HWC uint8 -> CHW float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img).transpose(2, 0, 1)).float().div_(255.0)
+    # Converting to float copies, so a read-only memmap slice never reaches torch.from_numpy
+    # (which warns about non-writable arrays).
+    chw = np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32)
+    return torch.from_numpy(chw).div_(255.0)
 
 
 def dihedral(img: np.ndarray, k: int) -> np.ndarray:

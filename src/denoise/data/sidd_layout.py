@@ -69,7 +69,7 @@ def iso_band(iso: int) -> str:
 
 
 def data_dir(root: str | Path) -> Path:
-    """Find the ``Data`` folder under ``root`` (``root/Data`` or ``root/SIDD_Small_sRGB_Only/Data``)."""
+    """The ``Data`` folder under ``root``: ``root/Data`` or ``root/SIDD_Small_sRGB_Only/Data``."""
     root = Path(root)
     for cand in (root / DATA_DIR, root / ARCHIVE_ROOT / DATA_DIR, root):
         if cand.is_dir() and any(_NAME.match(p.name) for p in cand.iterdir() if p.is_dir()):

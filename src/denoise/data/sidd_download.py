@@ -1,0 +1,433 @@
+"""Download, verify and safely extract the SIDD-Small sRGB archive.
+
+The archive is 6.6 GB, so the download must survive a flaky network and never waste work:
+
+* Bytes stream into ``<archive>.part``; an interrupted download resumes from the ``.part`` size
+  with an HTTP ``Range`` request (a server that ignores ``Range`` and answers ``200`` restarts
+  the file cleanly; a ``416`` means the ``.part`` is not a prefix of the file, so it is dropped).
+* The finished ``.part`` is checked (size first, then an MD5 computed chunk by chunk) and only
+  then renamed to ``<archive>``. A ``.part`` that fails is moved to ``<archive>.rejected`` (the
+  user can inspect it; the next run starts from zero); a verified archive is never deleted.
+* ``<archive>.verified`` is a small JSON sidecar ``{size, md5, mtime_ns}`` written after a
+  successful check. While it matches the archive's size and modification time, later runs trust
+  it instead of re-hashing 6.6 GB; touching or replacing the archive invalidates it.
+* Extraction refuses absolute paths, ``..`` components, symlinks and anything resolving outside
+  the target, extracts into a temporary sibling of the target and renames it into place, so a bad
+  archive never leaves a half-written target behind.
+
+Every failure a user can cause or fix is one :class:`DenoiseError` line naming the URL or file.
+To use a copy obtained elsewhere, place it at ``<cache_dir>/<archive name>``: it is verified
+against the expected size and MD5 and used without any network access.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import stat
+import time
+import zipfile
+from pathlib import Path, PurePosixPath
+from urllib.error import HTTPError, URLError
+from urllib.parse import unquote, urlparse
+from urllib.request import Request, urlopen
+
+from tqdm import tqdm
+
+from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
+from denoise.errors import DenoiseError
+from denoise.fileio import atomic_path, write_json
+
+CHUNK = 1 << 20
+DEFAULT_ARCHIVE = "SIDD_Small_sRGB_Only.zip"
+_MD5 = re.compile(r"^[0-9a-f]{32}$")
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+class _Interrupted(Exception):
+    """The transfer stopped early; the ``.part`` holds what arrived and a retry can resume."""
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def _md5_of(path: Path, *, progress: bool) -> str:
+    h = hashlib.md5()
+    with (
+        open(path, "rb") as f,
+        tqdm(
+            total=path.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"md5 {path.name}",
+            disable=not progress,
+        ) as bar,
+    ):
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def _mismatch(path: Path, size: int, md5: str, *, progress: bool) -> str | None:
+    """Why ``path`` is not the expected file, or None when it is (size is checked first)."""
+    actual = path.stat().st_size
+    if actual != size:
+        return f"size {actual} bytes, expected {size}"
+    digest = _md5_of(path, progress=progress)
+    if digest != md5.lower():
+        return f"MD5 {digest}, expected {md5.lower()}"
+    return None
+
+
+def verify(path: str | Path, size: int, md5: str, *, progress: bool = True) -> None:
+    """Raise :class:`DenoiseError` unless ``path`` has exactly ``size`` bytes and MD5 ``md5``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DenoiseError(f"{path}: file not found")
+    reason = _mismatch(path, size, md5, progress=progress)
+    if reason:
+        raise DenoiseError(f"{path}: {reason}")
+
+
+def _marker(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".verified")
+
+
+def is_verified(archive: str | Path, size: int, md5: str) -> bool:
+    """True when the ``.verified`` sidecar vouches for ``archive`` as it is now (no hashing)."""
+    archive = Path(archive)
+    try:
+        st = archive.stat()
+        record = json.loads(_marker(archive).read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        record == {"size": size, "md5": md5.lower(), "mtime_ns": st.st_mtime_ns}
+        and st.st_size == size
+    )
+
+
+def _mark_verified(archive: Path, size: int, md5: str) -> None:
+    write_json(
+        _marker(archive), {"size": size, "md5": md5.lower(), "mtime_ns": archive.stat().st_mtime_ns}
+    )
+
+
+# ------------------------------------------------------------------------------- download
+
+
+def archive_name(url: str) -> str:
+    """The file name the URL serves (its last path segment), e.g. ``SIDD_Small_sRGB_Only.zip``."""
+    name = PurePosixPath(unquote(urlparse(url).path)).name
+    return name or DEFAULT_ARCHIVE
+
+
+def _check_request(url: str, size: int, md5: str) -> None:
+    if urlparse(url).scheme not in ("http", "https"):
+        raise DenoiseError(f"{url}: not an http(s) URL; set data.sidd.url to the archive's URL")
+    if not isinstance(size, int) or size <= 0:
+        raise DenoiseError(f"{url}: expected size must be a positive byte count, got {size!r}")
+    if not _MD5.match(str(md5).lower()):
+        raise DenoiseError(f"{url}: expected MD5 must be 32 hex digits, got {md5!r}")
+
+
+def _check_space(folder: Path, needed: int, what: str) -> None:
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DenoiseError(
+            f"not enough free space in {folder} for {what}: need {needed} bytes, "
+            f"{free} free; free some space or use another folder"
+        )
+
+
+def _parse_content_range(value: str | None) -> tuple[int, int | None]:
+    m = _CONTENT_RANGE.match((value or "").strip())
+    if m is None:
+        raise _Interrupted(f"unreadable Content-Range {value!r}")
+    total = None if m.group(3) == "*" else int(m.group(3))
+    return int(m.group(1)), total
+
+
+def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTPResponse:
+    """Send the (ranged) GET; turn every failure to connect into a DenoiseError or _Interrupted."""
+    headers = {"User-Agent": "denoise-sidd-download/1", "Accept-Encoding": "identity"}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urlopen(Request(url, headers=headers), timeout=timeout)
+    except HTTPError as e:
+        e.close()
+        if e.code == 416 and offset:
+            part.unlink()
+            raise _Interrupted("server refused the resume (HTTP 416); restarting") from None
+        kept = f"; the partial download {part} is kept for the next run" if offset else ""
+        raise DenoiseError(
+            f"HTTP {e.code} {e.reason} from {url}; check data.sidd.url or set it to a mirror{kept}"
+        ) from None
+    except URLError as e:
+        raise DenoiseError(
+            f"cannot reach {url}: {e.reason}; check the network or set data.sidd.url to a mirror"
+        ) from None
+    except (OSError, http.client.HTTPException) as e:
+        raise DenoiseError(
+            f"cannot reach {url}: {e}; check the network or set data.sidd.url to a mirror"
+        ) from None
+
+
+def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool) -> None:
+    """Bring ``part`` to ``size`` bytes (or more, for verification to reject); one HTTP request.
+
+    Raises :class:`_Interrupted` when the transfer stopped early and may be resumed.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > size:  # cannot be a prefix of the expected file
+        part.unlink()
+        offset = 0
+    if offset == size:
+        return
+    _check_space(part.parent, size - offset, f"the rest of {url}")
+    with _open(url, part, offset, timeout) as resp:
+        if resp.status == 206:
+            start, total = _parse_content_range(resp.headers.get("Content-Range"))
+            if start != offset:
+                part.unlink()
+                raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
+            mode = "ab"
+        else:  # 200: the server ignored Range (or there was none) and sends the whole file
+            offset, mode = 0, "wb"
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        if total is not None and total != size:
+            raise DenoiseError(
+                f"{url} serves {total} bytes but {size} are expected; check "
+                "data.sidd.url and data.sidd.size"
+            )
+        written = offset
+        try:
+            with (
+                open(part, mode) as f,
+                tqdm(
+                    total=size,
+                    initial=offset,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=part.name,
+                    disable=not progress,
+                ) as bar,
+            ):
+                while written <= size:
+                    try:
+                        chunk = resp.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Interrupted(f"{type(e).__name__}: {e}") from None
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    written += len(chunk)
+                    bar.update(len(chunk))
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise DenoiseError(
+                    f"no space left on device writing {part} ({written} of {size} "
+                    "bytes); free space or set data.sidd.cache_dir elsewhere, "
+                    "then run again to resume"
+                ) from None
+            raise DenoiseError(f"cannot write {part}: {e.strerror or e}") from None
+    if written < size:
+        raise _Interrupted(f"connection closed after {written} of {size} bytes")
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    size: int,
+    md5: str,
+    timeout: float = 60.0,
+    retries: int = 3,
+    retry_delay: float = 2.0,
+    progress: bool = True,
+) -> Path:
+    """Make ``dest`` a verified copy of ``url``, downloading (or resuming) only what is missing.
+
+    ``retries`` interrupted transfers are resumed automatically, waiting ``retry_delay`` seconds
+    doubled each time; after that the ``.part`` stays on disk and the next call resumes it.
+    Returns ``dest``.
+    """
+    dest = Path(dest)
+    _check_request(url, size, md5)
+    if dest.exists():
+        if is_verified(dest, size, md5):
+            return dest
+        reason = _mismatch(dest, size, md5, progress=progress)
+        if reason:
+            raise DenoiseError(
+                f"{dest}: {reason}; this archive is not the expected one and is "
+                "left untouched: move it away to download again, or fix "
+                "data.sidd.size/md5"
+            )
+        _mark_verified(dest, size, md5)
+        return dest
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _transfer(url, part, size=size, timeout=timeout, progress=progress)
+            break
+        except _Interrupted as e:
+            have = part.stat().st_size if part.exists() else 0
+            if attempt == retries:
+                raise DenoiseError(
+                    f"download of {url} interrupted at {have} of {size} bytes "
+                    f"({e}); run again to resume from {part}"
+                ) from None
+            tqdm.write(f"download interrupted at {have} of {size} bytes ({e}); resuming")
+            time.sleep(retry_delay * 2**attempt)
+
+    reason = _mismatch(part, size, md5, progress=progress)
+    if reason:
+        rejected = dest.with_name(dest.name + ".rejected")
+        os.replace(part, rejected)
+        raise DenoiseError(
+            f"{url}: downloaded file failed verification ({reason}); moved to "
+            f"{rejected}; check data.sidd.url and data.sidd.md5"
+        )
+    os.replace(part, dest)
+    _mark_verified(dest, size, md5)
+    return dest
+
+
+# -------------------------------------------------------------------------------- extract
+
+
+def _unsafe_reason(info: zipfile.ZipInfo, root: Path) -> str | None:
+    """Why extracting this member could write outside ``root``, or None when it is safe."""
+    name = info.filename
+    parts = re.split(r"[/\\]", name)
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return "absolute path"
+    if ".." in parts:
+        return "'..' path component"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link"
+    if "\x00" in name:
+        return "NUL in name"
+    resolved = (root / name).resolve()
+    if resolved != root and root not in resolved.parents:
+        return "resolves outside the target folder"
+    return None
+
+
+def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], root: Path) -> None:
+    for info in infos:
+        reason = _unsafe_reason(info, root)
+        if reason:
+            raise DenoiseError(
+                f"{zip_path}: refusing unsafe member {info.filename!r} ({reason}); "
+                "nothing was extracted"
+            )
+
+
+def _check_pairs(zip_path: Path, staged: Path) -> int:
+    """The extracted tree must hold SIDD instances, each with its GT and noisy image."""
+    try:
+        instances = list_instances(staged)
+    except DenoiseError:
+        raise DenoiseError(
+            f"{zip_path}: archive holds no SIDD-layout instances "
+            "(expected SIDD_Small_sRGB_Only/Data/<instance>/)"
+        ) from None
+    for inst, folder in instances:
+        for fname in (GT_NAME, NOISY_NAME):
+            if not (folder / fname).is_file():
+                raise DenoiseError(f"{zip_path}: instance {inst.name} has no {fname}")
+    return len(instances)
+
+
+def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool = True) -> int:
+    """Extract a SIDD-layout zip into ``target_dir`` atomically; returns the instance count.
+
+    Every member is checked before anything is written; extraction goes to a temporary sibling
+    of ``target_dir`` which replaces it only once complete and checked, so on any failure
+    ``target_dir`` is left exactly as it was.
+    """
+    zip_path, target_dir = Path(zip_path), Path(target_dir)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            infos = zf.infolist()
+            target_dir.parent.mkdir(parents=True, exist_ok=True)
+            _check_members(zip_path, infos, target_dir.resolve())
+            _check_space(
+                target_dir.parent, sum(i.file_size for i in infos), f"extracting {zip_path}"
+            )
+            with atomic_path(target_dir) as staged:
+                staged.mkdir()
+                with tqdm(
+                    total=sum(i.file_size for i in infos),
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=f"extract {zip_path.name}",
+                    disable=not progress,
+                ) as bar:
+                    for info in infos:
+                        out = staged / info.filename
+                        if info.is_dir():
+                            out.mkdir(parents=True, exist_ok=True)
+                            continue
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        with zf.open(info) as src, open(out, "wb") as dst:
+                            while chunk := src.read(CHUNK):
+                                dst.write(chunk)
+                                bar.update(len(chunk))
+                count = _check_pairs(zip_path, staged)
+    except zipfile.BadZipFile as e:
+        raise DenoiseError(f"{zip_path}: not a valid zip archive ({e})") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DenoiseError(
+                f"no space left on device extracting {zip_path} into "
+                f"{target_dir}; free space and run again"
+            ) from None
+        raise DenoiseError(
+            f"{zip_path}: cannot extract into {target_dir}: {e.strerror or e}"
+        ) from None
+    return count
+
+
+def fetch_sidd(
+    url: str,
+    *,
+    size: int,
+    md5: str,
+    cache_dir: str | Path,
+    out_dir: str | Path,
+    timeout: float = 60.0,
+    retries: int = 3,
+    progress: bool = True,
+) -> Path:
+    """Download (or reuse) the verified archive in ``cache_dir`` and extract it to ``out_dir``.
+
+    The result is ``out_dir/SIDD_Small_sRGB_Only/Data/<instance>/{GT,NOISY}_SRGB_010.PNG``.
+    Extraction always runs (DVC removes ``out_dir`` before re-running the stage anyway).
+    """
+    archive = download(
+        url,
+        Path(cache_dir) / archive_name(url),
+        size=size,
+        md5=md5,
+        timeout=timeout,
+        retries=retries,
+        progress=progress,
+    )
+    safe_extract(archive, out_dir, progress=progress)
+    return Path(out_dir)

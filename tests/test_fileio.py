@@ -1,0 +1,76 @@
+"""Atomic outputs and validated image input."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from denoise.errors import DenoiseError
+from denoise.fileio import atomic_path, read_rgb8, write_json, write_rgb8
+
+
+def test_atomic_path_replaces_on_success_and_keeps_old_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]  # no temporary left
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+    assert target.read_text() == "new"
+
+
+def test_atomic_path_replaces_a_folder_whole(tmp_path: Path) -> None:
+    target = tmp_path / "dir"
+    (target / "stale").mkdir(parents=True)
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "fresh.txt").write_text("x")
+    assert sorted(p.name for p in target.iterdir()) == ["fresh.txt"]
+
+
+def test_write_json_is_stable(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"b": 1, "a": [1.5, 2]})
+    write_json(tmp_path / "b.json", {"a": [1.5, 2], "b": 1})
+    assert (tmp_path / "a.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_rgb_round_trip_keeps_channel_order(tmp_path: Path) -> None:
+    img = np.zeros((4, 5, 3), np.uint8)
+    img[..., 0] = 200  # red
+    write_rgb8(tmp_path / "x.png", img)
+    assert np.array_equal(read_rgb8(tmp_path / "x.png"), img)
+
+
+def test_grey_and_16bit_are_converted_explicitly(tmp_path: Path) -> None:
+    grey = np.full((3, 4), 77, np.uint8)
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    out = read_rgb8(tmp_path / "g.png")
+    assert out.shape == (3, 4, 3) and (out == 77).all()
+    deep = np.full((3, 4, 3), 257 * 10, np.uint16)
+    cv2.imwrite(str(tmp_path / "d.png"), deep)
+    assert (read_rgb8(tmp_path / "d.png") == 10).all()
+    with pytest.raises(DenoiseError, match=r"d\.png: 16-bit"):
+        read_rgb8(tmp_path / "d.png", allow_convert=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("rgba.png", np.zeros((3, 4, 4), np.uint8), "RGBA"),
+        ("junk.png", None, "not a readable image"),
+        ("missing.png", "absent", "file not found"),
+    ],
+)
+def test_bad_images_name_the_file(tmp_path: Path, name: str, content, message: str) -> None:
+    path = tmp_path / name
+    if isinstance(content, np.ndarray):
+        cv2.imwrite(str(path), content)
+    elif content is None:
+        path.write_bytes(b"not an image")
+    with pytest.raises(DenoiseError, match=message) as e:
+        read_rgb8(path)
+    assert name in str(e.value)

@@ -1,0 +1,51 @@
+"""The project's metrics agree with scikit-image, the reference implementation."""
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from denoise.metrics import psnr, psnr_batch, ssim, to_uint8
+
+
+@pytest.fixture
+def pair() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    noisy = np.clip(clean + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
+    return noisy, clean
+
+
+def test_psnr_matches_skimage(pair) -> None:
+    noisy, clean = pair
+    assert psnr(noisy, clean) == pytest.approx(
+        peak_signal_noise_ratio(clean, noisy, data_range=255), abs=1e-9)
+
+
+def test_ssim_matches_skimage_gaussian_protocol(pair) -> None:
+    noisy, clean = pair
+    ref = structural_similarity(clean, noisy, data_range=255, channel_axis=-1,
+                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    assert ssim(noisy, clean) == pytest.approx(ref, abs=1e-9)
+    assert ssim(clean, clean) == pytest.approx(1.0)
+
+
+def test_scores_are_on_clamped_quantised_output() -> None:
+    img = np.array([[[-0.2, 0.5, 1.3]]], np.float32)
+    assert to_uint8(img).tolist() == [[[0, 128, 255]]]
+    chw = torch.tensor(img).permute(2, 0, 1)
+    assert to_uint8(chw).tolist() == [[[0, 128, 255]]]
+
+
+def test_batch_psnr_equals_per_image_psnr(pair) -> None:
+    noisy, clean = pair
+    n = torch.from_numpy(noisy).permute(2, 0, 1)[None].float() / 255
+    c = torch.from_numpy(clean).permute(2, 0, 1)[None].float() / 255
+    batch = torch.cat([n, c]), torch.cat([c, n])
+    got = psnr_batch(*batch)
+    assert got[0].item() == pytest.approx(psnr(noisy, clean), abs=1e-6)
+    assert got[1].item() == pytest.approx(psnr(clean, noisy), abs=1e-6)
+
+
+def test_identical_images_have_infinite_psnr(pair) -> None:
+    assert psnr(pair[1], pair[1]) == float("inf")

@@ -1,0 +1,554 @@
+"""SIDD download, verification and safe extraction, end to end against a local HTTP server.
+
+The server (stdlib http.server on 127.0.0.1, ephemeral port) serves a tiny zip in the SIDD
+layout, implements Range requests, and can misbehave on demand: cut a body in half, ignore
+Range, answer 416 or an error status.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import importlib.util
+import io
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import types
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import denoise.data.sidd_download as sd
+from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
+from denoise.errors import DenoiseError
+from denoise.fileio import read_rgb8, write_rgb8
+
+REPO = Path(__file__).resolve().parents[1]
+INSTANCES = ("0001_001_S6_00100_00060_3200_L", "0002_001_GP_00800_00100_5500_N")
+ROOT = "SIDD_Small_sRGB_Only"
+
+
+# ------------------------------------------------------------------------------ fixtures
+
+
+@dataclass
+class Archive:
+    data: bytes
+    md5: str
+    images: dict[str, np.ndarray]  # "<instance>/<file>" -> pixels
+
+
+def _zip_tree(tree: Path, extra: list[tuple[zipfile.ZipInfo | str, bytes]] = ()) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(tree.rglob("*")):
+            zf.write(path, path.relative_to(tree).as_posix())
+        for name, payload in extra:
+            zf.writestr(name, payload)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def sidd_tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """A tiny SIDD-layout folder: two instances of 8x12 PNG pairs plus Scene_Instances.txt."""
+    tree = tmp_path_factory.mktemp("sidd_src")
+    rng = np.random.default_rng(0)
+    images = {}
+    for inst in INSTANCES:
+        for fname in (GT_NAME, NOISY_NAME):
+            img = rng.integers(0, 256, (8, 12, 3), dtype=np.uint8)
+            write_rgb8(tree / ROOT / "Data" / inst / fname, img)
+            images[f"{inst}/{fname}"] = img
+    (tree / ROOT / "Scene_Instances.txt").write_text("\n".join(INSTANCES) + "\n")
+    return tree, images
+
+
+@pytest.fixture(scope="module")
+def archive(sidd_tree: tuple[Path, dict[str, np.ndarray]]) -> Archive:
+    data = _zip_tree(sidd_tree[0])
+    return Archive(data, hashlib.md5(data).hexdigest(), sidd_tree[1])
+
+
+@dataclass
+class Server:
+    url: str = ""
+    payload: bytes = b""
+    requests: list[str | None] = field(default_factory=list)  # the Range header of each GET
+    bytes_sent: int = 0
+    cut_next: int = 0  # the next N responses send half the body, then drop the connection
+    ignore_range: bool = False
+    force_416_next: int = 0
+    status: int | None = None  # answer every request with this error status
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: Any
+
+    def log_message(self, *args: Any) -> None:  # keep test output quiet
+        pass
+
+    def do_GET(self) -> None:
+        st: Server = self.server.state
+        rng = self.headers.get("Range")
+        st.requests.append(rng)
+        data = st.payload
+        if st.status is not None:
+            self.send_error(st.status)
+            return
+        start = 0
+        m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+        if m and not st.ignore_range:
+            start = int(m.group(1))
+            if st.force_416_next or start >= len(data):
+                st.force_416_next = max(0, st.force_416_next - 1)
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if st.cut_next:
+            st.cut_next -= 1
+            body = body[: len(body) // 2]
+            self.close_connection = True
+        self.wfile.write(body)
+        st.bytes_sent += len(body)
+
+
+@pytest.fixture
+def server(archive: Archive) -> Iterator[Server]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    state = Server(
+        url=f"http://127.0.0.1:{httpd.server_port}/share/{ROOT}.zip", payload=archive.data
+    )
+    httpd.state = state  # type: ignore[attr-defined]
+    thread = threading.Thread(
+        target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
+    thread.start()
+    try:
+        yield state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _fetch(server: Server, tmp_path: Path, *, md5: str, size: int | None = None, **kw: Any) -> Path:
+    kw.setdefault("retry_delay", 0.0)
+    return sd.download(
+        server.url,
+        tmp_path / "downloads" / f"{ROOT}.zip",
+        size=len(server.payload) if size is None else size,
+        md5=md5,
+        progress=False,
+        timeout=10,
+        **kw,
+    )
+
+
+def _leftovers(folder: Path) -> list[str]:
+    """Temporary siblings (atomic_path's ``.<name>.*.tmp``) left in ``folder``."""
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] if folder.exists() else []
+
+
+# ---------------------------------------------------------------------- download + extract
+
+
+def test_fetch_extracts_sidd_layout_and_second_run_downloads_nothing(
+    server: Server, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "data" / "raw"
+    kw = dict(
+        size=len(archive.data),
+        md5=archive.md5,
+        cache_dir=tmp_path / "downloads",
+        out_dir=out,
+        progress=False,
+    )
+    assert sd.fetch_sidd(server.url, **kw) == out
+
+    found = list_instances(out)
+    assert [inst.name for inst, _ in found] == sorted(INSTANCES)
+    assert found[0][1] == out / ROOT / "Data" / INSTANCES[0]
+    for key, img in archive.images.items():
+        np.testing.assert_array_equal(read_rgb8(out / ROOT / "Data" / key), img)
+    cached = tmp_path / "downloads" / f"{ROOT}.zip"
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == archive.md5
+    assert not cached.with_name(cached.name + ".part").exists()
+    assert cached.with_name(cached.name + ".verified").is_file()
+    assert server.requests == [None]
+
+    hashed: list[Path] = []
+    real_md5 = sd._md5_of
+    monkeypatch.setattr(sd, "_md5_of", lambda p, **k: hashed.append(p) or real_md5(p, **k))
+    sd.fetch_sidd(server.url, **kw)  # everything in place: no request, extraction redone
+    assert hashed == []  # the .verified sidecar spared re-hashing the archive
+    assert server.requests == [None]
+    assert len(list_instances(out)) == len(INSTANCES)
+    assert _leftovers(out.parent) == []
+
+
+def test_marker_is_invalidated_by_a_changed_archive_which_is_never_deleted(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    dest = _fetch(server, tmp_path, md5=archive.md5)
+    assert sd.is_verified(dest, len(archive.data), archive.md5)
+    assert not sd.is_verified(dest, len(archive.data), "0" * 32)
+    os.utime(dest, ns=(0, 10**18))  # touched, same bytes: re-hashed once, then trusted again
+    assert not sd.is_verified(dest, len(archive.data), archive.md5)
+    _fetch(server, tmp_path, md5=archive.md5)
+    assert sd.is_verified(dest, len(archive.data), archive.md5)
+
+    corrupt = bytearray(archive.data)
+    corrupt[len(corrupt) // 2] ^= 0xFF
+    dest.write_bytes(bytes(corrupt))  # same size, new mtime: the sidecar no longer vouches
+    assert not sd.is_verified(dest, len(archive.data), archive.md5)
+    with pytest.raises(DenoiseError, match=r"MD5 .* left untouched") as exc:
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert "\n" not in str(exc.value)
+    assert dest.read_bytes() == bytes(corrupt)
+    assert server.requests == [None]
+
+
+def test_resumes_with_range_after_the_connection_drops(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    server.cut_next = 1
+    half = len(archive.data) // 2
+    dest = tmp_path / "downloads" / f"{ROOT}.zip"
+    part = dest.with_name(dest.name + ".part")
+    with pytest.raises(DenoiseError, match=rf"interrupted at {half} of .*run again to resume"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    assert part.stat().st_size == half and not dest.exists()
+
+    _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    assert server.requests == [None, f"bytes={half}-"]
+    assert server.bytes_sent == len(archive.data)  # the second request sent only the rest
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == archive.md5
+    assert not part.exists()
+
+
+def test_retries_resume_within_one_call(server: Server, archive: Archive, tmp_path: Path) -> None:
+    server.cut_next = 2
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=2)
+    assert len(server.requests) == 3 and all(
+        r and r.startswith("bytes=") for r in server.requests[1:]
+    )
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == archive.md5
+
+
+def test_server_ignoring_range_restarts_cleanly(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    server.cut_next, server.ignore_range = 1, True
+    with pytest.raises(DenoiseError, match="interrupted"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    assert server.requests[1] is not None  # asked to resume, got the whole file (200)
+    assert dest.read_bytes() == archive.data
+
+
+def test_416_drops_the_partial_and_restarts(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    server.cut_next, server.force_416_next = 1, 1
+    with pytest.raises(DenoiseError, match="interrupted"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    assert server.requests[1] is not None and server.requests[2] is None
+    assert dest.read_bytes() == archive.data
+
+
+def test_bad_checksum_rejects_the_download_and_extracts_nothing(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    out = tmp_path / "data" / "raw"
+    bad = r"failed verification \(MD5 [0-9a-f]{32}, expected 0+\)"
+    with pytest.raises(DenoiseError, match=bad):
+        sd.fetch_sidd(
+            server.url,
+            size=len(archive.data),
+            md5="0" * 32,
+            cache_dir=tmp_path / "downloads",
+            out_dir=out,
+            progress=False,
+        )
+    dl = tmp_path / "downloads"
+    assert not out.exists()
+    assert sorted(p.name for p in dl.iterdir()) == [f"{ROOT}.zip.rejected"]
+
+
+def test_wrong_size_from_the_server_is_refused_before_downloading(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    with pytest.raises(DenoiseError, match=rf"serves {len(archive.data)} bytes but 1000 are"):
+        _fetch(server, tmp_path, md5=archive.md5, size=1000)
+    assert not (tmp_path / "downloads" / f"{ROOT}.zip.part").exists()  # nothing was written
+
+
+def test_http_error_status_is_one_line(server: Server, archive: Archive, tmp_path: Path) -> None:
+    server.status = 404
+    with pytest.raises(DenoiseError, match=rf"HTTP 404 .* from {re.escape(server.url)}") as exc:
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert "\n" not in str(exc.value)
+
+
+def test_unreachable_url_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/{ROOT}.zip"
+    with pytest.raises(
+        DenoiseError, match=rf"cannot reach {re.escape(url)}: .*data.sidd.url"
+    ) as exc:
+        sd.download(url, tmp_path / "a.zip", size=10, md5="0" * 32, progress=False)
+    assert "\n" not in str(exc.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url,size,md5,match",
+    [
+        ("ftp://example.org/a.zip", 10, "0" * 32, "not an http"),
+        ("http://127.0.0.1/a.zip", 0, "0" * 32, "positive byte count"),
+        ("http://127.0.0.1/a.zip", 10, "xyz", "32 hex digits"),
+    ],
+)
+def test_bad_request_params(tmp_path: Path, url: str, size: int, md5: str, match: str) -> None:
+    with pytest.raises(DenoiseError, match=match):
+        sd.download(url, tmp_path / "a.zip", size=size, md5=md5, progress=False)
+
+
+def test_not_enough_space_is_refused_up_front(
+    server: Server, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sd.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=5))
+    with pytest.raises(DenoiseError, match="not enough free space"):
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert server.requests == []
+
+
+class _FullDisk(io.BytesIO):
+    def write(self, b: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _full_disk_open(real_open: Any) -> Any:
+    def fake(path: Any, mode: str = "r", *a: Any, **kw: Any) -> Any:
+        return _FullDisk() if mode in ("wb", "ab") else real_open(path, mode, *a, **kw)
+
+    return fake
+
+
+def test_disk_full_while_downloading(
+    server: Server, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sd, "open", _full_disk_open(open), raising=False)
+    with pytest.raises(DenoiseError, match=r"no space left on device writing .*\.part"):
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert not (tmp_path / "downloads" / f"{ROOT}.zip").exists()
+
+
+def test_disk_full_while_extracting_keeps_the_old_target(
+    archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    zpath = tmp_path / "a.zip"
+    zpath.write_bytes(archive.data)
+    out = tmp_path / "raw"
+    (out / "old.txt").parent.mkdir()
+    (out / "old.txt").write_text("previous run")
+    monkeypatch.setattr(sd, "open", _full_disk_open(open), raising=False)
+    with pytest.raises(DenoiseError, match="no space left on device extracting"):
+        sd.safe_extract(zpath, out, progress=False)
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------------ safe extraction
+
+
+def _symlink(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize(
+    "member,reason",
+    [
+        ("../evil", "'..' path component"),
+        (f"{ROOT}/Data/../../../evil", "'..' path component"),
+        ("/abs", "absolute path"),
+        ("C:/windows/evil", "absolute path"),
+        (_symlink(f"{ROOT}/Data/link"), "symbolic link"),
+    ],
+)
+def test_hostile_members_are_refused_and_nothing_is_extracted(
+    server: Server,
+    sidd_tree: tuple[Path, dict[str, np.ndarray]],
+    tmp_path: Path,
+    member: zipfile.ZipInfo | str,
+    reason: str,
+) -> None:
+    data = _zip_tree(sidd_tree[0], [(member, b"/etc/passwd")])
+    server.payload = data
+    work = tmp_path / "work"
+    out = work / "data" / "raw"
+    name = member.filename if isinstance(member, zipfile.ZipInfo) else member
+    with pytest.raises(DenoiseError, match=re.escape(f"{name!r} ({reason})")):
+        sd.fetch_sidd(
+            server.url,
+            size=len(data),
+            md5=hashlib.md5(data).hexdigest(),
+            cache_dir=work / "downloads",
+            out_dir=out,
+            progress=False,
+        )
+    assert not out.exists()
+    assert _leftovers(out.parent) == []
+    assert not list(tmp_path.rglob("evil")) and not list(tmp_path.rglob("link"))
+    assert (work / "downloads" / f"{ROOT}.zip").is_file()  # verified archive kept
+
+
+def test_symlinked_parent_resolving_outside_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "raw"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target.mkdir()
+    (target / "escape").symlink_to(outside)
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr("escape/evil", b"x")
+    with pytest.raises(DenoiseError, match="resolves outside"):
+        sd.safe_extract(zpath, target, progress=False)
+    assert list(outside.iterdir()) == []
+
+
+def test_archive_without_sidd_instances_is_refused(tmp_path: Path) -> None:
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr(f"{ROOT}/Data/not_an_instance/{GT_NAME}", b"x")
+    with pytest.raises(DenoiseError, match="no SIDD-layout instances"):
+        sd.safe_extract(zpath, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists() and _leftovers(tmp_path) == []
+
+
+def test_instance_missing_its_noisy_image_is_refused(tmp_path: Path) -> None:
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        zf.writestr(f"{ROOT}/Data/{INSTANCES[0]}/{GT_NAME}", b"x")
+    with pytest.raises(DenoiseError, match=f"{INSTANCES[0]} has no {NOISY_NAME}"):
+        sd.safe_extract(zpath, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_not_a_zip(tmp_path: Path) -> None:
+    zpath = tmp_path / "a.zip"
+    zpath.write_bytes(b"this is not a zip archive")
+    with pytest.raises(DenoiseError, match=f"{re.escape(str(zpath))}: not a valid zip"):
+        sd.safe_extract(zpath, tmp_path / "raw", progress=False)
+
+
+def test_archive_name_follows_the_url() -> None:
+    assert sd.archive_name("http://h/share/SIDD_Small_sRGB_Only.zip?x=1") == f"{ROOT}.zip"
+    assert sd.archive_name("https://mirror.example/a%20b.zip") == "a b.zip"
+    assert sd.archive_name("https://mirror.example/") == sd.DEFAULT_ARCHIVE
+
+
+# ---------------------------------------------------------------------------- stage script
+
+
+def _stage_module() -> types.ModuleType:
+    stages = str(REPO / "stages")
+    if stages not in sys.path:
+        sys.path.insert(0, stages)
+    spec = importlib.util.spec_from_file_location("stage_download", REPO / "stages" / "download.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_params(tmp_path: Path, data: dict[str, Any]) -> Path:
+    p = tmp_path / "params.yaml"
+    p.write_text(yaml.safe_dump({"data": data}))
+    return p
+
+
+def test_stage_unknown_source_is_one_line_error(tmp_path: Path) -> None:
+    _write_params(tmp_path, {"source": "kaggle"})
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "download.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "'kaggle'" in lines[0] and "synthetic, sidd" in lines[0]
+    assert not (tmp_path / "data").exists()
+
+
+def test_stage_missing_keys_are_named(tmp_path: Path) -> None:
+    stage = _stage_module()
+    params = _write_params(tmp_path, {"source": "sidd", "sidd": {"url": "http://x/a.zip"}})
+    with pytest.raises(DenoiseError, match=r"missing data\.sidd\.size, data\.sidd\.md5"):
+        stage.main(params, tmp_path / "raw")
+
+
+def test_stage_synthetic_calls_the_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[Path, dict[str, Any]]] = []
+    fake = types.ModuleType("denoise.data.synthetic_camera")
+    fake.generate_dataset = lambda out, **kw: calls.append((out, kw)) or [object()] * 3
+    monkeypatch.setitem(sys.modules, "denoise.data.synthetic_camera", fake)
+    stage = _stage_module()
+    params = _write_params(
+        tmp_path,
+        {
+            "source": "synthetic",
+            "synthetic": {"instances": 3, "height": 32, "width": 48, "seed": 7},
+        },
+    )
+    stage.main(params, tmp_path / "raw")
+    assert calls == [(tmp_path / "raw", {"instances": 3, "height": 32, "width": 48, "seed": 7})]
+
+
+def test_stage_sidd_downloads_and_extracts(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    stage = _stage_module()
+    params = _write_params(
+        tmp_path,
+        {
+            "source": "sidd",
+            "sidd": {
+                "url": server.url,
+                "size": len(archive.data),
+                "md5": archive.md5,
+                "cache_dir": str(tmp_path / "downloads"),
+            },
+        },
+    )
+    stage.main(params, tmp_path / "data" / "raw")
+    assert [i.name for i, _ in list_instances(tmp_path / "data" / "raw")] == sorted(INSTANCES)
