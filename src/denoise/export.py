@@ -1,0 +1,151 @@
+"""ONNX export of a checkpoint, with the checks that make the file safe to deploy.
+
+A trained network becomes ``model.onnx`` with a dynamic batch, height and width (opset >= 17,
+the legacy TorchScript exporter: it needs only ``onnx``). Before anything reaches the Triton
+model repository the file must pass ``onnx.checker``, keep NAFNet's LayerNorm as native
+``LayerNormalization`` nodes (TensorRT keeps those in FP32; an FP16 LayerNorm gives NaN), and
+match PyTorch within a tolerance on several sizes, including ones that are not multiples of 16
+(NAFNet pads internally, so a shape baked in at trace time shows up only there).
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from denoise import triton
+from denoise.checkpoint import load_model
+from denoise.errors import DenoiseError
+from denoise.fileio import atomic_path, write_json
+from denoise.infer import OnnxRuntimeBackend
+
+MIN_OPSET = 17
+# Models whose graph must contain native LayerNormalization nodes after export.
+NEEDS_LAYERNORM = {"nafnet"}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The ``export`` section of params.yaml."""
+
+    opset: int
+    tolerance: float
+    parity_sizes: tuple[tuple[int, int], ...]
+    parity_batch: int
+    seed: int
+    max_batch_size: int
+    python_threads: int
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> ExportSettings:
+        s = dict(section)
+        if "parity_sizes" in s:
+            s["parity_sizes"] = tuple(tuple(int(v) for v in hw) for hw in s["parity_sizes"])
+        missing = set(cls.__dataclass_fields__) - set(s)
+        unknown = set(s) - set(cls.__dataclass_fields__)
+        if missing or unknown:
+            raise DenoiseError(f"params.yaml export: missing {sorted(missing)}, "
+                               f"unknown {sorted(unknown)}")
+        return cls(**s)
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17,
+                sample_hw: tuple[int, int] = (64, 64)) -> None:
+    """Export ``model`` to ``path`` with dynamic batch/height/width axes, atomically."""
+    if opset < MIN_OPSET:
+        raise DenoiseError(f"export opset {opset} < {MIN_OPSET}: LayerNorm would not be a "
+                           "native LayerNormalization node")
+    model = model.eval().float().cpu()
+    sample = torch.rand(1, 3, *sample_hw)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    with atomic_path(path) as tmp, torch.no_grad():
+        torch.onnx.export(
+            model, (sample,), str(tmp), dynamo=False, opset_version=opset,
+            input_names=[triton.INPUT_NAME], output_names=[triton.OUTPUT_NAME],
+            dynamic_axes={triton.INPUT_NAME: axes, triton.OUTPUT_NAME: axes},
+            do_constant_folding=True,
+        )
+
+
+def check_onnx(path: str | Path, *, require_layernorm: bool) -> dict[str, int]:
+    """Run ``onnx.checker`` and return the graph's op-type counts.
+
+    Raises DenoiseError when the checker rejects the file, or when ``require_layernorm`` and
+    the graph has no LayerNormalization node (LayerNorm decomposed into primitive ops).
+    """
+    path = Path(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:  # onnx raises ValidationError and friends
+        raise DenoiseError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    if require_layernorm and ops["LayerNormalization"] == 0:
+        raise DenoiseError(f"{path}: no LayerNormalization node in the graph (LayerNorm was "
+                           "decomposed; TensorRT FP16 would overflow it)")
+    return dict(sorted(ops.items()))
+
+
+def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[tuple[int, int]], *,
+           batch: int = 2, seed: int = 0) -> dict[str, float]:
+    """Max absolute difference of ONNX vs PyTorch outputs, per ``HxW`` size, on random inputs."""
+    session = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    diffs: dict[str, float] = {}
+    model = model.eval().float().cpu()
+    for h, w in sizes:
+        x = rng.random((batch, 3, h, w), dtype=np.float32)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        out = session(x)
+        if out.shape != ref.shape:
+            raise DenoiseError(f"{onnx_path}: output shape {out.shape} for input {x.shape}, "
+                               f"PyTorch gives {ref.shape}")
+        diffs[f"{h}x{w}"] = float(np.max(np.abs(out - ref)))
+    return diffs
+
+
+def export_checkpoint(checkpoint: str | Path, repository: str | Path, metrics_path: str | Path,
+                      settings: ExportSettings) -> dict[str, Any]:
+    """Export ``checkpoint`` to ONNX, verify it, then write the Triton repository entries.
+
+    Verification happens on a temporary file: when the checker, the LayerNorm check or the
+    parity (max abs diff above ``settings.tolerance``) fails, a DenoiseError is raised and
+    the repository is left untouched (the metrics file is still written, for diagnosis).
+    """
+    model, ckpt = load_model(checkpoint)
+    name = str(ckpt["model"])
+    with tempfile.TemporaryDirectory(prefix="denoise-export-") as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx_path, opset=settings.opset)
+        ops = check_onnx(onnx_path, require_layernorm=name in NEEDS_LAYERNORM)
+        diffs = parity(model, onnx_path, settings.parity_sizes, batch=settings.parity_batch,
+                       seed=settings.seed)
+        worst = max(diffs.values())
+        report = {
+            "model": name, "checkpoint": str(checkpoint), "opset": settings.opset,
+            "max_abs_diff": worst, "max_abs_diff_per_size": diffs,
+            "tolerance": settings.tolerance, "passed": worst <= settings.tolerance,
+            "layernorm_nodes": ops.get("LayerNormalization", 0), "nodes": sum(ops.values()),
+            "onnx_bytes": onnx_path.stat().st_size,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        write_json(metrics_path, report)
+        if not worst <= settings.tolerance:  # also catches NaN
+            raise DenoiseError(f"{checkpoint}: ONNX differs from PyTorch by {worst:.3g} "
+                               f"(> export.tolerance {settings.tolerance:g}); nothing written to "
+                               f"{repository}")
+        for route in triton.ONNX_ROUTES:
+            triton.write_onnx_route(repository, route, onnx_path,
+                                    max_batch_size=settings.max_batch_size,
+                                    python_threads=settings.python_threads)
+    return report

@@ -1,0 +1,459 @@
+"""Whole-image inference: pluggable backends and seamless tiled denoising.
+
+A *backend* is any callable that maps a ``(N, 3, H, W)`` float32 batch in [0, 1] to a batch of
+the same shape, with a ``name`` attribute. Backends are opened by name from a registry:
+
+    backend = open_backend("torch", "models/nafnet.pt")        # checkpoint, device auto
+    backend = open_backend("onnxruntime", "exports/nafnet.onnx")
+    backend = open_backend("triton", "nafnet", url="127.0.0.1:8000")  # registered lazily
+
+:func:`denoise_image` runs a backend over a photo of any size in overlapping tiles, blends them
+with a raised-cosine window (the weights of two overlapping tiles sum to one, so there is no
+seam), and accumulates the result in float32 buffers: memory is O(tile) for the network plus
+the output image, so a 12-megapixel frame works on a small machine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from denoise.checkpoint import load_model
+from denoise.errors import DenoiseError
+from denoise.fileio import write_bytes_atomic
+from denoise.metrics import to_uint8
+
+# Backends whose modules register themselves when imported (written elsewhere, heavy imports).
+_LAZY_BACKENDS = {"triton": "denoise.triton", "tensorrt": "denoise.tensorrt"}
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """``(N, 3, H, W)`` float32 in [0, 1] -> ``(N, 3, H, W)`` float32 (not necessarily clamped)."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+BackendFactory = Callable[..., Backend]
+BACKENDS: dict[str, BackendFactory] = {}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Register ``factory(model: str | Path, **options) -> Backend`` under ``name``."""
+
+    def wrap(factory: BackendFactory) -> BackendFactory:
+        BACKENDS[name] = factory
+        return factory
+
+    return wrap
+
+
+def open_backend(name: str, model: str | Path, **options: Any) -> Backend:
+    """Open backend ``name`` on ``model`` (a file, or a served model's name for Triton)."""
+    if name not in BACKENDS and name in _LAZY_BACKENDS:
+        try:
+            importlib.import_module(_LAZY_BACKENDS[name])
+        except ImportError as e:
+            raise DenoiseError(f"backend {name!r} is not available: {e}") from None
+    if name not in BACKENDS:
+        known = sorted(set(BACKENDS) | set(_LAZY_BACKENDS))
+        raise DenoiseError(f"unknown backend {name!r}; known: {', '.join(known)}")
+    return BACKENDS[name](model, **options)
+
+
+def backend_for_file(model: str | Path) -> str:
+    """The local backend that runs a model file, chosen by its suffix (.pt/.pth or .onnx)."""
+    suffix = Path(model).suffix.lower()
+    if suffix in (".pt", ".pth"):
+        return "torch"
+    if suffix == ".onnx":
+        return "onnxruntime"
+    raise DenoiseError(f"{model}: unknown model file type {suffix!r} (expected .pt or .onnx)")
+
+
+class TorchBackend:
+    """A PyTorch module in eval mode; CUDA when available unless ``device`` says otherwise."""
+
+    name = "torch"
+
+    def __init__(
+        self, module: nn.Module, *, device: str = "auto", channels_last: bool = False
+    ) -> None:
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+        self.module = module.eval().to(self.device)
+        if channels_last:
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            y = self.module(x)
+        return y.float().cpu().numpy()
+
+
+@register_backend("torch")
+def _open_torch(model: str | Path | nn.Module, **options: Any) -> Backend:
+    """A checkpoint written by :func:`denoise.checkpoint.save_checkpoint` (or a live module)."""
+    module = model if isinstance(model, nn.Module) else load_model(model)[0]
+    return TorchBackend(module, **options)
+
+
+class OnnxRuntimeBackend:
+    """An ONNX model run by onnxruntime: CUDA provider when available, else CPU."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self, path: str | Path, *, providers: Sequence[str] | None = None, threads: int = 0
+    ) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise DenoiseError(f"{path}: ONNX model not found")
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [
+                p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
+            ]
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
+        except Exception as e:  # onnxruntime raises its own exception types for bad files
+            raise DenoiseError(
+                f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})"
+            ) from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.providers = self.session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        (y,) = self.session.run(None, {self.input_name: x})[:1]
+        return np.asarray(y, dtype=np.float32)
+
+
+@register_backend("onnxruntime")
+def _open_onnxruntime(model: str | Path, **options: Any) -> Backend:
+    return OnnxRuntimeBackend(model, **options)
+
+
+# --- tiling ----------------------------------------------------------------------------------
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> tuple[list[int], int]:
+    """Start offsets and the tile size along one axis.
+
+    Tiles are ``min(tile, length)`` long (``tile <= 0``: one tile), evenly spaced so that the
+    first starts at 0, the last ends at ``length`` and neighbours overlap by at least
+    ``overlap``. Every tile has the same size, so tiles batch together.
+    """
+    size = length if tile <= 0 else min(tile, length)
+    if size == length:
+        return [0], size
+    n = math.ceil((length - size) / (size - overlap)) + 1
+    return [round(i * (length - size) / (n - 1)) for i in range(n)], size
+
+
+def _crossfade(n: int, margin: int) -> np.ndarray:
+    """Weights of the left tile across an ``n``-pixel overlap; the right tile gets ``1 - w``.
+
+    The first ``margin`` pixels after the neighbour's edge keep weight 1 (the neighbour saw
+    zero padding there), the last ``margin`` get 0, and a raised cosine joins them.
+    """
+    ramp = n - 2 * margin
+    t = (np.arange(n) - margin + 0.5) / max(ramp, 1)
+    return (np.cos(0.5 * np.pi * np.clip(t, 0.0, 1.0)) ** 2).astype(np.float32)
+
+
+def tile_weights(starts: list[int], size: int, *, margin: bool = True) -> list[np.ndarray]:
+    """One blending window per tile along an axis.
+
+    Neighbouring windows cross-fade over the pixels their tiles share and are flat elsewhere
+    (including at the image border), so they sum to one: no seam and no brightness change.
+    With ``margin`` the quarter of the overlap nearest each tile edge, where the network saw
+    zero padding instead of image, is dropped and the fade runs over the middle half.
+    """
+    windows = []
+    for k, start in enumerate(starts):
+        w = np.ones(size, np.float32)
+        if k > 0:
+            ov = starts[k - 1] + size - start
+            w[:ov] *= 1.0 - _crossfade(ov, ov // 4 if margin else 0)
+        if k + 1 < len(starts):
+            ov = start + size - starts[k + 1]
+            w[size - ov :] *= _crossfade(ov, ov // 4 if margin else 0)
+        windows.append(w)
+    return windows
+
+
+def _axis_plan(
+    length: int, tile: int, overlap: int
+) -> tuple[list[int], int, list[np.ndarray], np.ndarray]:
+    """Tile starts, tile size, windows and the summed window along one axis."""
+    starts, size = tile_starts(length, tile, overlap)
+    for margin in (True, False):  # very large overlaps can leave a pixel with no weight
+        windows = tile_weights(starts, size, margin=margin)
+        total = np.zeros(length, np.float32)
+        for start, win in zip(starts, windows, strict=True):
+            total[start : start + size] += win
+        if total.min() > 1e-3:
+            break
+    return starts, size, windows, total
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    """Refuse an overlap that is negative or not smaller than the tile."""
+    if overlap < 0 or (tile > 0 and overlap >= tile):
+        raise DenoiseError(f"overlap {overlap} must be >= 0 and smaller than tile {tile}")
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def denoise_image(
+    img: np.ndarray,
+    backend: Backend,
+    *,
+    tile: int,
+    overlap: int,
+    batch: int = 1,
+    progress: bool = False,
+) -> np.ndarray:
+    """Denoise an ``(H, W, 3)`` RGB image in overlapping tiles; returns the same dtype.
+
+    ``img`` is uint8 (or uint16, kept at 16 bits). ``tile <= 0`` runs the whole image at once.
+    Tiles are ``tile`` x ``tile`` (smaller where the image is), overlap by at least
+    ``overlap`` pixels, are blended with a raised-cosine window and sent ``batch`` at a time.
+    """
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected (H, W, 3) uint8 or uint16, got {img.shape} {img.dtype}")
+    check_tiling(tile, overlap)
+    scale = float(np.iinfo(img.dtype).max)
+    h, w = img.shape[:2]
+    # The windows are separable and the tiles form a grid, so the total weight at (y, x) is
+    # (sum of row windows)(y) * (sum of column windows)(x): no H x W weight buffer needed.
+    ys, th, wy, sum_y = _axis_plan(h, tile, overlap)
+    xs, tw, wx, sum_x = _axis_plan(w, tile, overlap)
+    acc = np.zeros((h, w, 3), np.float32)
+    grid = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
+    bar = tqdm(total=len(grid), desc="tiles", unit="tile", disable=not progress, leave=False)
+    for group in _batches(grid, max(1, batch)):
+        x_in = (
+            np.stack(
+                [img[ys[i] : ys[i] + th, xs[j] : xs[j] + tw].transpose(2, 0, 1) for i, j in group]
+            ).astype(np.float32)
+            / scale
+        )
+        y_out = backend(x_in)
+        if y_out.shape != x_in.shape:
+            raise DenoiseError(
+                f"backend {backend.name} returned shape {y_out.shape} for input {x_in.shape}"
+            )
+        for (i, j), out in zip(group, y_out, strict=True):
+            weight = (wy[i][:, None] * wx[j][None, :])[:, :, None]
+            acc[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += out.transpose(1, 2, 0) * weight
+        bar.update(len(group))
+    bar.close()
+    result = np.empty_like(img)
+    rows = max(1, (1 << 22) // (3 * w))  # normalise and quantise in ~16 MB slabs
+    for r in range(0, h, rows):
+        norm = acc[r : r + rows] / (sum_y[r : r + rows, None, None] * sum_x[None, :, None])
+        result[r : r + rows] = _quantise(norm, img.dtype)
+    return result
+
+
+def _quantise(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Clamp to [0, 1] and round to ``dtype`` (uint8 via the project's one definition)."""
+    if dtype == np.uint8:
+        return to_uint8(img)
+    return np.round(np.clip(img, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+# --- photos on disk --------------------------------------------------------------------------
+
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
+PHOTO_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp")
+
+
+def read_photo(path: str | Path) -> np.ndarray:
+    """Read a photo as ``(H, W, 3)`` RGB, uint8 or uint16 (16-bit PNG/TIFF stay 16-bit).
+
+    JPEGs are decoded the way a viewer shows them: the EXIF orientation is applied (OpenCV's
+    IMREAD_COLOR does). Grey becomes RGB; an alpha channel is refused, as in
+    :func:`denoise.fileio.read_rgb8`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DenoiseError(f"{path}: file not found")
+    if path.suffix.lower() in JPEG_SUFFIXES:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    else:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DenoiseError(f"{path}: not a readable image")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected 8/16-bit")
+    if img.ndim == 2 or img.shape[2] == 1:
+        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected RGB")
+    elif img.shape[2] != 3:
+        raise DenoiseError(f"{path}: {img.shape[2]} channels, expected RGB")
+    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+
+
+def write_photo(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) -> None:
+    """Write an RGB uint8/uint16 image atomically; the format follows the suffix.
+
+    16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower() or ".png"
+    if img.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
+        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in JPEG_SUFFIXES else []
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise DenoiseError(f"{path}: could not encode image")
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def output_path(src: str | Path, out_dir: str | Path | None = None) -> Path:
+    """``<stem>_denoised<suffix>`` beside ``src`` or in ``out_dir``."""
+    src = Path(src)
+    parent = Path(out_dir) if out_dir is not None else src.parent
+    return parent / f"{src.stem}_denoised{src.suffix}"
+
+
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given; a folder contributes its photos (not earlier ``*_denoised`` outputs)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += [
+                p
+                for p in sorted(item.iterdir())
+                if p.is_file()
+                and p.suffix.lower() in PHOTO_SUFFIXES
+                and not p.stem.endswith("_denoised")
+                and not p.name.startswith(".")
+            ]
+        else:
+            files.append(item)
+    return files
+
+
+def denoise_files(
+    inputs: Sequence[str | Path],
+    backend: Backend,
+    *,
+    tile: int,
+    overlap: int,
+    out_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_error: Callable[[Path, str], None] | None = None,
+) -> list[Path]:
+    """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written.
+
+    A file that fails (unreadable, output exists without ``overwrite``) is passed to
+    ``on_error(path, message)`` and skipped; the rest still run. An existing file, input or
+    earlier output, is never replaced unless ``overwrite``.
+    """
+    check_tiling(tile, overlap)
+    files = expand_inputs(inputs)
+    written: list[Path] = []
+    many = len(files) > 1
+    for src in tqdm(files, desc="denoise", unit="photo", disable=not (progress and many)):
+        dst = output_path(src, out_dir)
+        try:
+            if dst.exists() and not overwrite:
+                raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
+            img = read_photo(src)
+            out = denoise_image(
+                img, backend, tile=tile, overlap=overlap, progress=progress and not many
+            )
+            write_photo(dst, out)
+            written.append(dst)
+        except DenoiseError as e:
+            if on_error is None:
+                raise
+            msg = str(e)
+            on_error(src, msg if str(src) in msg or str(dst) in msg else f"{src}: {msg}")
+    return written
+
+
+# --- choosing the model ----------------------------------------------------------------------
+
+PARAMS_FILE = Path("params.yaml")
+MODELS_DIR = Path("models")
+
+
+def checkpoint_path(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
+    """Where the training stage writes model ``name``: ``models/<name>.pt``."""
+    return Path(models_dir) / f"{name}.pt"
+
+
+def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
+    """The top-level ``model`` switch of params.yaml, or None without one."""
+    import yaml
+
+    path = Path(params_path)
+    if not path.is_file():
+        return None
+    try:
+        params = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise DenoiseError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    name = params.get("model") if isinstance(params, dict) else None
+    return str(name) if name else None
+
+
+def resolve_model(
+    model: str | None,
+    backend: str | None,
+    *,
+    params_path: str | Path = PARAMS_FILE,
+    models_dir: str | Path = MODELS_DIR,
+) -> tuple[str, str]:
+    """``(backend, model)`` for the command line: explicit values win; otherwise the model file
+    decides the backend and params.yaml's ``model`` switch decides the model."""
+    if model is None:
+        name = selected_model_name(params_path)
+        if name is None:
+            raise DenoiseError(
+                f"no model given and no `model:` in {params_path}: pass --model "
+                "PATH (a .pt checkpoint or .onnx file), or train one with "
+                "`dvc repro` in the project folder"
+            )
+        if backend == "triton":
+            return backend, name  # the served model's name
+        if backend not in (None, "torch"):
+            raise DenoiseError(f"backend {backend!r} needs --model (the file to run)")
+        ckpt = checkpoint_path(name, models_dir)
+        if not ckpt.is_file():
+            raise DenoiseError(
+                f"{ckpt}: not found ({params_path} selects model: {name}); "
+                f"train it with `dvc repro train-{name}`, or pass --model PATH"
+            )
+        return "torch", str(ckpt)
+    return backend or backend_for_file(model), model

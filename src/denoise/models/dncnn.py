@@ -1,0 +1,52 @@
+"""DnCNN (Zhang et al., "Beyond a Gaussian Denoiser", TIP 2017), as in KAIR network_dncnn.
+
+``nb`` convolution layers of ``nc`` channels: conv+ReLU, ``nb - 2`` x (conv+BN+ReLU), conv.
+The network predicts the noise ``n`` and returns ``x - n``. Convolutions followed by
+BatchNorm carry no bias (the BN shift replaces it), which gives the paper's 558,403
+parameters for the colour model (``in_nc = out_nc = 3, nc = 64, nb = 17``).
+``batch_norm=False`` gives the BN-free variant (biases everywhere), which trains faster with
+small batches.
+
+Initialisation: Kaiming-normal convolutions and a zero last layer, so the freshly built
+network is the identity (predicted noise 0) and training starts from the noisy input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from denoise.models.registry import register
+
+
+@register("dncnn")
+class DnCNN(nn.Module):
+    """Residual denoiser: ``forward(x) = x - model(x)``."""
+
+    def __init__(self, in_nc: int = 3, out_nc: int = 3, nc: int = 64, nb: int = 17,
+                 batch_norm: bool = True) -> None:
+        super().__init__()
+        if nb < 2:
+            raise ValueError(f"DnCNN needs at least 2 layers, got nb={nb}")
+        layers: list[nn.Module] = [nn.Conv2d(in_nc, nc, 3, padding=1, bias=True),
+                                   nn.ReLU(inplace=True)]
+        for _ in range(nb - 2):
+            layers.append(nn.Conv2d(nc, nc, 3, padding=1, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(nc, eps=1e-4))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv2d(nc, out_nc, 3, padding=1, bias=True))
+        self.model = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        convs = [m for m in self.model if isinstance(m, nn.Conv2d)]
+        for conv in convs[:-1]:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+        nn.init.zeros_(convs[-1].weight)
+        nn.init.zeros_(convs[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.model(x)

@@ -1,0 +1,289 @@
+"""TensorRT: an FP16 engine built from the exported ONNX, and a ``tensorrt`` inference backend.
+
+Written against the TensorRT 8.6-10.x Python API (``build_serialized_network``, named I/O
+tensors, ``execute_async_v3``, the weakly-typed ``BuilderFlag.FP16``); CUDA buffers are torch
+tensors, so a CUDA build of torch is needed where an engine is run. TensorRT cannot be
+installed from the registries this project uses, so everything starts with
+:func:`tensorrt_status`: without a supported TensorRT and a CUDA GPU the build is skipped (a
+metrics record says why) and never replaced by a placeholder engine.
+
+An engine is specific to the GPU model and TensorRT version it was built with, so it is not a
+DVC output (it could not be pulled onto another machine, and DVC outs cannot be optional): the
+stage writes it straight into ``<repository>/denoise_trt/`` and records its md5, the GPU and
+the TensorRT version in ``metrics/build_trt.json``, which is the tracked output.
+
+LayerNorm: NAFNet's ``LayerNormalization`` layers are pinned to FP32 (with
+``OBEY_PRECISION_CONSTRAINTS``); in FP16 ``(x - mean)^2`` overflows and eps 1e-6 underflows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from denoise import triton
+from denoise.errors import DenoiseError
+from denoise.fileio import write_json
+from denoise.infer import OnnxRuntimeBackend, register_backend
+
+# Named I/O tensors, execute_async_v3 and the NORMALIZATION layer type need 8.6. TensorRT 11
+# removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS (strong typing only): there the FP16
+# casts would have to be in the ONNX itself, which this module does not do yet.
+SUPPORTED = (8, 6)
+# Identical images have infinite PSNR, which JSON cannot hold: report at most this.
+PSNR_CAP = 100.0
+
+
+def tensorrt_status() -> tuple[bool, str]:
+    """``(True, "TensorRT x on GPU")`` when an engine can be built here, else ``(False, why)``."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        return False, f"TensorRT is not installed (import tensorrt: {e})"
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except Exception:  # a broken CUDA runtime raises at query time
+        cuda = False
+    if not cuda:
+        return False, f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible"
+    version = tuple(int(v) for v in re.findall(r"\d+", trt.__version__)[:2])
+    if not SUPPORTED <= version < (11, 0):
+        return False, (f"TensorRT {trt.__version__} is not supported: this build uses the "
+                       "weakly-typed FP16 API of TensorRT 8.6-10.x (removed in 11)")
+    return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
+
+
+@dataclass(frozen=True)
+class TrtSettings:
+    """The ``trt`` section of params.yaml. Shapes are ``[batch, height, width]``."""
+
+    fp16: bool
+    min_shape: tuple[int, int, int]
+    opt_shape: tuple[int, int, int]
+    max_shape: tuple[int, int, int]
+    workspace_gb: float
+    test_images: int
+    test_crop: int
+    latency_repeats: int
+    min_psnr_vs_onnxruntime: float
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> TrtSettings:
+        s = dict(section)
+        missing = set(cls.__dataclass_fields__) - set(s)
+        unknown = set(s) - set(cls.__dataclass_fields__)
+        if missing or unknown:
+            raise DenoiseError(f"params.yaml trt: missing {sorted(missing)}, "
+                               f"unknown {sorted(unknown)}")
+        for key in ("min_shape", "opt_shape", "max_shape"):
+            s[key] = tuple(int(v) for v in s[key])
+            if len(s[key]) != 3:
+                raise DenoiseError(f"params.yaml trt.{key}: expected [batch, height, width]")
+        lo, opt, hi = s["min_shape"], s["opt_shape"], s["max_shape"]
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise DenoiseError("params.yaml trt: need min_shape <= opt_shape <= max_shape")
+        return cls(**s)
+
+    def profile(self) -> tuple[tuple[int, ...], ...]:
+        """(min, opt, max) NCHW shapes of the optimisation profile."""
+        return tuple((b, 3, h, w) for b, h, w in (self.min_shape, self.opt_shape, self.max_shape))
+
+
+def _keep_layernorm_fp32(trt: Any, network: Any, config: Any) -> int:
+    """Pin normalisation layers to FP32; returns how many were pinned."""
+    norm = getattr(trt.LayerType, "NORMALIZATION", None)
+    flag = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
+    if norm is None or flag is None:
+        return 0
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == norm:
+            layer.precision = trt.float32
+            for j in range(layer.num_outputs):
+                layer.set_output_type(j, trt.float32)
+            pinned += 1
+    if pinned:
+        config.set_flag(flag)
+    return pinned
+
+
+def build_engine(onnx_path: str | Path, settings: TrtSettings) -> tuple[bytes, int]:
+    """Build a serialized engine from ``onnx_path``; returns ``(plan, fp32-pinned layers)``."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    flags = 0
+    if int(trt.__version__.split(".")[0]) < 10:  # explicit batch is the only mode from 10 on
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise DenoiseError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(settings.workspace_gb * 2**30))
+    if settings.fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    pinned = _keep_layernorm_fp32(trt, network, config)
+    profile = builder.create_optimization_profile()
+    profile.set_shape(triton.INPUT_NAME, *settings.profile())
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise DenoiseError(f"{onnx_path}: TensorRT engine build failed (see the log above)")
+    return bytes(plan), pinned
+
+
+class TensorRTBackend:
+    """A serialized engine run on the GPU: ``(N, 3, H, W)`` float32 -> same shape.
+
+    Batches larger than the profile's maximum are split; a height or width outside the
+    profile is a DenoiseError (TensorRT cannot run it).
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, plan_path: str | Path) -> None:
+        ok, why = tensorrt_status()
+        if not ok:
+            raise DenoiseError(f"{plan_path}: tensorrt backend unavailable: {why}")
+        import tensorrt as trt
+        import torch
+
+        self._torch = torch
+        path = Path(plan_path)
+        if not path.is_file():
+            raise DenoiseError(f"{path}: TensorRT engine not found")
+        self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise DenoiseError(f"{path}: cannot load the engine (built for another GPU or "
+                               "TensorRT version? rebuild it with the build-trt stage)")
+        self.context = self.engine.create_execution_context()
+        self.min_shape, _, self.max_shape = self.engine.get_tensor_profile_shape(
+            triton.INPUT_NAME, 0)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if batch.ndim != 4 or batch.shape[1] != 3:
+            raise DenoiseError(f"tensorrt: wrong input shape {batch.shape}, expected (N, 3, H, W)")
+        h, w = batch.shape[2:]
+        if not (self.min_shape[2] <= h <= self.max_shape[2]
+                and self.min_shape[3] <= w <= self.max_shape[3]):
+            raise DenoiseError(f"tensorrt: {h}x{w} is outside the engine's profile "
+                               f"{tuple(self.min_shape[2:])}..{tuple(self.max_shape[2:])}")
+        step = int(self.max_shape[0])
+        return np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).cuda()
+        self.context.set_input_shape(triton.INPUT_NAME, tuple(x.shape))
+        y = torch.empty(tuple(self.context.get_tensor_shape(triton.OUTPUT_NAME)),
+                        dtype=torch.float32, device=x.device)
+        self.context.set_tensor_address(triton.INPUT_NAME, x.data_ptr())
+        self.context.set_tensor_address(triton.OUTPUT_NAME, y.data_ptr())
+        stream = torch.cuda.current_stream()
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise DenoiseError(f"tensorrt: inference failed for input {tuple(x.shape)}")
+        stream.synchronize()
+        return y.cpu().numpy()
+
+
+@register_backend("tensorrt")
+def open_tensorrt(model: str | Path, **options: Any) -> TensorRTBackend:
+    """The ``tensorrt`` inference backend on a ``.plan`` file (DenoiseError without TensorRT)."""
+    return TensorRTBackend(model, **options)
+
+
+def _compare(engine: TensorRTBackend, reference: OnnxRuntimeBackend, test_root: str | Path,
+             settings: TrtSettings) -> dict[str, float]:
+    """PSNR of the engine's output vs onnxruntime's (and vs clean), and engine latency."""
+    from denoise.metrics import psnr, to_uint8
+
+    pairs = triton.load_test_pairs(test_root, settings.test_images, settings.test_crop)
+    if not pairs:
+        raise DenoiseError(f"{test_root}: no test images")
+    vs_ort, vs_clean, times = [], [], []
+    for _, noisy, clean in pairs:
+        x = np.ascontiguousarray(noisy.transpose(2, 0, 1)[None], np.float32) / 255.0
+        y_trt = to_uint8(engine(x)[0].transpose(1, 2, 0))
+        y_ort = to_uint8(reference(x)[0].transpose(1, 2, 0))
+        vs_ort.append(min(psnr(y_trt, y_ort), PSNR_CAP))
+        vs_clean.append(psnr(y_trt, clean))
+    x = np.ascontiguousarray(pairs[0][1].transpose(2, 0, 1)[None], np.float32) / 255.0
+    engine(x)  # warm-up
+    for _ in range(max(1, settings.latency_repeats)):
+        t0 = time.perf_counter()
+        engine(x)
+        times.append(time.perf_counter() - t0)
+    ms = np.asarray(times) * 1000.0
+    return {"psnr_vs_onnxruntime": float(np.mean(vs_ort)), "psnr_out": float(np.mean(vs_clean)),
+            "latency_p50_ms": float(np.percentile(ms, 50)),
+            "latency_p95_ms": float(np.percentile(ms, 95))}
+
+
+def build_trt(repository: str | Path, test_root: str | Path, metrics_path: str | Path,
+              settings: TrtSettings) -> dict[str, Any]:
+    """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
+
+    Skipped (no TensorRT or no GPU): writes ``{"status": "skipped", "reason": ...}``, removes a
+    ``denoise_trt`` entry left from an earlier ONNX (it would serve a stale model), exits
+    normally. Built: the engine must reach ``min_psnr_vs_onnxruntime`` against onnxruntime on
+    the test images (an FP16 NaN/overflow shows up here), else nothing is published.
+    """
+    ok, why = tensorrt_status()
+    target = Path(repository) / triton.TRT_MODEL
+    if not ok:
+        report: dict[str, Any] = {"status": "skipped", "reason": why}
+        if target.is_dir():
+            shutil.rmtree(target)
+            report["removed_stale"] = str(target)
+        write_json(metrics_path, report)
+        print(f"build-trt: skipped: {why}")
+        return report
+    import tensorrt as trt
+    import torch
+
+    onnx_path = triton.reference_onnx(repository)
+    t0 = time.perf_counter()
+    plan, pinned = build_engine(onnx_path, settings)
+    build_s = time.perf_counter() - t0
+    report = {"status": "built", "tensorrt": trt.__version__,
+              "gpu": torch.cuda.get_device_name(0), "onnx": str(onnx_path),
+              "build_s": build_s, "engine_bytes": len(plan),
+              "engine_md5": hashlib.md5(plan).hexdigest(), "fp16": settings.fp16,
+              "fp32_layernorm_layers": pinned,
+              "profile": {k: list(v) for k, v in zip(("min", "opt", "max"), settings.profile(),
+                                                     strict=True)}}
+    with tempfile.TemporaryDirectory(prefix="denoise-trt-") as tmp:
+        plan_path = Path(tmp) / "model.plan"
+        plan_path.write_bytes(plan)
+        reference = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
+        report.update(_compare(TensorRTBackend(plan_path), reference, test_root, settings))
+        write_json(metrics_path, report)
+        if not report["psnr_vs_onnxruntime"] >= settings.min_psnr_vs_onnxruntime:
+            raise DenoiseError(f"{onnx_path}: TensorRT output is "
+                               f"{report['psnr_vs_onnxruntime']:.1f} dB from onnxruntime (< trt."
+                               f"min_psnr_vs_onnxruntime {settings.min_psnr_vs_onnxruntime:g}); "
+                               "engine not published")
+        config = triton.model_config(triton.TRT_MODEL, platform="tensorrt_plan",
+                                     max_batch_size=settings.max_shape[0],
+                                     instance_kind="KIND_GPU")
+        triton.write_model(repository, triton.TRT_MODEL, config, {"model.plan": plan_path})
+    print(f"build-trt: {report['gpu']}, built in {build_s:.1f} s, "
+          f"{report['psnr_vs_onnxruntime']:.1f} dB vs onnxruntime, "
+          f"p50 {report['latency_p50_ms']:.2f} ms")
+    return report

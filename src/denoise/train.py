@@ -1,0 +1,257 @@
+"""The training loop: one function for both networks, single process or ``torchrun`` DDP.
+
+Iteration-based: each iteration draws a fresh global batch of random crops (with flips and
+rotations) whose order is a pure function of the seed and the iteration, steps the optimiser
+and the cosine schedule once, and every ``val_every`` iterations scores the centre crops of
+the validation patches with the project's metrics. The BEST weights by validation PSNR are
+written once, at the end, as ``{"params", "model", "config", "meta"}``; a resume state is
+written every ``checkpoint_every`` iterations so an interrupted run continues where it
+stopped and ends bit-identical (on CPU) to a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from denoise.checkpoint import save_checkpoint
+from denoise.data.patch_store import RandomCropDataset
+from denoise.errors import DenoiseError
+from denoise.metrics import psnr_batch, ssim, to_uint8
+from denoise.models.registry import build_model
+from denoise.training import distributed
+from denoise.training.config import TrainConfig
+from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler
+from denoise.training.resume import fingerprint, load_resume, save_resume, set_rng_state
+from denoise.training.sampling import EpochIndexed, IterationBatchSampler
+from denoise.training.tracking import Tracker
+
+
+@dataclass
+class TrainResult:
+    best_psnr: float
+    best_ssim: float
+    best_iteration: int
+    input_psnr: float  # the noisy input's PSNR on the same validation crops
+    iterations_per_s: float  # measured over this run's iterations (excluding validation)
+
+
+@dataclass
+class Validation:
+    psnr: float
+    ssim: float
+    input_psnr: float
+    strip: np.ndarray  # noisy | denoised | clean of the first validation patch, HWC uint8
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast where the GPU supports it, else fp16 (with a GradScaler); off on CPU."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def validate(model: nn.Module, dataset: RandomCropDataset, indices: list[int],
+             device: torch.device, batch: int, amp: bool = False) -> Validation:
+    """Mean per-image PSNR/SSIM (clamped, uint8) of ``model`` on the given patches."""
+    was_training = model.training
+    model.eval()
+    psnrs: list[float] = []
+    ssims: list[float] = []
+    inputs: list[float] = []
+    strip = None
+    for i in range(0, len(indices), batch):
+        pairs = [dataset[j] for j in indices[i:i + batch]]
+        noisy = torch.stack([p[0] for p in pairs]).to(device)
+        clean = torch.stack([p[1] for p in pairs]).to(device)
+        with _autocast(device, amp):
+            out = model(noisy).float()
+        psnrs += psnr_batch(out, clean).tolist()
+        inputs += psnr_batch(noisy, clean).tolist()
+        for o, c in zip(out, clean, strict=True):
+            ssims.append(ssim(to_uint8(o), to_uint8(c)))
+        if strip is None:
+            strip = np.concatenate([to_uint8(noisy[0]), to_uint8(out[0]), to_uint8(clean[0])],
+                                   axis=1)
+    model.train(was_training)
+    assert strip is not None
+    return Validation(float(np.mean(psnrs)), float(np.mean(ssims)), float(np.mean(inputs)), strip)
+
+
+def _val_indices(n: int, limit: int) -> list[int]:
+    if limit <= 0 or limit >= n:
+        return list(range(n))
+    return sorted({round(x) for x in np.linspace(0, n - 1, limit)})
+
+
+def _data_identity(ds: RandomCropDataset) -> dict[str, Any]:
+    """Shape plus a hash of a few patches: cheap, and enough to tell another patch store."""
+    probe = np.concatenate([ds.noisy[0], ds.noisy[-1], ds.clean[len(ds) // 2]])
+    return {"shape": list(ds.noisy.shape), "probe": int(np.frombuffer(
+        probe.tobytes(), dtype=np.uint8).astype(np.int64).dot(np.arange(probe.size) % 9973))}
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def train_model(cfg: TrainConfig, train_dir: str | Path, val_dir: str | Path,
+                out_path: str | Path, *, resume_path: str | Path | None = None,
+                live_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """Train ``cfg.model`` and write its best weights to ``out_path``.
+
+    ``resume_path`` holds the periodic resume state (continued from when it matches the config
+    and data; removed after a successful run). ``live_dir`` is the DVCLive folder (``None``:
+    no tracking). Under torchrun only rank 0 validates and writes files. Raises
+    :class:`DenoiseError` on a non-finite loss (and writes no model).
+    """
+    d = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, Path(train_dir), Path(val_dir), Path(out_path),
+                      Path(resume_path) if resume_path else None,
+                      Path(live_dir) if live_dir else None, progress, d)
+    finally:
+        distributed.teardown(d)
+
+
+def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
+           resume_path: Path | None, live_dir: Path | None, progress: bool,
+           d: distributed.Dist) -> TrainResult:
+    if cfg.batch_size % d.world:
+        raise DenoiseError(f"train.{cfg.model}.batch_size {cfg.batch_size} is not divisible "
+                           f"by the {d.world} processes")
+    _seed_everything(cfg.seed)
+    train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
+    val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
+    val_idx = _val_indices(len(val_ds), cfg.val_patches)
+    fp = fingerprint(cfg.fingerprint_fields(),
+                     {"train": _data_identity(train_ds), "val": _data_identity(val_ds)})
+
+    model = build_model(cfg.model, cfg.arch).to(d.device)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_scheduler(cfg, optimizer)
+    use_amp = cfg.amp and d.device.type == "cuda"
+    fp16 = use_amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    loss_fn = LOSSES[cfg.loss]
+
+    start = 0
+    best: dict[str, Any] = {"psnr": -math.inf, "ssim": 0.0, "iteration": 0, "params": None,
+                            "input_psnr": math.nan}
+    state = load_resume(resume_path, fp) if resume_path else None
+    if state is not None:
+        model.load_state_dict(state["params"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start, best = int(state["meta"]["iteration"]), state["best"]
+        if d.main:
+            print(f"resuming {cfg.model} from iteration {start} ({resume_path})")
+
+    net: nn.Module = model
+    if d.world > 1:
+        if d.device.type == "cuda":  # on CPU (gloo) BatchNorm statistics stay per rank:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA
+        net = DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda"
+                                      else None)
+    net.train()
+
+    sampler = IterationBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start=start,
+                                    rank=d.rank, world=d.world)
+    loader = DataLoader(EpochIndexed(train_ds), batch_sampler=sampler,
+                        num_workers=cfg.num_workers, pin_memory=d.device.type == "cuda")
+    tracker = Tracker(live_dir if d.main else None,
+                      {"model": cfg.model, **cfg.fingerprint_fields(), "world": d.world}, start)
+    bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.model}", unit="it",
+               disable=not (progress and d.main), mininterval=1.0, dynamic_ncols=True)
+    window: list[float] = []
+    step_time, steps = 0.0, 0
+    batches = iter(loader)
+    for it in range(start + 1, cfg.iters + 1):
+        t0 = time.perf_counter()
+        noisy, clean = next(batches)
+        noisy = noisy.to(d.device, non_blocking=True)
+        clean = clean.to(d.device, non_blocking=True)
+        with _autocast(d.device, use_amp):
+            out = net(noisy)
+        loss = loss_fn(out.float(), clean)
+        loss_value = float(distributed.all_mean(loss.detach(), d))
+        if not math.isfinite(loss_value):
+            raise DenoiseError(f"train {cfg.model}: non-finite loss ({loss_value}) at "
+                               f"iteration {it}; no model written (lower train.{cfg.model}.lr?)")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step_time += time.perf_counter() - t0
+        steps += 1
+        window.append(loss_value)
+
+        logged: dict[str, float] = {}
+        image = None
+        if it % cfg.log_every == 0 or it == cfg.iters:
+            logged = {"train/loss": float(np.mean(window)),
+                      "train/lr": optimizer.param_groups[0]["lr"]}
+            window.clear()
+        if it % cfg.val_every == 0 or it == cfg.iters:
+            if d.main:
+                v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, use_amp)
+                logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
+                image = v.strip
+                if v.psnr > best["psnr"]:
+                    best = {"psnr": v.psnr, "ssim": v.ssim, "iteration": it,
+                            "input_psnr": v.input_psnr,
+                            "params": {k: t.detach().cpu().clone()
+                                       for k, t in model.state_dict().items()}}
+                bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
+            distributed.barrier(d)
+        if logged:
+            tracker.log(it, logged, image, f"val/{it:07d}.png")
+            bar.set_postfix(loss=f"{loss_value:.4g}", **({"val_psnr": f"{best['psnr']:.2f}"}
+                                                       if best["params"] is not None else {}))
+        bar.update(1)
+        if it % cfg.checkpoint_every == 0 and it < cfg.iters and d.main and resume_path:
+            save_resume(resume_path, cfg.model, cfg.arch, fp=fp, iteration=it, model=model,
+                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best)
+    bar.close()
+    del batches  # stops the loader's workers
+
+    result = TrainResult(best["psnr"], best["ssim"], best["iteration"], best["input_psnr"],
+                         steps / step_time if step_time else math.nan)
+    if d.main:
+        meta = {"iteration": best["iteration"], "val_psnr": best["psnr"],
+                "val_ssim": best["ssim"], "val_psnr_input": best["input_psnr"],
+                "iters": cfg.iters, "seed": cfg.seed, "crop": cfg.crop,
+                "batch_size": cfg.batch_size, "world_size": d.world}
+        save_checkpoint(out_path, cfg.model, cfg.arch, best["params"], meta=meta)
+        tracker.summary({"best/val_psnr": best["psnr"], "best/val_ssim": best["ssim"],
+                         "best/iteration": best["iteration"],
+                         "val/psnr_input": best["input_psnr"]})
+        tracker.end()
+        if resume_path:
+            resume_path.unlink(missing_ok=True)
+    distributed.barrier(d)
+    return result

@@ -1,0 +1,76 @@
+"""The training configuration: the shared ``train`` params merged with one model's section."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from denoise.errors import DenoiseError
+
+#: Keys of the shared ``train`` section that are not per-model sections.
+SHARED_KEYS = ("seed", "device", "amp", "num_workers", "checkpoint_every", "log_every",
+               "val_crop", "val_patches", "val_batch")
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run depends on (``params.yaml`` ``train`` + ``train.<model>``)."""
+
+    model: str
+    arch: dict[str, Any] = field(default_factory=dict)
+    crop: int = 64
+    batch_size: int = 8  # global batch; each of N DDP ranks takes batch_size / N
+    iters: int = 1000
+    val_every: int = 250
+    optimizer: str = "adamw"  # adamw | adam
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.9)
+    weight_decay: float = 0.0
+    eta_min: float = 1e-7  # cosine annealing floor, stepped per iteration
+    loss: str = "psnr"  # psnr | l1 | mse
+    grad_clip: float = 0.0  # max gradient norm; 0 disables
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); no-op on CPU
+    num_workers: int = 0
+    checkpoint_every: int = 100  # iterations between resume checkpoints
+    log_every: int = 10  # iterations between DVCLive train-loss points
+    val_crop: int = 128  # centre crop of each validation patch
+    val_patches: int = 0  # validation patches used (evenly spaced); 0 = all
+    val_batch: int = 8
+
+    @classmethod
+    def from_params(cls, train: dict[str, Any], model: str) -> TrainConfig:
+        """Build from the ``train`` params section; unknown keys are an error (typos)."""
+        if model not in train or not isinstance(train[model], dict):
+            raise DenoiseError(f"params.yaml: no train.{model} section")
+        merged = {k: train[k] for k in SHARED_KEYS if k in train}
+        merged.update(train[model])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise DenoiseError(f"params.yaml: unknown key(s) in train.{model}: "
+                               f"{', '.join(unknown)}")
+        if "betas" in merged:
+            merged["betas"] = tuple(merged["betas"])
+        cfg = cls(model=model, **merged)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [(self.iters > 0, "iters must be > 0"), (self.val_every > 0, "val_every > 0"),
+                  (self.batch_size > 0, "batch_size must be > 0"), (self.crop > 0, "crop > 0"),
+                  (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
+                  (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
+                  (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}")]
+        for ok, msg in checks:
+            if not ok:
+                raise DenoiseError(f"params.yaml: train.{self.model}: {msg}")
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The fields that change the result (a resume state from other values is stale)."""
+        d = dataclasses.asdict(self)
+        for k in ("device", "num_workers", "checkpoint_every", "log_every", "val_batch"):
+            d.pop(k)
+        return d

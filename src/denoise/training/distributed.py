@@ -1,0 +1,75 @@
+"""Single process or ``torchrun`` DDP: where this process runs and who it talks to.
+
+``torchrun --nproc_per_node=N`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; then the process
+group is created from the environment (NCCL on GPU, gloo on CPU). Without them everything is
+a no-op and the run is a plain single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from denoise.errors import DenoiseError
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # this process created the group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def pick_device(requested: str, local_rank: int) -> torch.device:
+    """``auto`` means CUDA when available (one GPU per local rank), else CPU."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DenoiseError(f"device {requested!r} requested but CUDA is not available")
+        return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
+    if requested != "cpu":
+        raise DenoiseError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
+    return torch.device("cpu")
+
+
+def setup(requested_device: str) -> Dist:
+    """Join the process group torchrun describes (if any) and pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(requested_device, local_rank)
+    if world <= 1:
+        return Dist(0, 1, device, owns_group=False)
+    owns = not dist.is_initialized()
+    if owns:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), device, owns_group=owns)
+
+
+def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in a single process)."""
+    if d.world > 1:
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        x /= d.world
+    return x
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()
+
+
+def teardown(d: Dist) -> None:
+    if d.owns_group and dist.is_initialized():
+        dist.destroy_process_group()

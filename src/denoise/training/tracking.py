@@ -1,0 +1,71 @@
+"""DVCLive tracking of a training run, kept consistent across resumes.
+
+Writes under ``dvclive/<model>/``: ``params.yaml``, ``metrics.json`` (latest values),
+``plots/metrics/{train/loss,train/lr,val/psnr,val/ssim}.tsv`` and one validation strip
+``plots/images/val/<iteration>.png`` (noisy | denoised | clean) per validation. The step is
+the training iteration. ``dvcyaml=None`` and ``save_dvc_exp=False``: inside ``dvc repro`` the
+pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class Tracker:
+    """Rank 0 logs through DVCLive; other ranks get a tracker that does nothing."""
+
+    def __init__(self, live_dir: Path | None, params: dict[str, Any], resume_step: int) -> None:
+        self.live = None
+        if live_dir is None:
+            return
+        from dvclive import Live  # imported lazily: only the logging rank needs it
+
+        resume = resume_step > 0 and live_dir.is_dir()
+        if resume:
+            _truncate(live_dir, resume_step)
+        self.live = Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
+        self.live.log_params(params)
+
+    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None = None,
+            image_name: str = "") -> None:
+        if self.live is None:
+            return
+        self.live.step = step
+        for k, v in metrics.items():
+            self.live.log_metric(k, v)
+        if image is not None:
+            self.live.log_image(image_name, image)
+        self.live.next_step()
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        """Values that are not curves (e.g. the noisy input's PSNR), into metrics.json only."""
+        if self.live is None:
+            return
+        for k, v in metrics.items():
+            self.live.log_metric(k, v, plot=False)
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _truncate(live_dir: Path, step: int) -> None:
+    """Drop what an interrupted run logged after its last resume state (steps > ``step``)."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        with open(tsv, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+            fields = list(rows[0]) if rows else []
+        kept = [r for r in rows if int(r["step"]) <= step]
+        with open(tsv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
+            w.writeheader()
+            w.writerows(kept)
+    images = live_dir / "plots" / "images"
+    for png in images.rglob("*.png") if images.is_dir() else []:
+        if png.stem.isdigit() and int(png.stem) > step:
+            png.unlink()

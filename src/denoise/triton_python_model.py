@@ -1,0 +1,54 @@
+"""Triton python-backend model: runs the ``model.onnx`` beside it with onnxruntime.
+
+This file is a template, never imported by the ``denoise`` package: the export stage copies it
+into ``<repository>/denoise_python/1/model.py``. It runs inside Triton's backend stub, so it
+may import only what that environment has: numpy (< 2, or the backend returns empty outputs),
+onnxruntime and ``triton_python_backend_utils``. This is the route the CPU-only tritonserver
+bundled in nvidia-pytriton can serve (it has the python backend only).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    """One onnxruntime session per model instance; each request is one (N, 3, H, W) batch."""
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.input_name = config["input"][0]["name"]
+        self.output_name = config["output"][0]["name"]
+        path = Path(args["model_repository"]) / args["model_version"] / "model.onnx"
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        use_gpu = args.get("model_instance_kind") == "GPU"
+        providers = ["CPUExecutionProvider"]
+        if use_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            try:
+                y = self.session.run([self.output_name], {self.input_name: x})[0]
+            except Exception as e:  # report per request; the server keeps serving
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {first}")))
+                continue
+            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(y, dtype=np.float32))
+            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+        return responses
+
+    def finalize(self) -> None:
+        self.session = None

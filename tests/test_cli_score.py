@@ -1,0 +1,210 @@
+"""`denoise score` and `denoise run` through typer's CliRunner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from denoise.checkpoint import save_checkpoint
+from denoise.cli import app
+from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
+from denoise.fileio import read_rgb8, write_rgb8
+from denoise.metrics import psnr
+from denoise.models.registry import build_model
+
+CONFIG = {"nb": 4, "nc": 8}
+runner = CliRunner()
+
+
+def pair(seed: int, h: int = 24, w: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clean = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.uint8), (5, 5), 0)
+    noisy = np.clip(clean + rng.normal(0, 15, clean.shape), 0, 255).astype(np.uint8)
+    return noisy, clean
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny DnCNN as a checkpoint and as ONNX, perturbed so it changes the image."""
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = build_model("dncnn", CONFIG).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(root / "dncnn.pt", "dncnn", CONFIG, model.state_dict())
+    torch.onnx.export(
+        model,
+        torch.rand(1, 3, 16, 16),
+        str(root / "dncnn.onnx"),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["output"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}},
+    )
+    return {"pt": root / "dncnn.pt", "onnx": root / "dncnn.onnx"}
+
+
+def flat_pairs(root: Path, names: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for i, name in enumerate(names):
+        noisy, clean = pair(i)
+        write_rgb8(root / "noisy" / name, noisy)
+        write_rgb8(root / "clean" / f"{Path(name).stem}.png", clean)
+        pairs.append((read_rgb8(root / "noisy" / name), clean))
+    return pairs
+
+
+def test_score_noisy_clean_folders_with_a_checkpoint(tmp_path: Path, model_files) -> None:
+    pairs = flat_pairs(tmp_path / "pairs", ["a.png", "b.jpg"])  # JPEG noisy inputs work too
+    out = tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            "--pairs",
+            str(tmp_path / "pairs"),
+            "--model",
+            str(model_files["pt"]),
+            "--json",
+            str(out),
+            "--tile",
+            "16",
+            "--overlap",
+            "4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "a " in result.output and "b " in result.output and "mean" in result.output
+    report = json.loads(out.read_text())
+    assert set(report) == {"input", "output", "images"}
+    assert [r["name"] for r in report["images"]] == ["a", "b"]
+    assert set(report["images"][0]) == {
+        "name",
+        "input_psnr",
+        "output_psnr",
+        "input_ssim",
+        "output_ssim",
+    }
+    assert report["input"]["psnr"] == pytest.approx(
+        np.mean([psnr(n, c) for n, c in pairs]), abs=1e-4
+    )
+    assert report["output"]["psnr"] != report["input"]["psnr"]
+
+
+def test_score_sidd_layout_with_onnx_matches_the_checkpoint(tmp_path: Path, model_files) -> None:
+    for i, name in enumerate(["0001_001_S6_00100_00060_3200_L", "0002_002_GP_00800_00350_5500_N"]):
+        noisy, clean = pair(i)
+        write_rgb8(tmp_path / "sidd" / "Data" / name / NOISY_NAME, noisy)
+        write_rgb8(tmp_path / "sidd" / "Data" / name / GT_NAME, clean)
+    reports = []
+    for kind in ("pt", "onnx"):
+        out = tmp_path / f"{kind}.json"
+        result = runner.invoke(
+            app,
+            [
+                "score",
+                "--pairs",
+                str(tmp_path / "sidd"),
+                "--model",
+                str(model_files[kind]),
+                "--json",
+                str(out),
+            ],
+        )
+        assert result.exit_code == 0, result.output
+        reports.append(json.loads(out.read_text()))
+    assert len(reports[0]["images"]) == 2
+    assert reports[1]["output"]["psnr"] == pytest.approx(reports[0]["output"]["psnr"], abs=0.01)
+
+
+@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable"])
+def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -> None:
+    root = tmp_path / "pairs"
+    flat_pairs(root, ["a.png"])
+    if problem == "unmatched":
+        write_rgb8(root / "noisy" / "lonely.png", pair(5)[0])
+        culprit = "lonely.png"
+    elif problem == "size":
+        write_rgb8(root / "noisy" / "small.png", pair(5, h=10)[0])
+        write_rgb8(root / "clean" / "small.png", pair(5)[1])
+        culprit = "small.png"
+    else:
+        (root / "noisy" / "broken.png").write_bytes(b"\x89PNG not really")
+        write_rgb8(root / "clean" / "broken.png", pair(5)[1])
+        culprit = "broken.png"
+    result = runner.invoke(app, ["score", "--pairs", str(root), "--model", str(model_files["pt"])])
+    assert result.exit_code != 0
+    assert culprit in result.output and "error:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) -> None:
+    noisy, _ = pair(0)
+    write_rgb8(tmp_path / "one.png", noisy)
+    write_rgb8(tmp_path / "two.jpg", noisy)
+    deep = np.clip(noisy.astype(np.uint16) * 257, 0, 65535).astype(np.uint16)
+    cv2.imwrite(str(tmp_path / "deep.png"), deep[:, :, ::-1])
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    args = [
+        "run",
+        str(tmp_path / "one.png"),
+        str(tmp_path / "bad.png"),
+        str(tmp_path / "two.jpg"),
+        str(tmp_path / "deep.png"),
+        "--model",
+        str(model_files["pt"]),
+        "--tile",
+        "16",
+        "--overlap",
+        "4",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert "bad.png" in result.output and "1 of 4" in result.output
+    assert not (tmp_path / "bad_denoised.png").exists()
+    out = read_rgb8(tmp_path / "one_denoised.png")
+    assert out.shape == noisy.shape and not np.array_equal(out, noisy)
+    assert cv2.imread(str(tmp_path / "two_denoised.jpg")) is not None
+    assert cv2.imread(str(tmp_path / "deep_denoised.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    assert read_rgb8(tmp_path / "one.png").tolist() == noisy.tolist()  # input untouched
+
+    # A second run refuses to replace the outputs unless asked to.
+    again = runner.invoke(app, args[:2] + args[5:])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    forced = runner.invoke(app, [*args[:2], *args[5:], "--overwrite"])
+    assert forced.exit_code == 0, forced.output
+
+
+def test_run_into_a_folder_with_the_onnx_backend(tmp_path: Path, model_files) -> None:
+    write_rgb8(tmp_path / "in" / "x.png", pair(1)[0])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(tmp_path / "in"),
+            "-o",
+            str(tmp_path / "out"),
+            "--model",
+            str(model_files["onnx"]),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["x_denoised.png"]
+
+
+def test_run_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_rgb8(tmp_path / "x.png", pair(1)[0])
+    result = runner.invoke(app, ["run", "x.png"])
+    assert result.exit_code == 1 and "--model" in result.output
+    (tmp_path / "params.yaml").write_text("model: nafnet\n")
+    result = runner.invoke(app, ["run", "x.png"])
+    assert result.exit_code == 1 and "models/nafnet.pt" in result.output

@@ -1,0 +1,225 @@
+"""Scoring pairs and the evaluate stage on a tiny split with tiny real checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from denoise.checkpoint import save_checkpoint
+from denoise.data.patch_store import write_patch_store
+from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
+from denoise.errors import DenoiseError
+from denoise.evaluate import (
+    EvalParams,
+    evaluate,
+    find_pairs,
+    nlm_denoise,
+    read_pair,
+    score_image,
+    tune_nlm,
+)
+from denoise.fileio import write_rgb8
+from denoise.infer import TorchBackend, denoise_image
+from denoise.metrics import psnr
+from denoise.models.registry import build_model
+
+TINY = {
+    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
+    "dncnn": {"nb": 5, "nc": 16},
+}
+# Three ISO bands, two brightness levels, two phones.
+INSTANCES = [
+    "0001_001_S6_00100_00060_3200_L",
+    "0002_002_GP_00800_00350_5500_N",
+    "0003_003_S6_03200_00100_4400_N",
+]
+
+
+def noisy_clean(h: int, w: int, seed: int, sigma: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    clean = cv2.GaussianBlur(rng.integers(0, 256, (h, w, 3)).astype(np.float32), (0, 0), 2)
+    clean = (clean - clean.mean()) * 3 + 128
+    noisy = np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).astype(np.uint8)
+    return noisy, np.clip(clean, 0, 255).astype(np.uint8)
+
+
+def save_tiny(path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_checkpoint(path, name, TINY[name], model.state_dict())
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Path:
+    """data/split-like: test/<instance>/ whole images and a val patch store."""
+    root = tmp_path / "split"
+    for i, name in enumerate(INSTANCES):
+        noisy, clean = noisy_clean(36, 52, seed=i)
+        write_rgb8(root / "test" / name / NOISY_NAME, noisy)
+        write_rgb8(root / "test" / name / GT_NAME, clean)
+    pairs = [noisy_clean(32, 32, seed=10 + i) for i in range(5)]
+    write_patch_store(
+        root / "val", np.stack([n for n, _ in pairs]), np.stack([c for _, c in pairs])
+    )
+    return root
+
+
+def params(**over) -> EvalParams:
+    d = {
+        "models": ["dncnn", "nafnet"],
+        "tile": 32,
+        "overlap": 8,
+        "nlm": {"h": [2, 12], "h_color": [2, 12], "val_patches": 3},
+        "strip": {"crop": 24, "zoom": 2},
+    }
+    return EvalParams.from_dict({**d, **over})
+
+
+def test_scores_agree_with_skimage_on_the_uint8_output() -> None:
+    noisy, clean = noisy_clean(40, 48, seed=0)
+    torch.manual_seed(0)
+    model = build_model("dncnn", TINY["dncnn"])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    out = denoise_image(noisy, TorchBackend(model), tile=32, overlap=8)
+    assert out.dtype == np.uint8 and not np.array_equal(out, noisy)
+    score = score_image(out, clean)
+    assert score.psnr == pytest.approx(
+        peak_signal_noise_ratio(clean, out, data_range=255), abs=1e-9
+    )
+    ref = structural_similarity(
+        clean,
+        out,
+        data_range=255,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
+    assert score.ssim == pytest.approx(ref, abs=1e-9)
+
+
+def test_find_pairs_in_both_layouts(tmp_path: Path, split: Path) -> None:
+    sidd = find_pairs(split / "test")
+    assert [p.name for p in sidd] == INSTANCES
+    assert sidd[1].instance is not None and sidd[1].instance.phone == "GP"
+    noisy, clean = noisy_clean(8, 8, seed=0)
+    write_rgb8(tmp_path / "flat" / "noisy" / "b.jpg", noisy)
+    write_rgb8(tmp_path / "flat" / "clean" / "b.png", clean)
+    write_rgb8(tmp_path / "flat" / "noisy" / "a.png", noisy)
+    write_rgb8(tmp_path / "flat" / "clean" / "a.png", clean)
+    flat = find_pairs(tmp_path / "flat")
+    assert [(p.name, p.noisy.name, p.clean.name) for p in flat] == [
+        ("a", "a.png", "a.png"),
+        ("b", "b.jpg", "b.png"),
+    ]
+    assert read_pair(flat[1])[0].shape == (8, 8, 3)
+
+
+def test_pair_errors_name_the_file(tmp_path: Path) -> None:
+    noisy, clean = noisy_clean(8, 8, seed=0)
+    write_rgb8(tmp_path / "noisy" / "only_noisy.png", noisy)
+    (tmp_path / "clean").mkdir()
+    with pytest.raises(DenoiseError, match=r"only_noisy.png: no image named only_noisy"):
+        find_pairs(tmp_path)
+    write_rgb8(tmp_path / "clean" / "only_noisy.png", clean[:4])
+    (pair,) = find_pairs(tmp_path)
+    with pytest.raises(DenoiseError, match=r"noisy/only_noisy.png: size 8x8 differs"):
+        read_pair(pair)
+    with pytest.raises(DenoiseError, match="no pairs found"):
+        find_pairs(tmp_path / "noisy")
+
+
+def test_nlm_tuning_picks_the_best_strength() -> None:
+    pairs = [noisy_clean(32, 32, seed=s, sigma=20) for s in range(2)]
+    noisy, clean = [n for n, _ in pairs], [c for _, c in pairs]
+    h, hc, best = tune_nlm(noisy, clean, [1, 10], [1, 10], progress=False)
+    for g in (1, 10):
+        for gc in (1, 10):
+            got = np.mean([psnr(nlm_denoise(n, h=g, h_color=gc), c) for n, c in pairs])
+            assert got <= best + 1e-9
+    assert best > np.mean([psnr(n, c) for n, c in pairs])  # NLM helps on sigma 20 noise
+    assert (h, hc) != (1.0, 1.0)
+
+
+def test_evaluate_writes_metrics_and_plots(tmp_path: Path, split: Path) -> None:
+    models = tmp_path / "models"
+    for name in ("dncnn", "nafnet"):
+        save_tiny(models / f"{name}.pt", name)
+    out = tmp_path / "out"
+    kw = {
+        "metrics_path": out / "evaluate.json",
+        "speed_path": out / "speed.json",
+        "plots_dir": out / "plots",
+        "progress": False,
+    }
+    ckpts = {n: models / f"{n}.pt" for n in ("dncnn", "nafnet")}
+    summary = evaluate(split, ckpts, params(), **kw)
+
+    written = json.loads((out / "evaluate.json").read_text())
+    assert written == summary
+    assert list(summary["methods"]) == ["noisy", "nlm", "dncnn", "nafnet"]
+    assert summary["test_images"] == 3
+    assert summary["images_per_group"]["by_phone"] == {"GP": 1, "S6": 2}
+    assert summary["images_per_group"]["by_brightness"] == {"L": 1, "N": 2}
+    assert summary["nlm"]["h"] in (2.0, 12.0) and summary["nlm"]["val_patches"] == 3
+    pairs = [read_pair(p) for p in find_pairs(split / "test")]
+    noisy_mean = np.mean([psnr(n, c) for n, c in pairs])
+    assert summary["methods"]["noisy"]["psnr"] == pytest.approx(noisy_mean, abs=1e-4)
+    for entry in summary["methods"].values():
+        assert set(entry) == {"psnr", "ssim", "by_iso", "by_brightness", "by_phone"}
+        assert set(entry["by_iso"]) == {"ISO<400", "ISO400-1599", "ISO>=1600"}
+        assert 0 < entry["ssim"] <= 1
+    iso_low = summary["methods"]["noisy"]["by_iso"]["ISO<400"]["psnr"]
+    assert iso_low == pytest.approx(psnr(*pairs[0]), abs=1e-4)
+
+    speed = json.loads((out / "speed.json").read_text())
+    assert set(speed["seconds_per_megapixel"]) == {"nlm", "dncnn", "nafnet"}
+    with open(out / "plots" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 4 and rows[0]["image"] == INSTANCES[0]
+    strips = sorted(p.name for p in (out / "plots" / "strips").iterdir())
+    assert strips == [f"{n}.png" for n in INSTANCES]
+    strip = cv2.imread(str(out / "plots" / "strips" / strips[0]))
+    assert strip.shape[1] > 5 * 24 * 2  # five zoomed panels side by side
+    chart = cv2.imread(str(out / "plots" / "psnr_by_iso.png"))
+    assert chart is not None and chart.shape[0] > 100
+
+    # Deterministic: the same inputs give the same bytes (timings live in speed.json only).
+    first = {
+        p: p.read_bytes()
+        for p in [
+            out / "evaluate.json",
+            out / "plots" / "per_image.csv",
+            out / "plots" / "psnr_by_iso.png",
+            out / "plots" / "strips" / strips[0],
+        ]
+    }
+    evaluate(split, ckpts, params(), **kw)
+    assert all(p.read_bytes() == data for p, data in first.items())
+
+
+def test_missing_checkpoint_and_bad_params(tmp_path: Path, split: Path) -> None:
+    with pytest.raises(DenoiseError, match=r"nafnet\.pt: checkpoint not found"):
+        evaluate(
+            split,
+            {"nafnet": tmp_path / "nafnet.pt"},
+            params(),
+            progress=False,
+            metrics_path=tmp_path / "m.json",
+            speed_path=tmp_path / "s.json",
+            plots_dir=tmp_path / "p",
+        )
+    with pytest.raises(DenoiseError, match=r"params\.yaml evaluate"):
+        EvalParams.from_dict({"models": ["nafnet"], "tile": 32})

@@ -1,0 +1,126 @@
+"""ONNX export: checker, native LayerNormalization, parity with PyTorch, atomic repository."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from denoise import export, triton
+from denoise.checkpoint import save_checkpoint
+from denoise.errors import DenoiseError
+from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
+from denoise.models.registry import build_model
+
+TINY = {
+    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
+    "dncnn": {"nb": 5, "nc": 16},
+}
+SETTINGS = ExportSettings(opset=17, tolerance=1e-4, parity_sizes=((32, 32), (30, 45), (17, 51)),
+                          parity_batch=2, seed=0, max_batch_size=4, python_threads=1)
+
+
+def tiny_checkpoint(tmp_path: Path, name: str) -> tuple[Path, nn.Module]:
+    """A tiny network with random (non-identity) weights saved as models/<name>.pt."""
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name]).eval()
+    with torch.no_grad():  # a fresh NAFNet is exactly the identity: perturb every weight
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    path = tmp_path / "models" / f"{name}.pt"
+    save_checkpoint(path, name, TINY[name], model.state_dict())
+    return path, model
+
+
+@pytest.mark.parametrize("name", ["nafnet", "dncnn"])
+def test_export_checkpoint_writes_verified_routes(tmp_path: Path, name: str) -> None:
+    ckpt, model = tiny_checkpoint(tmp_path, name)
+    repo, metrics = tmp_path / "model_repository", tmp_path / "metrics" / "export.json"
+    report = export_checkpoint(ckpt, repo, metrics, SETTINGS)
+
+    assert report["passed"] and report["max_abs_diff"] <= SETTINGS.tolerance
+    assert set(report["max_abs_diff_per_size"]) == {"32x32", "30x45", "17x51"}
+    assert json.loads(metrics.read_text()) == report
+    if name == "nafnet":
+        assert report["layernorm_nodes"] == 2 * (1 + 1 + 1 + 1 + 1)  # two per NAFBlock
+    for model_name in (triton.ONNX_MODEL, triton.PYTHON_MODEL):
+        assert (repo / model_name / "config.pbtxt").is_file()
+        assert (repo / model_name / "1" / "model.onnx").is_file()
+    assert (repo / triton.PYTHON_MODEL / "1" / "model.py").read_text() == \
+        triton.PYTHON_MODEL_TEMPLATE.read_text()
+    # The published file itself, on a size and batch the parity check did not use.
+    x = np.random.default_rng(1).random((3, 3, 23, 41), dtype=np.float32)
+    sess = ort.InferenceSession(str(repo / triton.ONNX_MODEL / "1" / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {triton.INPUT_NAME: x})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert y.shape == ref.shape
+    np.testing.assert_allclose(y, ref, atol=1e-4)
+    assert np.abs(y - x).max() > 1e-3  # not the identity: the check above means something
+
+
+def test_failed_parity_leaves_repository_untouched(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
+    repo, metrics = tmp_path / "repo", tmp_path / "export.json"
+    old = repo / triton.ONNX_MODEL / "config.pbtxt"
+    old.parent.mkdir(parents=True)
+    old.write_text("previous model\n")
+    monkeypatch.setattr(export, "parity", lambda *a, **k: {"32x32": 0.5, "17x51": 2e-5})
+    with pytest.raises(DenoiseError, match=r"differs from PyTorch by 0\.5"):
+        export_checkpoint(ckpt, repo, metrics, SETTINGS)
+    assert old.read_text() == "previous model\n"
+    assert not (repo / triton.PYTHON_MODEL).exists()
+    assert json.loads(metrics.read_text())["passed"] is False
+
+
+class ShapeBakedAtTrace(nn.Module):
+    """Adds 1 only to inputs wider than 40 px: a Python branch the tracer freezes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 1.0 if x.shape[-1] > 40 else x
+
+
+def test_parity_catches_a_shape_frozen_at_trace_time(tmp_path: Path) -> None:
+    path = tmp_path / "frozen.onnx"
+    with pytest.warns(torch.jit.TracerWarning):
+        export_onnx(ShapeBakedAtTrace(), path, sample_hw=(64, 64))
+    diffs = parity(ShapeBakedAtTrace(), path, [(64, 64), (17, 23)], batch=1)
+    assert diffs["64x64"] == 0.0
+    assert diffs["17x23"] == pytest.approx(1.0)
+
+
+def test_checker_and_layernorm_requirement(tmp_path: Path) -> None:
+    _, dncnn = tiny_checkpoint(tmp_path, "dncnn")
+    path = tmp_path / "dncnn.onnx"
+    export_onnx(dncnn, path)
+    ops = check_onnx(path, require_layernorm=False)
+    assert ops["Conv"] == TINY["dncnn"]["nb"]
+    with pytest.raises(DenoiseError, match="no LayerNormalization"):
+        check_onnx(path, require_layernorm=True)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(DenoiseError, match=r"broken\.onnx: onnx\.checker failed"):
+        check_onnx(broken, require_layernorm=False)
+
+
+def test_old_opset_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DenoiseError, match="opset 13"):
+        export_onnx(nn.Identity(), tmp_path / "x.onnx", opset=13)
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_settings_from_params_reject_unknown_and_missing() -> None:
+    params = {"opset": 17, "tolerance": 1e-4, "parity_sizes": [[8, 8]], "parity_batch": 1,
+              "seed": 0, "max_batch_size": 2, "python_threads": 0}
+    assert ExportSettings.from_params(params).parity_sizes == ((8, 8),)
+    with pytest.raises(DenoiseError, match=r"unknown.*'opst'"):
+        ExportSettings.from_params({**params, "opst": 17})
+    with pytest.raises(DenoiseError, match=r"missing.*'seed'"):
+        ExportSettings.from_params({k: v for k, v in params.items() if k != "seed"})

@@ -1,0 +1,279 @@
+"""Tiled inference: equal to untiled inference, seamless, any size; backends; photo I/O."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from denoise.checkpoint import save_checkpoint
+from denoise.errors import DenoiseError
+from denoise.infer import (
+    BACKENDS,
+    TorchBackend,
+    denoise_image,
+    open_backend,
+    read_photo,
+    register_backend,
+    resolve_model,
+    tile_starts,
+    tile_weights,
+    write_photo,
+)
+from denoise.metrics import psnr
+from denoise.models.registry import build_model
+
+TINY = {
+    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
+    "dncnn": {"nb": 5, "nc": 16},
+}
+
+
+def tiny_model(name: str, scale: float = 0.02) -> torch.nn.Module:
+    """A tiny real network, perturbed from its (identity-like) init so it changes the image."""
+    torch.manual_seed(0)
+    model = build_model(name, TINY[name])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model.eval()
+
+
+def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth colour pattern and a noisy copy of it."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    clean = (
+        np.stack(
+            [
+                np.sin(xx / 9) + np.cos(yy / 13),
+                np.sin((xx + yy) / 17),
+                np.cos(xx / 5) * np.sin(yy / 7),
+            ],
+            -1,
+        )
+        * 60
+        + 128
+    )
+    noisy = clean + np.random.default_rng(seed).normal(0, 20, clean.shape)
+    return np.clip(noisy, 0, 255).astype(np.uint8), np.clip(clean, 0, 255).astype(np.uint8)
+
+
+class Recorder:
+    """A backend that returns its input and records the batch shapes it saw."""
+
+    name = "identity"
+
+    def __init__(self) -> None:
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        assert batch.dtype == np.float32 and batch.min() >= 0.0 and batch.max() <= 1.0
+        self.shapes.append(batch.shape)
+        return batch.copy()
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"),
+    [
+        (1, 64, 16),
+        (64, 64, 16),
+        (65, 64, 16),
+        (128, 64, 0),
+        (300, 64, 16),
+        (1001, 96, 32),
+        (99, 64, 30),
+        (50, 0, 0),
+    ],
+)
+def test_tile_starts_cover_the_axis_with_enough_overlap(length, tile, overlap) -> None:
+    starts, size = tile_starts(length, tile, overlap)
+    assert size == (length if tile <= 0 else min(tile, length))
+    assert starts[0] == 0 and starts[-1] + size == length
+    assert all(b - a <= size - overlap for a, b in itertools.pairwise(starts))
+
+
+def test_tiles_that_fit_exactly_need_no_extra_tile() -> None:
+    assert tile_starts(128, 64, 0) == ([0, 64], 64)
+    assert tile_starts(112, 64, 16) == ([0, 48], 64)
+
+
+@pytest.mark.parametrize(
+    ("length", "tile", "overlap"), [(300, 64, 16), (1001, 96, 32), (130, 64, 8)]
+)
+def test_windows_sum_to_one(length, tile, overlap) -> None:
+    starts, size = tile_starts(length, tile, overlap)
+    total = np.zeros(length)
+    for start, win in zip(starts, tile_weights(starts, size), strict=True):
+        total[start : start + size] += win
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "tile", "overlap", "batch"),
+    [
+        (1, 1, 64, 16, 1),
+        (5, 7, 64, 16, 1),
+        (64, 64, 64, 16, 1),
+        (128, 64, 64, 0, 2),
+        (67, 130, 32, 8, 3),
+        (40, 41, 16, 15, 4),
+        (33, 21, 0, 0, 1),
+    ],
+)
+def test_identity_backend_gives_back_the_input(h, w, tile, overlap, batch) -> None:
+    img = np.random.default_rng(1).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    backend = Recorder()
+    out = denoise_image(img, backend, tile=tile, overlap=overlap, batch=batch)
+    np.testing.assert_array_equal(out, img)
+    limit = tile if tile > 0 else max(h, w)
+    assert all(n <= batch and th <= limit and tw <= limit for n, _, th, tw in backend.shapes)
+
+
+def test_sixteen_bit_stays_sixteen_bit() -> None:
+    img = np.random.default_rng(2).integers(0, 65536, (30, 45, 3), dtype=np.uint16)
+    out = denoise_image(img, Recorder(), tile=16, overlap=4)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, img)
+
+
+def test_bad_overlap_is_a_user_error() -> None:
+    with pytest.raises(DenoiseError, match="overlap"):
+        denoise_image(np.zeros((8, 8, 3), np.uint8), Recorder(), tile=16, overlap=16)
+
+
+@pytest.mark.parametrize("name", ["nafnet", "dncnn"])
+def test_tiled_equals_untiled_within_a_hundredth_of_a_db(name: str) -> None:
+    noisy, clean = make_pair(112, 150)
+    backend = TorchBackend(tiny_model(name))
+    whole = denoise_image(noisy, backend, tile=0, overlap=0)
+    assert psnr(whole, noisy) < 40, "the network must change the image for this test to bite"
+    recorder_calls = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        recorder_calls.append(batch.shape[0])
+        return backend(batch)
+
+    counting.name = "counting"  # type: ignore[attr-defined]
+    tiled = denoise_image(noisy, counting, tile=64, overlap=16, batch=2)  # type: ignore[arg-type]
+    assert sum(recorder_calls) >= 6
+    assert abs(psnr(tiled, clean) - psnr(whole, clean)) < 0.01
+    if name == "dncnn":  # a local network: tiles that drop their padded margins are exact
+        assert psnr(tiled, whole) > 60
+
+
+def test_blending_leaves_no_seam() -> None:
+    """Each tile comes back as a flat grey of its own mean: hard stitching would show steps."""
+
+    class TileMean:
+        name = "tile-mean"
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return np.broadcast_to(batch.mean(axis=(1, 2, 3), keepdims=True), batch.shape).copy()
+
+    ramp = np.tile(np.linspace(0, 255, 200)[None, :, None], (40, 1, 3)).astype(np.uint8)
+    out = denoise_image(ramp, TileMean(), tile=64, overlap=32).astype(float)
+    starts, _ = tile_starts(200, 64, 32)
+    means = [ramp[:, s : s + 64].mean() for s in starts]
+    step = min(abs(b - a) for a, b in itertools.pairwise(means))
+    assert step > 20  # hard stitching would jump by this much at each border
+    assert np.abs(np.diff(out, axis=1)).max() < 0.35 * step
+    assert np.abs(np.diff(out, axis=0)).max() == 0
+
+
+def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:
+    model = tiny_model("dncnn", scale=0.05)
+    ckpt = tmp_path / "dncnn.pt"
+    save_checkpoint(ckpt, "dncnn", TINY["dncnn"], model.state_dict())
+    onnx_path = tmp_path / "dncnn.onnx"
+    torch.onnx.export(
+        model,
+        torch.rand(1, 3, 32, 32),
+        str(onnx_path),
+        dynamo=False,
+        input_names=["input"],
+        output_names=["output"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}},
+    )
+    batch = np.random.default_rng(3).random((2, 3, 20, 27), dtype=np.float32)
+    by_torch = open_backend("torch", ckpt, channels_last=True)
+    by_ort = open_backend("onnxruntime", onnx_path)
+    assert by_torch.name == "torch" and by_ort.name == "onnxruntime"
+    np.testing.assert_allclose(by_torch(batch), by_ort(batch), atol=1e-4)
+    assert np.abs(by_torch(batch) - batch).max() > 1e-3
+
+
+def test_backend_registry(tmp_path: Path) -> None:
+    @register_backend("test-double")
+    def _open(model, scale: float = 1.0):
+        backend = Recorder()
+        backend.name = f"double:{model}:{scale}"
+        return backend
+
+    try:
+        assert open_backend("test-double", "m", scale=2.0).name == "double:m:2.0"
+    finally:
+        BACKENDS.pop("test-double")
+    with pytest.raises(DenoiseError, match="unknown backend 'nope'"):
+        open_backend("nope", "m")
+    with pytest.raises(DenoiseError, match=r"missing\.onnx"):
+        open_backend("onnxruntime", tmp_path / "missing.onnx")
+    with pytest.raises(DenoiseError, match=r"missing\.pt"):
+        open_backend("torch", tmp_path / "missing.pt")
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert a minimal EXIF APP1 segment holding only the orientation tag."""
+    tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_read_photo_applies_exif_orientation(tmp_path: Path) -> None:
+    img = np.zeros((10, 30, 3), np.uint8)
+    img[:, :5] = 255  # a bright left edge
+    ok, buf = cv2.imencode(".jpg", img)
+    assert ok
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90 degrees CW
+    out = read_photo(path)
+    assert out.shape == (30, 10, 3)
+    assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the left edge is now on top
+
+
+def test_photo_round_trip_keeps_depth(tmp_path: Path) -> None:
+    img16 = np.random.default_rng(4).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
+    write_photo(tmp_path / "a.png", img16)
+    np.testing.assert_array_equal(read_photo(tmp_path / "a.png"), img16)
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    cv2.imwrite(str(tmp_path / "g.png"), grey)
+    assert read_photo(tmp_path / "g.png").shape == (3, 4, 3)
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(DenoiseError, match=r"rgba\.png: RGBA"):
+        read_photo(tmp_path / "rgba.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(DenoiseError, match=r"junk\.png: not a readable image"):
+        read_photo(tmp_path / "junk.png")
+
+
+def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
+    params, models = tmp_path / "params.yaml", tmp_path / "models"
+    kw = {"params_path": params, "models_dir": models}
+    with pytest.raises(DenoiseError, match="pass --model"):
+        resolve_model(None, None, **kw)
+    params.write_text("model: dncnn\n")
+    with pytest.raises(DenoiseError, match=r"dncnn.pt: not found.*dvc repro train-dncnn"):
+        resolve_model(None, None, **kw)
+    models.mkdir()
+    (models / "dncnn.pt").write_bytes(b"")
+    assert resolve_model(None, None, **kw) == ("torch", str(models / "dncnn.pt"))
+    assert resolve_model(None, "triton", **kw) == ("triton", "dncnn")
+    assert resolve_model("x.onnx", None, **kw) == ("onnxruntime", "x.onnx")
+    with pytest.raises(DenoiseError, match="unknown model file type"):
+        resolve_model("x.bin", None, **kw)

@@ -1,0 +1,109 @@
+"""End to end: the whole DVC pipeline reproduces, in a fresh copy of the repository.
+
+Runs the data stages on the DEFAULT params (so their output hashes can be compared with the
+committed dvc.lock: the same params give the same bytes on another machine) and the rest of
+the DAG on tiny training params. Then checks what a user relies on: `dvc status` is clean, a
+second `dvc repro` runs nothing, and `dvc exp run -S model=dncnn` re-runs only the deploy
+half of the DAG.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_STAGES = ("download", "crop-split")
+DEPLOY_STAGES = {"export-onnx", "build-trt", "triton-smoke"}
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@localhost")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.splitlines() if (REPO / f).is_file()]
+
+
+def _out_hashes(lock: dict, stage: str) -> dict[str, str]:
+    return {o["path"]: o["md5"] for o in lock["stages"][stage]["outs"]}
+
+
+def _shrink_training(params: dict) -> None:
+    """Tiny models and a few iterations: the check is about the DAG, not the quality."""
+    for name, arch in (("nafnet", {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1,
+                                   "dec_blk_nums": [1, 1]}),
+                       ("dncnn", {"nb": 4, "nc": 16})):
+        section = params["train"][name]
+        section["arch"] = arch
+        section["iters"] = 4
+        section["val_every"] = 2
+        section["batch_size"] = 2
+        section["crop"] = 32
+    params["evaluate"]["tile"] = 128
+    params["evaluate"]["overlap"] = 16
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("pipeline")
+    for rel in _tracked_files():
+        dst = work / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, dst)
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    _shrink_training(params)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], work)
+    if not (work / ".dvc").is_dir():
+        _run(["dvc", "init", "-q"], work)
+    _run(["dvc", "config", "core.autostage", "false"], work)
+    _run(["git", "add", "-A"], work)
+    _run(["git", "commit", "-qm", "fresh clone"], work)
+    _run(["dvc", "repro"], work)
+    return work
+
+
+def test_data_stages_reproduce_the_committed_hashes(workdir: Path) -> None:
+    committed = REPO / "dvc.lock"
+    assert committed.is_file(), "dvc.lock is not committed: run `make repro` and commit it"
+    ours = yaml.safe_load((workdir / "dvc.lock").read_text())
+    theirs = yaml.safe_load(committed.read_text())
+    for stage in DATA_STAGES:
+        assert _out_hashes(ours, stage) == _out_hashes(theirs, stage), (
+            f"stage {stage} produced different outputs than the committed dvc.lock")
+
+
+def test_status_clean_and_second_repro_runs_nothing(workdir: Path) -> None:
+    status = _run(["dvc", "status"], workdir)
+    assert "up to date" in status, status
+    again = _run(["dvc", "repro"], workdir)
+    assert "Running stage" not in again, again
+
+
+def test_model_switch_reruns_only_the_deploy_half(workdir: Path) -> None:
+    _run(["git", "add", "-A"], workdir)
+    _run(["git", "commit", "-qm", "baseline run"], workdir)
+    out = _run(["dvc", "exp", "run", "-S", "model=dncnn"], workdir)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == DEPLOY_STAGES, out
+    shown = _run(["dvc", "exp", "show", "--no-pager", "--csv"], workdir)
+    assert "dncnn" in shown
+    diff = _run(["dvc", "metrics", "diff", "--md"], workdir)
+    assert "metrics/" in diff or "No changes" not in diff

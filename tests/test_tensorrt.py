@@ -1,0 +1,107 @@
+"""TensorRT: detection, the skipped record (never a placeholder engine), settings, backend."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from denoise import tensorrt, triton
+from denoise.errors import DenoiseError
+from denoise.infer import open_backend
+from denoise.tensorrt import TrtSettings, build_trt, tensorrt_status
+
+PARAMS = {"fp16": True, "min_shape": [1, 32, 32], "opt_shape": [1, 64, 64],
+          "max_shape": [2, 128, 128], "workspace_gb": 1, "test_images": 2, "test_crop": 64,
+          "latency_repeats": 3, "min_psnr_vs_onnxruntime": 40.0}
+
+
+@pytest.fixture
+def no_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+
+
+def test_status_without_tensorrt(no_tensorrt: None) -> None:
+    ok, why = tensorrt_status()
+    assert not ok and "TensorRT is not installed" in why
+
+
+def test_status_with_tensorrt_but_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert tensorrt_status() == (False, "TensorRT 10.9 is installed but no CUDA GPU is visible")
+
+
+@pytest.mark.parametrize(("version", "supported"), [("10.9.0.34", True), ("8.6.1", True),
+                                                    ("11.4.0", False), ("8.5.3", False)])
+def test_status_gates_the_tensorrt_version(monkeypatch: pytest.MonkeyPatch, version: str,
+                                           supported: bool) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "GPU-X")
+    ok, why = tensorrt_status()
+    assert ok == supported
+    assert why == (f"TensorRT {version} on GPU-X" if supported else
+                   f"TensorRT {version} is not supported: this build uses the weakly-typed FP16 "
+                   "API of TensorRT 8.6-10.x (removed in 11)")
+
+
+def test_skipped_build_records_why_and_writes_no_engine(no_tensorrt: None, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    repo = tmp_path / "model_repository"
+    stale = repo / triton.TRT_MODEL / "1" / "model.plan"  # from an earlier ONNX
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"engine of another model")
+    metrics = tmp_path / "metrics" / "build_trt.json"
+    report = build_trt(repo, tmp_path / "test", metrics, TrtSettings.from_params(PARAMS))
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "skipped" and "TensorRT is not installed" in record["reason"]
+    assert report == record
+    assert not (repo / triton.TRT_MODEL).exists()
+    assert not list(tmp_path.rglob("*.plan")) and not list(tmp_path.rglob("*.engine"))
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("build-trt: skipped: TensorRT is not installed")
+
+
+def test_backend_without_tensorrt_is_a_clear_error(no_tensorrt: None) -> None:
+    with pytest.raises(DenoiseError, match=r"m\.plan: tensorrt backend unavailable"):
+        open_backend("tensorrt", "m.plan")
+
+
+def test_settings_profile_and_validation() -> None:
+    settings = TrtSettings.from_params(PARAMS)
+    assert settings.profile() == ((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128))
+    with pytest.raises(DenoiseError, match="min_shape <= opt_shape <= max_shape"):
+        TrtSettings.from_params({**PARAMS, "opt_shape": [1, 256, 64]})
+    with pytest.raises(DenoiseError, match=r"trt\.max_shape: expected \[batch, height, width\]"):
+        TrtSettings.from_params({**PARAMS, "max_shape": [128, 128]})
+    with pytest.raises(DenoiseError, match=r"missing.*'fp16'"):
+        TrtSettings.from_params({k: v for k, v in PARAMS.items() if k != "fp16"})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not tensorrt_status()[0], reason="needs TensorRT and a CUDA GPU")
+def test_engine_build_matches_onnxruntime(tmp_path: Path) -> None:  # pragma: no cover
+    """Only where TensorRT runs: FP16 engine of a tiny NAFNet vs onnxruntime."""
+    import numpy as np
+
+    from denoise.export import export_onnx
+    from denoise.infer import OnnxRuntimeBackend
+    from denoise.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("nafnet", {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1,
+                                   "dec_blk_nums": [1, 1]})
+    onnx_path = tmp_path / "model.onnx"
+    export_onnx(model, onnx_path)
+    plan, pinned = tensorrt.build_engine(onnx_path, TrtSettings.from_params(PARAMS))
+    assert pinned > 0
+    (tmp_path / "model.plan").write_bytes(plan)
+    engine = tensorrt.TensorRTBackend(tmp_path / "model.plan")
+    x = np.random.default_rng(0).random((2, 3, 48, 80), dtype=np.float32)
+    ref = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])(x)
+    assert np.abs(engine(x) - ref).max() < 1e-2

@@ -1,0 +1,204 @@
+"""The training loop on tiny models and a tiny patch store: checkpoints, resume, DDP, errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from denoise.checkpoint import load_model, read_checkpoint
+from denoise.data.patch_store import write_patch_store
+from denoise.errors import DenoiseError
+from denoise.train import train_model
+from denoise.training import tracking
+from denoise.training.config import TrainConfig
+from denoise.training.recipe import LOSSES
+from denoise.training.sampling import IterationBatchSampler
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_ARCH = {"nafnet": {"width": 4, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
+             "dncnn": {"nc": 8, "nb": 4}}
+
+
+def _store(path: Path, n: int, seed: int) -> None:
+    """Blocky clean patches plus Gaussian noise: learnable in a few iterations."""
+    rng = np.random.default_rng(seed)
+    clean = np.kron(rng.random((n, 6, 6, 3)), np.ones((1, 4, 4, 1)))
+    noisy = clean + rng.normal(0, 0.1, clean.shape)
+    to8 = lambda a: np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)  # noqa: E731
+    write_patch_store(path, to8(noisy), to8(clean))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("split")
+    _store(root / "train", 10, 0)
+    _store(root / "val", 3, 1)
+    return root
+
+
+def _cfg(model: str = "nafnet", **kw: object) -> TrainConfig:
+    base = {"arch": TINY_ARCH[model], "crop": 12, "batch_size": 4, "iters": 12, "val_every": 4,
+            "checkpoint_every": 4, "log_every": 1, "val_crop": 16, "val_batch": 2,
+            "loss": "l1" if model == "dncnn" else "psnr", "device": "cpu"}
+    base.update(kw)
+    return TrainConfig(model=model, **base)  # type: ignore[arg-type]
+
+
+def _run(cfg: TrainConfig, split: Path, out: Path) -> dict:
+    train_model(cfg, split / "train", split / "val", out / "model.pt",
+                resume_path=out / "ckpt" / "last.pt", live_dir=out / "live", progress=False)
+    return read_checkpoint(out / "model.pt")
+
+
+def _tsv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) -> None:
+    ckpt = _run(_cfg(), split, tmp_path)
+    live = tmp_path / "live"
+    val = _tsv(live / "plots" / "metrics" / "val" / "psnr.tsv")
+    assert [int(r["step"]) for r in val] == [4, 8, 12]
+    best = max(val, key=lambda r: float(r["psnr"]))
+    assert ckpt["meta"]["iteration"] == int(best["step"])
+    assert ckpt["meta"]["val_psnr"] == pytest.approx(float(best["psnr"]))
+    assert ckpt["model"] == "nafnet" and ckpt["config"] == TINY_ARCH["nafnet"]
+    assert len(_tsv(live / "plots" / "metrics" / "train" / "loss.tsv")) == 12
+    lrs = [float(r["lr"]) for r in _tsv(live / "plots" / "metrics" / "train" / "lr.tsv")]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(1e-7)  # per-iteration
+    strips = sorted((live / "plots" / "images" / "val").glob("*.png"))
+    assert [p.stem for p in strips] == ["0000004", "0000008", "0000012"]
+    assert not (tmp_path / "ckpt" / "last.pt").exists()  # removed after a finished run
+    model, _ = load_model(tmp_path / "model.pt")
+    assert isinstance(model, torch.nn.Module)
+
+
+@pytest.mark.parametrize("model", ["nafnet", "dncnn"])
+def test_interrupted_run_resumes_bit_identically(split: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 model: str) -> None:
+    cfg = _cfg(model)
+    reference = _run(cfg, split, tmp_path / "straight")
+
+    real_log = tracking.Tracker.log
+
+    def crash_after_10(self, step, *args, **kwargs):
+        if step > 10:
+            raise KeyboardInterrupt  # a Ctrl-C two iterations after the resume state at 8
+        return real_log(self, step, *args, **kwargs)
+
+    work = tmp_path / "interrupted"
+    monkeypatch.setattr(tracking.Tracker, "log", crash_after_10)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, split, work)
+    assert not (work / "model.pt").exists()
+    assert read_checkpoint(work / "ckpt" / "last.pt")["meta"]["iteration"] == 8
+    monkeypatch.setattr(tracking.Tracker, "log", real_log)
+    resumed = _run(cfg, split, work)
+
+    assert resumed["meta"] == reference["meta"]
+    assert resumed["params"].keys() == reference["params"].keys()
+    for k, v in reference["params"].items():
+        assert torch.equal(resumed["params"][k], v), k
+    losses = _tsv(work / "live" / "plots" / "metrics" / "train" / "loss.tsv")
+    steps = [int(r["step"]) for r in losses]
+    assert steps == list(range(1, 13))  # the crashed run's steps 9-10 were replaced, not doubled
+
+
+def test_stale_resume_state_is_ignored(split: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(self, step, *args, **kwargs):
+        if step > 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracking.Tracker, "log", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _run(_cfg(iters=6), split, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+    other = _cfg(iters=6, lr=5e-4)
+    changed = _run(other, split, tmp_path)
+    fresh = _run(other, split, tmp_path / "fresh")
+    for k, v in fresh["params"].items():
+        assert torch.equal(changed["params"][k], v), k
+
+
+def test_non_finite_loss_stops_without_a_model(split: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(LOSSES, "l1", lambda p, t: (p - t).abs().mean() * float("nan"))
+    with pytest.raises(DenoiseError, match=r"non-finite loss .* at iteration 1;"):
+        _run(_cfg("dncnn"), split, tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_batches_depend_only_on_seed_and_iteration() -> None:
+    fresh = IterationBatchSampler(10, 4, seed=3)
+    batches = [fresh.batch(i) for i in range(5)]
+    assert next(iter(IterationBatchSampler(10, 4, seed=3, start=3))) == batches[3]
+    stream = [key for b in batches for key in b]
+    assert sorted(i for e, i in stream if e == 0) == list(range(10))  # each patch once an epoch
+    ranks = [IterationBatchSampler(10, 4, seed=3, rank=r, world=2).batch(2) for r in range(2)]
+    assert ranks[0] + ranks[1] == batches[2]
+    assert IterationBatchSampler(10, 4, seed=4).batch(0) != batches[0]
+
+
+def test_config_from_params_merges_and_rejects_typos() -> None:
+    train = {"seed": 7, "device": "cpu", "nafnet": {"iters": 5, "lr": 2e-4, "betas": [0.9, 0.99]}}
+    cfg = TrainConfig.from_params(train, "nafnet")
+    assert (cfg.seed, cfg.iters, cfg.lr, cfg.betas) == (7, 5, 2e-4, (0.9, 0.99))
+    with pytest.raises(DenoiseError, match=r"unknown key.*itres"):
+        TrainConfig.from_params({"nafnet": {"itres": 5}}, "nafnet")
+    with pytest.raises(DenoiseError, match=r"no train\.dncnn"):
+        TrainConfig.from_params(train, "dncnn")
+
+
+def test_stage_script_rejects_an_unknown_model() -> None:
+    proc = subprocess.run([sys.executable, "stages/train.py", "unet"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: usage: python stages/train.py nafnet|dncnn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, split: Path,
+                out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    train_model(cfg, split / "train", split / "val", out, progress=False)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process(split: Path, tmp_path: Path) -> None:
+    cfg = _cfg(iters=6, val_every=6, grad_clip=0.0)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), cfg, split, tmp_path / "ddp.pt"), nprocs=2)
+    train_model(cfg, split / "train", split / "val", tmp_path / "one.pt", progress=False)
+    ddp, one = read_checkpoint(tmp_path / "ddp.pt"), read_checkpoint(tmp_path / "one.pt")
+    assert ddp["meta"]["world_size"] == 2 and one["meta"]["world_size"] == 1
+    moved = 0
+    for k, v in one["params"].items():
+        assert torch.allclose(ddp["params"][k], v, rtol=0, atol=1e-5), k
+        moved += int(not torch.equal(v, read_init(k)))
+    assert moved > 0  # training changed the weights (the comparison is not trivially true)
+
+
+def read_init(key: str) -> torch.Tensor:
+    torch.manual_seed(0)
+    from denoise.models.registry import build_model
+
+    return build_model("nafnet", TINY_ARCH["nafnet"]).state_dict()[key]

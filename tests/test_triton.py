@@ -1,0 +1,282 @@
+"""Triton: config.pbtxt, server discovery and ports, and a REAL tritonserver (the CPU one
+bundled in nvidia-pytriton) serving a tiny NAFNet over HTTP and gRPC."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from denoise import triton
+from denoise.errors import DenoiseError
+from denoise.export import export_onnx
+from denoise.infer import open_backend
+from denoise.models.registry import build_model
+
+TINY_NAFNET = {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
+
+
+def parse_config(text: str) -> model_config_pb2.ModelConfig:
+    """Parse config.pbtxt with Triton's own schema (fails on any unknown field)."""
+    return text_format.Parse(text, model_config_pb2.ModelConfig())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((triton.HOST, 0))
+        return s.getsockname()[1]
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with both ONNX routes of a tiny NAFNet with random weights."""
+    tmp = tmp_path_factory.mktemp("triton")
+    torch.manual_seed(0)
+    model = build_model("nafnet", TINY_NAFNET)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    onnx_path = tmp / "model.onnx"
+    export_onnx(model, onnx_path)
+    repo = tmp / "model_repository"
+    for route in triton.ONNX_ROUTES:
+        triton.write_onnx_route(repo, route, onnx_path, max_batch_size=2, python_threads=1)
+    return repo
+
+
+def local_onnxruntime(repo: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(repo / triton.PYTHON_MODEL / "1" / "model.onnx"),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {triton.INPUT_NAME: x})[0]
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def test_python_route_config(repository: Path) -> None:
+    cfg = parse_config((repository / triton.PYTHON_MODEL / "config.pbtxt").read_text())
+    assert cfg.name == triton.PYTHON_MODEL and cfg.backend == "python" and not cfg.platform
+    assert cfg.max_batch_size == 2
+    (inp,), (out,) = cfg.input, cfg.output
+    assert (inp.name, out.name) == (triton.INPUT_NAME, triton.OUTPUT_NAME)
+    for t in (inp, out):
+        assert t.data_type == model_config_pb2.TYPE_FP32
+        assert list(t.dims) == [3, -1, -1]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.parameters["intra_op_threads"].string_value == "1"
+
+
+def test_onnx_and_tensorrt_configs() -> None:
+    cfg = parse_config(triton.model_config(triton.ONNX_MODEL, platform="onnxruntime_onnx",
+                                           max_batch_size=8))
+    assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("onnxruntime_onnx", "", 8)
+    assert not cfg.instance_group  # Triton picks GPU when there is one, else CPU
+    cfg = parse_config(triton.model_config(triton.TRT_MODEL, platform="tensorrt_plan",
+                                           max_batch_size=4, instance_kind="KIND_GPU"))
+    assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, -1, -1]
+    assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    with pytest.raises(DenoiseError, match="max_batch_size must be > 0"):
+        triton.model_config("m", platform="onnxruntime_onnx", max_batch_size=0)
+
+
+def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
+    src = tmp_path / "model.onnx"
+    src.write_bytes(b"new")
+    stale = tmp_path / "repo" / "m" / "1" / "old.plan"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    triton.write_model(tmp_path / "repo", "m", "name: \"m\"\n", {"model.onnx": src})
+    assert not stale.exists()
+    assert (tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes() == b"new"
+
+
+# --------------------------------------------------------------------------- server setup
+
+
+def test_missing_binary_is_one_clear_error(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DenoiseError, match=r"nope/tritonserver: tritonserver binary not found"):
+        triton.find_server(tmp_path / "nope" / "tritonserver")
+    monkeypatch.setattr(triton.shutil, "which", lambda name: None)
+    monkeypatch.setattr(triton, "_pytriton_root", lambda: None)
+    with pytest.raises(DenoiseError, match="tritonserver binary not found: none on PATH"):
+        triton.find_server()
+
+
+def test_bundled_server_is_found() -> None:
+    server = triton.find_server(triton._pytriton_root() / "bin" / "tritonserver")
+    assert server.bundled and os.access(server.path, os.X_OK)
+
+
+def test_busy_port_is_refused_before_start(repository: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind((triton.HOST, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
+                                     grpc_port=port)
+        with pytest.raises(DenoiseError, match=rf"127\.0\.0\.1:{port}: port already in use "
+                                               r"\(triton grpc port\)"):
+            server.start()
+        assert server.process is None
+
+
+def test_request_to_a_stopped_server(repository: Path) -> None:
+    port = free_port()
+    with pytest.raises(DenoiseError, match=rf"http://127\.0\.0\.1:{port}: Triton server not "
+                                           "reachable"):
+        open_backend("triton", triton.PYTHON_MODEL, url=f"127.0.0.1:{port}")
+
+
+# --------------------------------------------------------------------------- real server
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[triton.TritonServer]:
+    with triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
+                             grpc_port=free_port(), startup_timeout_s=60) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_served_output_matches_onnxruntime(server: triton.TritonServer, repository: Path,
+                                           protocol: str) -> None:
+    url = server.http_url if protocol == "http" else server.grpc_url
+    # A network name (what `denoise run --backend triton` passes) means denoise_python.
+    backend = open_backend("triton", "nafnet", url=url, protocol=protocol)
+    x = np.random.default_rng(3).random((3, 3, 21, 35), dtype=np.float32)  # 3 > max batch 2
+    y = backend(x)
+    ref = local_onnxruntime(repository, x)
+    assert y.shape == x.shape and y.dtype == np.float32
+    assert np.abs(y - ref).max() <= 1e-5
+    assert np.abs(y - x).max() > 1e-3  # the model did something
+    with pytest.raises(DenoiseError, match=r"wrong input \(1, 4, 8, 8\) float32"):
+        backend(np.zeros((1, 4, 8, 8), np.float32))
+    with pytest.raises(DenoiseError, match=r"wrong input .* float64"):
+        backend(np.zeros((1, 3, 8, 8)))
+    backend.close()
+
+
+def test_server_rejects_a_wrong_shape_itself(server: triton.TritonServer) -> None:
+    backend = triton.TritonBackend(server.http_url, "http", triton.PYTHON_MODEL)
+    with pytest.raises(DenoiseError, match=r"request to denoise_python failed: .*noisy"):
+        backend._infer(np.zeros((1, 4, 8, 8), np.float32))  # skip the client-side check
+    backend.close()
+
+
+def test_unknown_model_names_what_is_served(server: triton.TritonServer) -> None:
+    with pytest.raises(DenoiseError, match=r"'denoise_trt' is not ready.*ready: denoise_python"):
+        triton.TritonBackend(server.http_url, "http", triton.TRT_MODEL)
+
+
+def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
+    srv = triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
+                              grpc_port=free_port())
+    with srv:
+        pid = srv.process.pid
+        assert srv.start_s is not None and srv.start_s > 0
+        assert triton.port_in_use(srv.http_port) and triton.port_in_use(srv.grpc_port)
+    assert srv.process is None and process_gone(pid)  # server and python stubs
+    assert not triton.port_in_use(srv.http_port) and not triton.port_in_use(srv.grpc_port)
+    # The server ran on a private copy: nothing (e.g. __pycache__) written into the repository.
+    assert not list(repository.rglob("__pycache__"))
+    with pytest.raises(DenoiseError, match="Triton server not reachable"):
+        triton.TritonBackend(srv.http_url, "http", triton.PYTHON_MODEL)
+
+
+def test_model_that_cannot_load_reports_the_servers_reason(repository: Path,
+                                                           tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    model_dir = repo / triton.PYTHON_MODEL
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.pbtxt").write_text(
+        (repository / triton.PYTHON_MODEL / "config.pbtxt").read_text())
+    (model_dir / "1").mkdir()  # model.py without its model.onnx
+    (model_dir / "1" / "model.py").write_text(triton.PYTHON_MODEL_TEMPLATE.read_text())
+    srv = triton.TritonServer(repo, [triton.PYTHON_MODEL], http_port=free_port(),
+                              grpc_port=free_port(), startup_timeout_s=60)
+    with pytest.raises(DenoiseError, match=r"denoise_python: model not ready: .*model\.onnx"):
+        srv.start()
+    assert srv.process is None
+
+
+def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
+    """A stage killed with SIGTERM still stops its server (process group, ports)."""
+    http, grpc = free_port(), free_port()
+    script = tmp_path / "hold.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from denoise.triton import TritonServer
+        with TritonServer({str(repository)!r}, ["denoise_python"], http_port={http},
+                          grpc_port={grpc}) as srv:
+            print(srv.process.pid, flush=True)
+            time.sleep(120)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while not process_gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_gone(pid)
+    assert not triton.port_in_use(http) and not triton.port_in_use(grpc)
+
+
+# --------------------------------------------------------------------------- smoke test
+
+
+def write_test_split(root: Path, count: int) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / f"{i + 1:04d}_001_S6_00100_00060_3200_L"
+        folder.mkdir(parents=True)
+        clean = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+        noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / "GT_SRGB_010.PNG"), clean)
+        cv2.imwrite(str(folder / "NOISY_SRGB_010.PNG"), noisy)
+
+
+def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
+    write_test_split(tmp_path / "test", 2)
+    settings = triton.SmokeSettings(binary="", models=(triton.PYTHON_MODEL,),
+                                    http_port=free_port(), grpc_port=free_port(),
+                                    startup_timeout_s=60, images=2, crop=32, repeats=2,
+                                    warmup=1, tolerance=1e-5)
+    metrics = tmp_path / "metrics" / "triton_smoke.json"
+    report = triton.smoke_test(repository, tmp_path / "test", metrics, settings)
+    assert json.loads(metrics.read_text()) == report
+    assert report["images"] == 2 and report["server"]["bundled"]
+    for protocol in ("http", "grpc"):
+        m = report["models"][triton.PYTHON_MODEL][protocol]
+        assert m["max_abs_diff_vs_onnxruntime"] <= 1e-5
+        assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
+        assert m["throughput_img_s"] > 0
+        assert 5 < m["psnr_in"] < 30 and np.isfinite(m["psnr_out"])
+    assert not triton.port_in_use(settings.http_port)
