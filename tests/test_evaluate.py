@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+from tiny_models import TINY, save_tiny
 
-from denoise.checkpoint import save_checkpoint
 from denoise.data.patch_store import write_patch_store
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
 from denoise.errors import DenoiseError
@@ -30,10 +30,6 @@ from denoise.infer import TorchBackend, denoise_image
 from denoise.metrics import psnr
 from denoise.models.registry import build_model
 
-TINY = {
-    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
-    "dncnn": {"nb": 5, "nc": 16},
-}
 # Three ISO bands, two brightness levels, two phones.
 INSTANCES = [
     "0001_001_S6_00100_00060_3200_L",
@@ -48,15 +44,6 @@ def noisy_clean(h: int, w: int, seed: int, sigma: float = 15.0) -> tuple[np.ndar
     clean = (clean - clean.mean()) * 3 + 128
     noisy = np.clip(clean + rng.normal(0, sigma, clean.shape), 0, 255).astype(np.uint8)
     return noisy, np.clip(clean, 0, 255).astype(np.uint8)
-
-
-def save_tiny(path: Path, name: str) -> None:
-    torch.manual_seed(0)
-    model = build_model(name, TINY[name])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    save_checkpoint(path, name, TINY[name], model.state_dict())
 
 
 @pytest.fixture
@@ -156,7 +143,7 @@ def test_nlm_tuning_picks_the_best_strength() -> None:
 def test_evaluate_writes_metrics_and_plots(tmp_path: Path, split: Path) -> None:
     models = tmp_path / "models"
     for name in ("dncnn", "nafnet"):
-        save_tiny(models / f"{name}.pt", name)
+        save_tiny(models / f"{name}.pt", name, scale=0.01)
     out = tmp_path / "out"
     kw = {
         "metrics_path": out / "evaluate.json",

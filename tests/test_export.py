@@ -9,32 +9,21 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from tiny_models import TINY, save_tiny
 from torch import nn
 
 from denoise import export, triton
-from denoise.checkpoint import save_checkpoint
 from denoise.errors import DenoiseError
 from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
-from denoise.models.registry import build_model
 
-TINY = {
-    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
-    "dncnn": {"nb": 5, "nc": 16},
-}
 SETTINGS = ExportSettings(opset=17, tolerance=1e-4, parity_sizes=((32, 32), (30, 45), (17, 51)),
                           parity_batch=2, seed=0, max_batch_size=4, python_threads=1)
 
 
 def tiny_checkpoint(tmp_path: Path, name: str) -> tuple[Path, nn.Module]:
     """A tiny network with random (non-identity) weights saved as models/<name>.pt."""
-    torch.manual_seed(0)
-    model = build_model(name, TINY[name]).eval()
-    with torch.no_grad():  # a fresh NAFNet is exactly the identity: perturb every weight
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
     path = tmp_path / "models" / f"{name}.pt"
-    save_checkpoint(path, name, TINY[name], model.state_dict())
-    return path, model
+    return path, save_tiny(path, name, scale=0.05)
 
 
 @pytest.mark.parametrize("name", ["nafnet", "dncnn"])
@@ -120,7 +109,7 @@ def test_settings_from_params_reject_unknown_and_missing() -> None:
     params = {"opset": 17, "tolerance": 1e-4, "parity_sizes": [[8, 8]], "parity_batch": 1,
               "seed": 0, "max_batch_size": 2, "python_threads": 0}
     assert ExportSettings.from_params(params).parity_sizes == ((8, 8),)
-    with pytest.raises(DenoiseError, match=r"unknown.*'opst'"):
+    with pytest.raises(DenoiseError, match=r"export: unknown opst"):
         ExportSettings.from_params({**params, "opst": 17})
-    with pytest.raises(DenoiseError, match=r"missing.*'seed'"):
+    with pytest.raises(DenoiseError, match=r"export: missing seed"):
         ExportSettings.from_params({k: v for k, v in params.items() if k != "seed"})

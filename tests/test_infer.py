@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tiny_models import TINY, tiny_model
 
 from denoise.checkpoint import save_checkpoint
 from denoise.errors import DenoiseError
@@ -26,22 +27,6 @@ from denoise.infer import (
     write_photo,
 )
 from denoise.metrics import psnr
-from denoise.models.registry import build_model
-
-TINY = {
-    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
-    "dncnn": {"nb": 5, "nc": 16},
-}
-
-
-def tiny_model(name: str, scale: float = 0.02) -> torch.nn.Module:
-    """A tiny real network, perturbed from its (identity-like) init so it changes the image."""
-    torch.manual_seed(0)
-    model = build_model(name, TINY[name])
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn_like(p))
-    return model.eval()
 
 
 def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

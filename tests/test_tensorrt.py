@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from denoise import tensorrt, triton
 from denoise.errors import DenoiseError
@@ -79,7 +80,7 @@ def test_settings_profile_and_validation() -> None:
         TrtSettings.from_params({**PARAMS, "opt_shape": [1, 256, 64]})
     with pytest.raises(DenoiseError, match=r"trt\.max_shape: expected \[batch, height, width\]"):
         TrtSettings.from_params({**PARAMS, "max_shape": [128, 128]})
-    with pytest.raises(DenoiseError, match=r"missing.*'fp16'"):
+    with pytest.raises(DenoiseError, match=r"trt: missing fp16"):
         TrtSettings.from_params({k: v for k, v in PARAMS.items() if k != "fp16"})
 
 
@@ -91,11 +92,8 @@ def test_engine_build_matches_onnxruntime(tmp_path: Path) -> None:  # pragma: no
 
     from denoise.export import export_onnx
     from denoise.infer import OnnxRuntimeBackend
-    from denoise.models.registry import build_model
 
-    torch.manual_seed(0)
-    model = build_model("nafnet", {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1,
-                                   "dec_blk_nums": [1, 1]})
+    model = tiny_model("nafnet", scale=0.05)
     onnx_path = tmp_path / "model.onnx"
     export_onnx(model, onnx_path)
     plan, pinned = tensorrt.build_engine(onnx_path, TrtSettings.from_params(PARAMS))

@@ -18,17 +18,14 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from google.protobuf import text_format
+from tiny_models import tiny_model
 from tritonclient.grpc import model_config_pb2
 
 from denoise import triton
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.infer import open_backend
-from denoise.models.registry import build_model
-
-TINY_NAFNET = {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
@@ -54,11 +51,7 @@ def process_gone(pid: int) -> bool:
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository with both ONNX routes of a tiny NAFNet with random weights."""
     tmp = tmp_path_factory.mktemp("triton")
-    torch.manual_seed(0)
-    model = build_model("nafnet", TINY_NAFNET)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = tiny_model("nafnet", scale=0.05)
     onnx_path = tmp / "model.onnx"
     export_onnx(model, onnx_path)
     repo = tmp / "model_repository"

@@ -27,6 +27,7 @@ from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import OnnxRuntimeBackend
+from denoise.params import checked_section
 
 MIN_OPSET = 17
 # Models whose graph must contain native LayerNormalization nodes after export.
@@ -47,14 +48,8 @@ class ExportSettings:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> ExportSettings:
-        s = dict(section)
-        if "parity_sizes" in s:
-            s["parity_sizes"] = tuple(tuple(int(v) for v in hw) for hw in s["parity_sizes"])
-        missing = set(cls.__dataclass_fields__) - set(s)
-        unknown = set(s) - set(cls.__dataclass_fields__)
-        if missing or unknown:
-            raise DenoiseError(f"params.yaml export: missing {sorted(missing)}, "
-                               f"unknown {sorted(unknown)}")
+        s = checked_section(cls, section, "export")
+        s["parity_sizes"] = tuple(tuple(int(v) for v in hw) for hw in s["parity_sizes"])
         return cls(**s)
 
 

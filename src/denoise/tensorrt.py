@@ -33,6 +33,7 @@ from denoise import triton
 from denoise.errors import DenoiseError
 from denoise.fileio import write_json
 from denoise.infer import OnnxRuntimeBackend, register_backend
+from denoise.params import checked_section
 
 # Named I/O tensors, execute_async_v3 and the NORMALIZATION layer type need 8.6. TensorRT 11
 # removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS (strong typing only): there the FP16
@@ -79,12 +80,7 @@ class TrtSettings:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrtSettings:
-        s = dict(section)
-        missing = set(cls.__dataclass_fields__) - set(s)
-        unknown = set(s) - set(cls.__dataclass_fields__)
-        if missing or unknown:
-            raise DenoiseError(f"params.yaml trt: missing {sorted(missing)}, "
-                               f"unknown {sorted(unknown)}")
+        s = checked_section(cls, section, "trt")
         for key in ("min_shape", "opt_shape", "max_shape"):
             s[key] = tuple(int(v) for v in s[key])
             if len(s[key]) != 3:

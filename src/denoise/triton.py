@@ -45,6 +45,7 @@ import numpy as np
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import OnnxRuntimeBackend, register_backend
+from denoise.params import checked_section
 
 INPUT_NAME = "noisy"
 OUTPUT_NAME = "denoised"
@@ -567,13 +568,8 @@ class SmokeSettings:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> SmokeSettings:
-        s = dict(section)
-        s["models"] = tuple(s.get("models", ()))
-        missing = set(cls.__dataclass_fields__) - set(s)
-        unknown = set(s) - set(cls.__dataclass_fields__)
-        if missing or unknown:
-            raise DenoiseError(f"params.yaml triton: missing {sorted(missing)}, "
-                               f"unknown {sorted(unknown)}")
+        s = checked_section(cls, section, "triton")
+        s["models"] = tuple(s["models"])
         return cls(**s)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from denoise.errors import DenoiseError
+from denoise.params import checked_section
 
 #: Keys of the shared ``train`` section that are not per-model sections.
 SHARED_KEYS = ("seed", "device", "amp", "num_workers", "checkpoint_every", "log_every",
@@ -47,14 +48,10 @@ class TrainConfig:
             raise DenoiseError(f"params.yaml: no train.{model} section")
         merged = {k: train[k] for k in SHARED_KEYS if k in train}
         merged.update(train[model])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(merged) - known)
-        if unknown:
-            raise DenoiseError(f"params.yaml: unknown key(s) in train.{model}: "
-                               f"{', '.join(unknown)}")
+        merged = checked_section(cls, {"model": model, **merged}, f"train.{model}")
         if "betas" in merged:
             merged["betas"] = tuple(merged["betas"])
-        cfg = cls(model=model, **merged)
+        cfg = cls(**merged)
         cfg.validate()
         return cfg
 
