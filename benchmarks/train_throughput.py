@@ -33,8 +33,14 @@ from denoise.training.recipe import LOSSES, build_optimizer  # noqa: E402
 from denoise.training.sampling import EpochIndexed, IterationBatchSampler  # noqa: E402
 
 
-def measure(cfg: TrainConfig, train_dir: Path, crop: int, iters: int, warmup: int = 2,
-            batch_size: int | None = None) -> dict[str, float | int | str]:
+def measure(
+    cfg: TrainConfig,
+    train_dir: Path,
+    crop: int,
+    iters: int,
+    warmup: int = 2,
+    batch_size: int | None = None,
+) -> dict[str, float | int | str]:
     """Time ``iters`` training steps (after ``warmup`` untimed ones) of one model and crop."""
     device = pick_device(cfg.device, 0)
     batch = batch_size or cfg.batch_size
@@ -43,9 +49,12 @@ def measure(cfg: TrainConfig, train_dir: Path, crop: int, iters: int, warmup: in
     optimizer = build_optimizer(cfg, model)
     loss_fn = LOSSES[cfg.loss]
     ds = RandomCropDataset(train_dir, crop, seed=cfg.seed)
-    loader = DataLoader(EpochIndexed(ds), num_workers=cfg.num_workers,
-                        batch_sampler=IterationBatchSampler(len(ds), batch, cfg.seed),
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        EpochIndexed(ds),
+        num_workers=cfg.num_workers,
+        batch_sampler=IterationBatchSampler(len(ds), batch, cfg.seed),
+        pin_memory=device.type == "cuda",
+    )
     batches = iter(loader)
     wait = total = 0.0
     for i in range(warmup + iters):
@@ -66,19 +75,33 @@ def measure(cfg: TrainConfig, train_dir: Path, crop: int, iters: int, warmup: in
             wait += t1 - t0
             total += t2 - t0
     del batches
-    return {"model": cfg.model, "crop": crop, "batch": batch, "device": str(device),
-            "samples_per_s": round(iters * batch / total, 2),
-            "step_s": round(total / iters, 4), "data_wait_pct": round(100 * wait / total, 2)}
+    return {
+        "model": cfg.model,
+        "crop": crop,
+        "batch": batch,
+        "device": str(device),
+        "samples_per_s": round(iters * batch / total, 2),
+        "step_s": round(total / iters, 4),
+        "data_wait_pct": round(100 * wait / total, 2),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters", type=int, default=6, help="timed iterations per setting")
     ap.add_argument("--models", nargs="+", default=["nafnet", "dncnn"])
-    ap.add_argument("--crops", nargs="+", default=["default", "256"],
-                    help="crop sizes; 'default' is train.<model>.crop")
-    ap.add_argument("--paper-batch", type=int, default=4,
-                    help="batch at crop 256 (the paper's 32 does not fit a short CPU run)")
+    ap.add_argument(
+        "--crops",
+        nargs="+",
+        default=["default", "256"],
+        help="crop sizes; 'default' is train.<model>.crop",
+    )
+    ap.add_argument(
+        "--paper-batch",
+        type=int,
+        default=4,
+        help="batch at crop 256 (the paper's 32 does not fit a short CPU run)",
+    )
     ap.add_argument("--data", type=Path, default=REPO / "data" / "split" / "train")
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
@@ -92,16 +115,26 @@ def main() -> None:
             batch = None if crop == "default" else args.paper_batch
             rows.append(measure(cfg, args.data, size, args.iters, batch_size=batch))
             r = rows[-1]
-            print(f"{r['model']:>7} crop {r['crop']:>4} batch {r['batch']:>3}  "
-                  f"{r['samples_per_s']:>8.2f} samples/s  {r['step_s']:>7.3f} s/step  "
-                  f"data wait {r['data_wait_pct']:>5.2f}%  ({r['device']})", flush=True)
+            print(
+                f"{r['model']:>7} crop {r['crop']:>4} batch {r['batch']:>3}  "
+                f"{r['samples_per_s']:>8.2f} samples/s  {r['step_s']:>7.3f} s/step  "
+                f"data wait {r['data_wait_pct']:>5.2f}%  ({r['device']})",
+                flush=True,
+            )
     worst = max(float(r["data_wait_pct"]) for r in rows)
     print(f"worst data-wait share: {worst:.2f}% (target < 5%)")
     if args.json:
         from denoise.fileio import write_json
 
-        write_json(args.json, {"rows": rows, "torch_threads": torch.get_num_threads(),
-                               "numpy": np.__version__, "torch": torch.__version__})
+        write_json(
+            args.json,
+            {
+                "rows": rows,
+                "torch_threads": torch.get_num_threads(),
+                "numpy": np.__version__,
+                "torch": torch.__version__,
+            },
+        )
 
 
 if __name__ == "__main__":

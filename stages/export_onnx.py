@@ -14,11 +14,17 @@ METRICS = Path("metrics/export.json")
 
 def main() -> None:
     params = load_params()
-    report = export_checkpoint(Path("models") / f"{params['model']}.pt", REPOSITORY, METRICS,
-                               ExportSettings.from_params(params["export"]))
-    print(f"export-onnx: {report['model']} opset {report['opset']}, "
-          f"{report['layernorm_nodes']} LayerNormalization nodes, max abs diff vs PyTorch "
-          f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:g})")
+    report = export_checkpoint(
+        Path("models") / f"{params['model']}.pt",
+        REPOSITORY,
+        METRICS,
+        ExportSettings.from_params(params["export"]),
+    )
+    print(
+        f"export-onnx: {report['model']} opset {report['opset']}, "
+        f"{report['layernorm_nodes']} LayerNormalization nodes, max abs diff vs PyTorch "
+        f"{report['max_abs_diff']:.2e} (tolerance {report['tolerance']:g})"
+    )
 
 
 if __name__ == "__main__":

@@ -26,12 +26,19 @@ def main() -> None:
         raise DenoiseError(f"usage: python stages/train.py {'|'.join(MODELS)}")
     name = sys.argv[1]
     cfg = TrainConfig.from_params(load_params()["train"], name)
-    result = train_model(cfg, SPLIT / "train", SPLIT / "val", Path("models") / f"{name}.pt",
-                         resume_path=Path("checkpoints") / name / "last.pt",
-                         live_dir=Path("dvclive") / name)
-    print(f"{name}: best val PSNR {result.best_psnr:.2f} dB / SSIM {result.best_ssim:.4f} at "
-          f"iteration {result.best_iteration} (noisy input {result.input_psnr:.2f} dB), "
-          f"{result.iterations_per_s:.2f} it/s")
+    result = train_model(
+        cfg,
+        SPLIT / "train",
+        SPLIT / "val",
+        Path("models") / f"{name}.pt",
+        resume_path=Path("checkpoints") / name / "last.pt",
+        live_dir=Path("dvclive") / name,
+    )
+    print(
+        f"{name}: best val PSNR {result.best_psnr:.2f} dB / SSIM {result.best_ssim:.4f} at "
+        f"iteration {result.best_iteration} (noisy input {result.input_psnr:.2f} dB), "
+        f"{result.iterations_per_s:.2f} it/s"
+    )
 
 
 if __name__ == "__main__":

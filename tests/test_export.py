@@ -16,8 +16,15 @@ from denoise import export, triton
 from denoise.errors import DenoiseError
 from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
 
-SETTINGS = ExportSettings(opset=17, tolerance=1e-4, parity_sizes=((32, 32), (30, 45), (17, 51)),
-                          parity_batch=2, seed=0, max_batch_size=4, python_threads=1)
+SETTINGS = ExportSettings(
+    opset=17,
+    tolerance=1e-4,
+    parity_sizes=((32, 32), (30, 45), (17, 51)),
+    parity_batch=2,
+    seed=0,
+    max_batch_size=4,
+    python_threads=1,
+)
 
 
 def tiny_checkpoint(tmp_path: Path, name: str) -> tuple[Path, nn.Module]:
@@ -40,12 +47,14 @@ def test_export_checkpoint_writes_verified_routes(tmp_path: Path, name: str) -> 
     for model_name in (triton.ONNX_MODEL, triton.PYTHON_MODEL):
         assert (repo / model_name / "config.pbtxt").is_file()
         assert (repo / model_name / "1" / "model.onnx").is_file()
-    assert (repo / triton.PYTHON_MODEL / "1" / "model.py").read_text() == \
-        triton.PYTHON_MODEL_TEMPLATE.read_text()
+    assert (
+        repo / triton.PYTHON_MODEL / "1" / "model.py"
+    ).read_text() == triton.PYTHON_MODEL_TEMPLATE.read_text()
     # The published file itself, on a size and batch the parity check did not use.
     x = np.random.default_rng(1).random((3, 3, 23, 41), dtype=np.float32)
-    sess = ort.InferenceSession(str(repo / triton.ONNX_MODEL / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(repo / triton.ONNX_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     (y,) = sess.run(None, {triton.INPUT_NAME: x})
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
@@ -54,8 +63,9 @@ def test_export_checkpoint_writes_verified_routes(tmp_path: Path, name: str) -> 
     assert np.abs(y - x).max() > 1e-3  # not the identity: the check above means something
 
 
-def test_failed_parity_leaves_repository_untouched(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_parity_leaves_repository_untouched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
     repo, metrics = tmp_path / "repo", tmp_path / "export.json"
     old = repo / triton.ONNX_MODEL / "config.pbtxt"
@@ -106,8 +116,15 @@ def test_old_opset_is_refused(tmp_path: Path) -> None:
 
 
 def test_settings_from_params_reject_unknown_and_missing() -> None:
-    params = {"opset": 17, "tolerance": 1e-4, "parity_sizes": [[8, 8]], "parity_batch": 1,
-              "seed": 0, "max_batch_size": 2, "python_threads": 0}
+    params = {
+        "opset": 17,
+        "tolerance": 1e-4,
+        "parity_sizes": [[8, 8]],
+        "parity_batch": 1,
+        "seed": 0,
+        "max_batch_size": 2,
+        "python_threads": 0,
+    }
     assert ExportSettings.from_params(params).parity_sizes == ((8, 8),)
     with pytest.raises(DenoiseError, match=r"export: unknown opst"):
         ExportSettings.from_params({**params, "opst": 17})

@@ -19,13 +19,21 @@ def pair() -> tuple[np.ndarray, np.ndarray]:
 def test_psnr_matches_skimage(pair) -> None:
     noisy, clean = pair
     assert psnr(noisy, clean) == pytest.approx(
-        peak_signal_noise_ratio(clean, noisy, data_range=255), abs=1e-9)
+        peak_signal_noise_ratio(clean, noisy, data_range=255), abs=1e-9
+    )
 
 
 def test_ssim_matches_skimage_gaussian_protocol(pair) -> None:
     noisy, clean = pair
-    ref = structural_similarity(clean, noisy, data_range=255, channel_axis=-1,
-                                gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+    ref = structural_similarity(
+        clean,
+        noisy,
+        data_range=255,
+        channel_axis=-1,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+    )
     assert ssim(noisy, clean) == pytest.approx(ref, abs=1e-9)
     assert ssim(clean, clean) == pytest.approx(1.0)
 

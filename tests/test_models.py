@@ -30,10 +30,21 @@ def test_nafnet_sidd_parameter_counts(width: int, expected: int) -> None:
 
 def test_nafnet_reference_state_dict_keys() -> None:
     keys = set(build_model("nafnet", {"width": 8, **SIDD}).state_dict())
-    for k in ("intro.weight", "ending.bias", "encoders.0.0.conv1.weight",
-              "encoders.3.7.sca.1.weight", "encoders.0.0.norm1.weight", "encoders.0.0.norm2.bias",
-              "encoders.0.0.beta", "encoders.0.0.gamma", "middle_blks.11.conv5.weight",
-              "decoders.3.1.conv4.bias", "ups.0.0.weight", "downs.3.weight", "downs.3.bias"):
+    for k in (
+        "intro.weight",
+        "ending.bias",
+        "encoders.0.0.conv1.weight",
+        "encoders.3.7.sca.1.weight",
+        "encoders.0.0.norm1.weight",
+        "encoders.0.0.norm2.bias",
+        "encoders.0.0.beta",
+        "encoders.0.0.gamma",
+        "middle_blks.11.conv5.weight",
+        "decoders.3.1.conv4.bias",
+        "ups.0.0.weight",
+        "downs.3.weight",
+        "downs.3.bias",
+    ):
         assert k in keys, k
     assert "ups.0.0.bias" not in keys  # the reference's up-convolutions have no bias
 
@@ -65,9 +76,16 @@ def test_layernorm2d_normalises_over_channels() -> None:
 def test_nafnet_onnx_export_has_native_layernorm() -> None:
     model = NAFNet(**TINY).eval()
     buf = io.BytesIO()
-    torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), buf, dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}})
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 3, 32, 32),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["output"],
+        dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}},
+    )
     ops = {node.op_type for node in onnx.load_from_string(buf.getvalue()).graph.node}
     assert "LayerNormalization" in ops
     assert "ReduceMean" not in ops  # no hand-decomposed LayerNorm left

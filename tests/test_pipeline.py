@@ -28,9 +28,15 @@ pytestmark = pytest.mark.slow
 
 
 def _run(cmd: list[str], cwd: Path) -> str:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@localhost",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@localhost")
+    env = dict(
+        os.environ,
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        DVC_NO_ANALYTICS="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@localhost",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@localhost",
+    )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -38,8 +44,13 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 
 def _tracked_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [f for f in out.splitlines() if (REPO / f).is_file()]
 
 
@@ -87,7 +98,8 @@ def test_data_stages_reproduce_the_committed_hashes(workdir: Path) -> None:
     theirs = yaml.safe_load(committed.read_text())
     for stage in DATA_STAGES:
         assert _out_hashes(ours, stage) == _out_hashes(theirs, stage), (
-            f"stage {stage} produced different outputs than the committed dvc.lock")
+            f"stage {stage} produced different outputs than the committed dvc.lock"
+        )
 
 
 def test_status_clean_and_second_repro_runs_nothing(workdir: Path) -> None:

@@ -16,9 +16,17 @@ from denoise.errors import DenoiseError
 from denoise.infer import open_backend
 from denoise.tensorrt import TrtSettings, build_trt, tensorrt_status
 
-PARAMS = {"fp16": True, "min_shape": [1, 32, 32], "opt_shape": [1, 64, 64],
-          "max_shape": [2, 128, 128], "workspace_gb": 1, "test_images": 2, "test_crop": 64,
-          "latency_repeats": 3, "min_psnr_vs_onnxruntime": 40.0}
+PARAMS = {
+    "fp16": True,
+    "min_shape": [1, 32, 32],
+    "opt_shape": [1, 64, 64],
+    "max_shape": [2, 128, 128],
+    "workspace_gb": 1,
+    "test_images": 2,
+    "test_crop": 64,
+    "latency_repeats": 3,
+    "min_psnr_vs_onnxruntime": 40.0,
+}
 
 
 @pytest.fixture
@@ -37,22 +45,29 @@ def test_status_with_tensorrt_but_no_gpu(monkeypatch: pytest.MonkeyPatch) -> Non
     assert tensorrt_status() == (False, "TensorRT 10.9 is installed but no CUDA GPU is visible")
 
 
-@pytest.mark.parametrize(("version", "supported"), [("10.9.0.34", True), ("8.6.1", True),
-                                                    ("11.4.0", False), ("8.5.3", False)])
-def test_status_gates_the_tensorrt_version(monkeypatch: pytest.MonkeyPatch, version: str,
-                                           supported: bool) -> None:
+@pytest.mark.parametrize(
+    ("version", "supported"),
+    [("10.9.0.34", True), ("8.6.1", True), ("11.4.0", False), ("8.5.3", False)],
+)
+def test_status_gates_the_tensorrt_version(
+    monkeypatch: pytest.MonkeyPatch, version: str, supported: bool
+) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: "GPU-X")
     ok, why = tensorrt_status()
     assert ok == supported
-    assert why == (f"TensorRT {version} on GPU-X" if supported else
-                   f"TensorRT {version} is not supported: this build uses the weakly-typed FP16 "
-                   "API of TensorRT 8.6-10.x (removed in 11)")
+    assert why == (
+        f"TensorRT {version} on GPU-X"
+        if supported
+        else f"TensorRT {version} is not supported: this build uses the weakly-typed FP16 "
+        "API of TensorRT 8.6-10.x (removed in 11)"
+    )
 
 
-def test_skipped_build_records_why_and_writes_no_engine(no_tensorrt: None, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture) -> None:
+def test_skipped_build_records_why_and_writes_no_engine(
+    no_tensorrt: None, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     repo = tmp_path / "model_repository"
     stale = repo / triton.TRT_MODEL / "1" / "model.plan"  # from an earlier ONNX
     stale.parent.mkdir(parents=True)

@@ -24,8 +24,10 @@ from denoise.training.recipe import LOSSES
 from denoise.training.sampling import IterationBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ARCH = {"nafnet": {"width": 4, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
-             "dncnn": {"nc": 8, "nb": 4}}
+TINY_ARCH = {
+    "nafnet": {"width": 4, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
+    "dncnn": {"nc": 8, "nb": 4},
+}
 
 
 def _store(path: Path, n: int, seed: int) -> None:
@@ -46,16 +48,33 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _cfg(model: str = "nafnet", **kw: object) -> TrainConfig:
-    base = {"arch": TINY_ARCH[model], "crop": 12, "batch_size": 4, "iters": 12, "val_every": 4,
-            "checkpoint_every": 4, "log_every": 1, "val_crop": 16, "val_batch": 2,
-            "loss": "l1" if model == "dncnn" else "psnr", "device": "cpu"}
+    base = {
+        "arch": TINY_ARCH[model],
+        "crop": 12,
+        "batch_size": 4,
+        "iters": 12,
+        "val_every": 4,
+        "checkpoint_every": 4,
+        "log_every": 1,
+        "val_crop": 16,
+        "val_batch": 2,
+        "loss": "l1" if model == "dncnn" else "psnr",
+        "device": "cpu",
+    }
     base.update(kw)
     return TrainConfig(model=model, **base)  # type: ignore[arg-type]
 
 
 def _run(cfg: TrainConfig, split: Path, out: Path) -> dict:
-    train_model(cfg, split / "train", split / "val", out / "model.pt",
-                resume_path=out / "ckpt" / "last.pt", live_dir=out / "live", progress=False)
+    train_model(
+        cfg,
+        split / "train",
+        split / "val",
+        out / "model.pt",
+        resume_path=out / "ckpt" / "last.pt",
+        live_dir=out / "live",
+        progress=False,
+    )
     return read_checkpoint(out / "model.pt")
 
 
@@ -84,9 +103,9 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("model", ["nafnet", "dncnn"])
-def test_interrupted_run_resumes_bit_identically(split: Path, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch,
-                                                 model: str) -> None:
+def test_interrupted_run_resumes_bit_identically(
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+) -> None:
     cfg = _cfg(model)
     reference = _run(cfg, split, tmp_path / "straight")
 
@@ -115,8 +134,9 @@ def test_interrupted_run_resumes_bit_identically(split: Path, tmp_path: Path,
     assert steps == list(range(1, 13))  # the crashed run's steps 9-10 were replaced, not doubled
 
 
-def test_stale_resume_state_is_ignored(split: Path, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stale_resume_state_is_ignored(
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def crash(self, step, *args, **kwargs):
         if step > 5:
             raise KeyboardInterrupt
@@ -133,8 +153,9 @@ def test_stale_resume_state_is_ignored(split: Path, tmp_path: Path,
         assert torch.equal(changed["params"][k], v), k
 
 
-def test_non_finite_loss_stops_without_a_model(split: Path, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_without_a_model(
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(LOSSES, "l1", lambda p, t: (p - t).abs().mean() * float("nan"))
     with pytest.raises(DenoiseError, match=r"non-finite loss .* at iteration 1;"):
         _run(_cfg("dncnn"), split, tmp_path)
@@ -163,8 +184,9 @@ def test_config_from_params_merges_and_rejects_typos() -> None:
 
 
 def test_stage_script_rejects_an_unknown_model() -> None:
-    proc = subprocess.run([sys.executable, "stages/train.py", "unet"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "stages/train.py", "unet"], cwd=REPO, capture_output=True, text=True
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: usage: python stages/train.py nafnet|dncnn")
 
@@ -175,10 +197,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, split: Path,
-                out: Path) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, split: Path, out: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     train_model(cfg, split / "train", split / "val", out, progress=False)
 

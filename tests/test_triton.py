@@ -61,8 +61,9 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def local_onnxruntime(repo: Path, x: np.ndarray) -> np.ndarray:
-    sess = ort.InferenceSession(str(repo / triton.PYTHON_MODEL / "1" / "model.onnx"),
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(
+        str(repo / triton.PYTHON_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
     return sess.run(None, {triton.INPUT_NAME: x})[0]
 
 
@@ -83,12 +84,16 @@ def test_python_route_config(repository: Path) -> None:
 
 
 def test_onnx_and_tensorrt_configs() -> None:
-    cfg = parse_config(triton.model_config(triton.ONNX_MODEL, platform="onnxruntime_onnx",
-                                           max_batch_size=8))
+    cfg = parse_config(
+        triton.model_config(triton.ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=8)
+    )
     assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("onnxruntime_onnx", "", 8)
     assert not cfg.instance_group  # Triton picks GPU when there is one, else CPU
-    cfg = parse_config(triton.model_config(triton.TRT_MODEL, platform="tensorrt_plan",
-                                           max_batch_size=4, instance_kind="KIND_GPU"))
+    cfg = parse_config(
+        triton.model_config(
+            triton.TRT_MODEL, platform="tensorrt_plan", max_batch_size=4, instance_kind="KIND_GPU"
+        )
+    )
     assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, -1, -1]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     with pytest.raises(DenoiseError, match="max_batch_size must be > 0"):
@@ -101,7 +106,7 @@ def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
     stale = tmp_path / "repo" / "m" / "1" / "old.plan"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
-    triton.write_model(tmp_path / "repo", "m", "name: \"m\"\n", {"model.onnx": src})
+    triton.write_model(tmp_path / "repo", "m", 'name: "m"\n', {"model.onnx": src})
     assert not stale.exists()
     assert (tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes() == b"new"
 
@@ -109,8 +114,7 @@ def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- server setup
 
 
-def test_missing_binary_is_one_clear_error(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_binary_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DenoiseError, match=r"nope/tritonserver: tritonserver binary not found"):
         triton.find_server(tmp_path / "nope" / "tritonserver")
     monkeypatch.setattr(triton.shutil, "which", lambda name: None)
@@ -129,18 +133,25 @@ def test_busy_port_is_refused_before_start(repository: Path) -> None:
         busy.bind((triton.HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
-                                     grpc_port=port)
-        with pytest.raises(DenoiseError, match=rf"127\.0\.0\.1:{port}: port already in use "
-                                               r"\(triton grpc port\)"):
+        server = triton.TritonServer(
+            repository, [triton.PYTHON_MODEL], http_port=free_port(), grpc_port=port
+        )
+        with pytest.raises(
+            DenoiseError,
+            match=rf"127\.0\.0\.1:{port}: port already in use "
+            r"\(triton grpc port\)",
+        ):
             server.start()
         assert server.process is None
 
 
 def test_request_to_a_stopped_server(repository: Path) -> None:
     port = free_port()
-    with pytest.raises(DenoiseError, match=rf"http://127\.0\.0\.1:{port}: Triton server not "
-                                           "reachable"):
+    with pytest.raises(
+        DenoiseError,
+        match=rf"http://127\.0\.0\.1:{port}: Triton server not "
+        "reachable",
+    ):
         open_backend("triton", triton.PYTHON_MODEL, url=f"127.0.0.1:{port}")
 
 
@@ -149,14 +160,20 @@ def test_request_to_a_stopped_server(repository: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[triton.TritonServer]:
-    with triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
-                             grpc_port=free_port(), startup_timeout_s=60) as srv:
+    with triton.TritonServer(
+        repository,
+        [triton.PYTHON_MODEL],
+        http_port=free_port(),
+        grpc_port=free_port(),
+        startup_timeout_s=60,
+    ) as srv:
         yield srv
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_served_output_matches_onnxruntime(server: triton.TritonServer, repository: Path,
-                                           protocol: str) -> None:
+def test_served_output_matches_onnxruntime(
+    server: triton.TritonServer, repository: Path, protocol: str
+) -> None:
     url = server.http_url if protocol == "http" else server.grpc_url
     # A network name (what `denoise run --backend triton` passes) means denoise_python.
     backend = open_backend("triton", "nafnet", url=url, protocol=protocol)
@@ -186,8 +203,9 @@ def test_unknown_model_names_what_is_served(server: triton.TritonServer) -> None
 
 
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
-    srv = triton.TritonServer(repository, [triton.PYTHON_MODEL], http_port=free_port(),
-                              grpc_port=free_port())
+    srv = triton.TritonServer(
+        repository, [triton.PYTHON_MODEL], http_port=free_port(), grpc_port=free_port()
+    )
     with srv:
         pid = srv.process.pid
         assert srv.start_s is not None and srv.start_s > 0
@@ -200,17 +218,24 @@ def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
         triton.TritonBackend(srv.http_url, "http", triton.PYTHON_MODEL)
 
 
-def test_model_that_cannot_load_reports_the_servers_reason(repository: Path,
-                                                           tmp_path: Path) -> None:
+def test_model_that_cannot_load_reports_the_servers_reason(
+    repository: Path, tmp_path: Path
+) -> None:
     repo = tmp_path / "repo"
     model_dir = repo / triton.PYTHON_MODEL
     model_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(
-        (repository / triton.PYTHON_MODEL / "config.pbtxt").read_text())
+        (repository / triton.PYTHON_MODEL / "config.pbtxt").read_text()
+    )
     (model_dir / "1").mkdir()  # model.py without its model.onnx
     (model_dir / "1" / "model.py").write_text(triton.PYTHON_MODEL_TEMPLATE.read_text())
-    srv = triton.TritonServer(repo, [triton.PYTHON_MODEL], http_port=free_port(),
-                              grpc_port=free_port(), startup_timeout_s=60)
+    srv = triton.TritonServer(
+        repo,
+        [triton.PYTHON_MODEL],
+        http_port=free_port(),
+        grpc_port=free_port(),
+        startup_timeout_s=60,
+    )
     with pytest.raises(DenoiseError, match=r"denoise_python: model not ready: .*model\.onnx"):
         srv.start()
     assert srv.process is None
@@ -220,14 +245,16 @@ def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     """A stage killed with SIGTERM still stops its server (process group, ports)."""
     http, grpc = free_port(), free_port()
     script = tmp_path / "hold.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import time
         from denoise.triton import TritonServer
         with TritonServer({str(repository)!r}, ["denoise_python"], http_port={http},
                           grpc_port={grpc}) as srv:
             print(srv.process.pid, flush=True)
             time.sleep(120)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(proc.stdout.readline())
@@ -258,10 +285,18 @@ def write_test_split(root: Path, count: int) -> None:
 
 def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
     write_test_split(tmp_path / "test", 2)
-    settings = triton.SmokeSettings(binary="", models=(triton.PYTHON_MODEL,),
-                                    http_port=free_port(), grpc_port=free_port(),
-                                    startup_timeout_s=60, images=2, crop=32, repeats=2,
-                                    warmup=1, tolerance=1e-5)
+    settings = triton.SmokeSettings(
+        binary="",
+        models=(triton.PYTHON_MODEL,),
+        http_port=free_port(),
+        grpc_port=free_port(),
+        startup_timeout_s=60,
+        images=2,
+        crop=32,
+        repeats=2,
+        warmup=1,
+        tolerance=1e-5,
+    )
     metrics = tmp_path / "metrics" / "triton_smoke.json"
     report = triton.smoke_test(repository, tmp_path / "test", metrics, settings)
     assert json.loads(metrics.read_text()) == report

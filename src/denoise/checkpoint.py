@@ -20,13 +20,26 @@ from denoise.fileio import write_bytes_atomic
 from denoise.models.registry import build_model
 
 
-def save_checkpoint(path: str | Path, model_name: str, config: dict[str, Any],
-                    state_dict: dict[str, torch.Tensor], meta: dict[str, Any] | None = None,
-                    **extra: Any) -> None:
+def save_checkpoint(
+    path: str | Path,
+    model_name: str,
+    config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    meta: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
     """Write a checkpoint atomically. ``extra`` holds e.g. optimizer state for resuming."""
     buf = io.BytesIO()
-    torch.save({"params": {k: v.detach().cpu() for k, v in state_dict.items()},
-                "model": model_name, "config": config, "meta": meta or {}, **extra}, buf)
+    torch.save(
+        {
+            "params": {k: v.detach().cpu() for k, v in state_dict.items()},
+            "model": model_name,
+            "config": config,
+            "meta": meta or {},
+            **extra,
+        },
+        buf,
+    )
     write_bytes_atomic(path, buf.getvalue())
 
 
@@ -37,15 +50,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise DenoiseError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
-                           .splitlines()[0]) from None
+        raise DenoiseError(
+            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+        ) from None
     if not isinstance(ckpt, dict) or "params" not in ckpt:
         raise DenoiseError(f"{path}: not a denoise/NAFNet checkpoint (no 'params' key)")
     return ckpt
 
 
-def load_model(path: str | Path, model_name: str | None = None,
-               config: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_model(
+    path: str | Path, model_name: str | None = None, config: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the network stored in ``path`` in eval mode; returns ``(model, checkpoint)``."""
     ckpt = read_checkpoint(path)
     name = model_name or ckpt.get("model")
@@ -56,6 +71,7 @@ def load_model(path: str | Path, model_name: str | None = None,
     try:
         model.load_state_dict(ckpt["params"])
     except RuntimeError as e:
-        raise DenoiseError(f"{path}: weights do not match {name} {cfg}: "
-                           f"{str(e).splitlines()[0]}") from None
+        raise DenoiseError(
+            f"{path}: weights do not match {name} {cfg}: {str(e).splitlines()[0]}"
+        ) from None
     return model.eval(), ckpt

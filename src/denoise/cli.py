@@ -16,12 +16,16 @@ import typer
 from denoise import __version__
 from denoise.errors import DenoiseError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Real-image denoising for smartphone photos (NAFNet, DnCNN).")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Real-image denoising for smartphone photos (NAFNet, DnCNN).",
+)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Report DenoiseError as one line and exit 1 instead of a traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -29,6 +33,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except DenoiseError as e:
             typer.echo(f"error: {e}", err=True)
             sys.exit(1)
+
     return wrapper
 
 
@@ -51,11 +56,13 @@ OverlapOpt = Annotated[int, typer.Option(help="Minimum overlap of neighbouring t
 @app.command()
 @user_errors
 def score(
-    pairs: Annotated[Path, typer.Option(help="DIR/noisy + DIR/clean (matched by name) or a "
-                                        "SIDD-layout folder.")],
+    pairs: Annotated[
+        Path, typer.Option(help="DIR/noisy + DIR/clean (matched by name) or a SIDD-layout folder.")
+    ],
     model: Annotated[Path, typer.Option(help="A .pt checkpoint or an .onnx model.")],
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the scores "
-                                                  "here as JSON.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the scores here as JSON.")
+    ] = None,
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = DEFAULT_OVERLAP,
 ) -> None:
@@ -74,21 +81,42 @@ def score(
 @app.command()
 @user_errors
 def run(
-    inputs: Annotated[list[Path], typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or "
-                                                 "folders of them.")],
-    out_dir: Annotated[Path | None, typer.Option("-o", "--out-dir", help="Write outputs here "
-                                                 "instead of beside each input.")] = None,
-    model: Annotated[str | None, typer.Option(help="Checkpoint, ONNX or engine file, or the "
-                                              "served model's name for triton. Default: "
-                                              "models/<model>.pt, <model> from params.yaml.")
-                     ] = None,
-    backend: Annotated[str | None, typer.Option(help="torch|onnxruntime|triton|tensorrt "
-                                                "(default: from the model file's suffix).")
-                       ] = None,
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or folders of them.")
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("-o", "--out-dir", help="Write outputs here instead of beside each input."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Checkpoint, ONNX or engine file, or the "
+            "served model's name for triton. Default: "
+            "models/<model>.pt, <model> from params.yaml."
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="torch|onnxruntime|triton|tensorrt (default: from the model file's suffix)."
+        ),
+    ] = None,
     url: Annotated[str | None, typer.Option(help="Triton server URL (triton backend).")] = None,
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = DEFAULT_OVERLAP,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    precision: Annotated[
+        str,
+        typer.Option(
+            help="torch backend: fp32|bf16|fp16 (bf16 is "
+            "much faster on a CPU with bf16 instructions; "
+            "`denoise bench` measures it)."
+        ),
+    ] = "fp32",
+    channels_last: Annotated[
+        bool, typer.Option(help="torch backend: NHWC memory format (faster convolutions).")
+    ] = False,
 ) -> None:
     """Denoise photos into <stem>_denoised.<ext>; a bad file is reported and skipped (exit 1).
 
@@ -99,15 +127,29 @@ def run(
     from denoise.infer import denoise_files, open_backend, resolve_model
 
     name, target = resolve_model(model, backend)
-    net = open_backend(name, target, **({"url": url} if url else {}))
+    options: dict[str, Any] = {"url": url} if url else {}
+    if precision != "fp32" or channels_last:
+        if name != "torch":
+            raise DenoiseError(
+                f"--precision/--channels-last apply to the torch backend, not {name}"
+            )
+        options |= {"precision": precision, "channels_last": channels_last}
+    net = open_backend(name, target, **options)
     failed: list[Path] = []
 
     def report(path: Path, message: str) -> None:
         failed.append(path)
         tqdm.write(f"error: {message}", file=sys.stderr)
 
-    written = denoise_files(inputs, net, out_dir=out_dir, tile=tile, overlap=overlap,
-                            overwrite=overwrite, on_error=report)
+    written = denoise_files(
+        inputs,
+        net,
+        out_dir=out_dir,
+        tile=tile,
+        overlap=overlap,
+        overwrite=overwrite,
+        on_error=report,
+    )
     for path in written:
         typer.echo(path)
     if failed:
@@ -118,21 +160,92 @@ def run(
 @app.command()
 @user_errors
 def serve(
-    repo: Annotated[Path, typer.Option(help="Triton model repository.")] = Path(
-        "model_repository"),
+    repo: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("model_repository"),
     http_port: Annotated[int, typer.Option(help="HTTP port (bound to 127.0.0.1).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (bound to 127.0.0.1).")] = 8001,
-    model: Annotated[list[str] | None, typer.Option(help="Model to load (repeatable). Default: "
-                                                    "every model this server can load.")
-                     ] = None,
-    binary: Annotated[str | None, typer.Option(help="tritonserver executable (default: on "
-                                               "PATH, else the one in nvidia-pytriton).")
-                      ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to load (repeatable). Default: every model this server can load."),
+    ] = None,
+    binary: Annotated[
+        str | None,
+        typer.Option(
+            help="tritonserver executable (default: on PATH, else the one in nvidia-pytriton)."
+        ),
+    ] = None,
 ) -> None:
     """Serve the model repository with Triton in the foreground (Ctrl-C stops it)."""
     from denoise.triton import serve as serve_repository
 
-    code = serve_repository(repo, model or (), http_port=http_port, grpc_port=grpc_port,
-                            binary=binary)
+    code = serve_repository(
+        repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary
+    )
     if code:
         raise typer.Exit(code)
+
+
+@app.command()
+@user_errors
+def bench(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="nafnet|dncnn (models/<name>.pt, or the paper-size "
+            "network with --arch paper) or a .pt checkpoint."
+        ),
+    ] = "nafnet",
+    arch: Annotated[
+        str,
+        typer.Option(
+            help="checkpoint: the trained weights; paper: the "
+            "paper-size network (NAFNet-w32) with perturbed random "
+            "weights."
+        ),
+    ] = "checkpoint",
+    size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 512,
+    batch: Annotated[int, typer.Option(help="Images per call.")] = 1,
+    backends: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backends",
+            help="Paths to measure (repeatable; default: all available except "
+            "*-compile and onnxruntime-int8-dynamic). torch (eager FP32) is always measured.",
+        ),
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Timed calls per path (median reported).")] = 5,
+    psnr_images: Annotated[
+        int, typer.Option(help="Test images (centre crops) for the PSNR change.")
+    ] = 10,
+    test_dir: Annotated[
+        Path, typer.Option(help="Noisy/clean pairs for PSNR (synthetic camera pairs when missing).")
+    ] = Path("data/split/test"),
+    threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
+    isolate: Annotated[
+        bool, typer.Option(help="Each path in a fresh process (own peak memory).")
+    ] = True,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the results here as JSON.")
+    ] = None,
+) -> None:
+    """Inference speed per backend and precision: images/s, ratio to eager FP32, PSNR change,
+    peak memory and share of the machine's peak FLOP/s."""
+    from denoise.bench import available_paths, format_table, run_bench
+    from denoise.fileio import write_json
+
+    names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]
+    report = run_bench(
+        model,
+        arch=arch,
+        size=size,
+        batch=batch,
+        backends=names or None,
+        repeats=repeats,
+        psnr_images=psnr_images,
+        test_dir=test_dir,
+        isolate=isolate,
+        threads=threads or None,
+    )
+    typer.echo(format_table(report))
+    typer.echo(f"paths available here: {', '.join(available_paths(opt_in=True))}")
+    if json_out is not None:
+        write_json(json_out, report)

@@ -53,19 +53,27 @@ class ExportSettings:
         return cls(**s)
 
 
-def export_onnx(model: nn.Module, path: str | Path, *, opset: int = 17,
-                sample_hw: tuple[int, int] = (64, 64)) -> None:
+def export_onnx(
+    model: nn.Module, path: str | Path, *, opset: int = 17, sample_hw: tuple[int, int] = (64, 64)
+) -> None:
     """Export ``model`` to ``path`` with dynamic batch/height/width axes, atomically."""
     if opset < MIN_OPSET:
-        raise DenoiseError(f"export opset {opset} < {MIN_OPSET}: LayerNorm would not be a "
-                           "native LayerNormalization node")
+        raise DenoiseError(
+            f"export opset {opset} < {MIN_OPSET}: LayerNorm would not be a "
+            "native LayerNormalization node"
+        )
     model = model.eval().float().cpu()
     sample = torch.rand(1, 3, *sample_hw)
     axes = {0: "batch", 2: "height", 3: "width"}
     with atomic_path(path) as tmp, torch.no_grad():
         torch.onnx.export(
-            model, (sample,), str(tmp), dynamo=False, opset_version=opset,
-            input_names=[triton.INPUT_NAME], output_names=[triton.OUTPUT_NAME],
+            model,
+            (sample,),
+            str(tmp),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[triton.INPUT_NAME],
+            output_names=[triton.OUTPUT_NAME],
             dynamic_axes={triton.INPUT_NAME: axes, triton.OUTPUT_NAME: axes},
             do_constant_folding=True,
         )
@@ -85,13 +93,21 @@ def check_onnx(path: str | Path, *, require_layernorm: bool) -> dict[str, int]:
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = collections.Counter(node.op_type for node in graph.node)
     if require_layernorm and ops["LayerNormalization"] == 0:
-        raise DenoiseError(f"{path}: no LayerNormalization node in the graph (LayerNorm was "
-                           "decomposed; TensorRT FP16 would overflow it)")
+        raise DenoiseError(
+            f"{path}: no LayerNormalization node in the graph (LayerNorm was "
+            "decomposed; TensorRT FP16 would overflow it)"
+        )
     return dict(sorted(ops.items()))
 
 
-def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[tuple[int, int]], *,
-           batch: int = 2, seed: int = 0) -> dict[str, float]:
+def parity(
+    model: nn.Module,
+    onnx_path: str | Path,
+    sizes: Sequence[tuple[int, int]],
+    *,
+    batch: int = 2,
+    seed: int = 0,
+) -> dict[str, float]:
     """Max absolute difference of ONNX vs PyTorch outputs, per ``HxW`` size, on random inputs."""
     session = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
@@ -103,14 +119,20 @@ def parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[tuple[int, i
             ref = model(torch.from_numpy(x)).numpy()
         out = session(x)
         if out.shape != ref.shape:
-            raise DenoiseError(f"{onnx_path}: output shape {out.shape} for input {x.shape}, "
-                               f"PyTorch gives {ref.shape}")
+            raise DenoiseError(
+                f"{onnx_path}: output shape {out.shape} for input {x.shape}, "
+                f"PyTorch gives {ref.shape}"
+            )
         diffs[f"{h}x{w}"] = float(np.max(np.abs(out - ref)))
     return diffs
 
 
-def export_checkpoint(checkpoint: str | Path, repository: str | Path, metrics_path: str | Path,
-                      settings: ExportSettings) -> dict[str, Any]:
+def export_checkpoint(
+    checkpoint: str | Path,
+    repository: str | Path,
+    metrics_path: str | Path,
+    settings: ExportSettings,
+) -> dict[str, Any]:
     """Export ``checkpoint`` to ONNX, verify it, then write the Triton repository entries.
 
     Verification happens on a temporary file: when the checker, the LayerNorm check or the
@@ -123,24 +145,36 @@ def export_checkpoint(checkpoint: str | Path, repository: str | Path, metrics_pa
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, opset=settings.opset)
         ops = check_onnx(onnx_path, require_layernorm=name in NEEDS_LAYERNORM)
-        diffs = parity(model, onnx_path, settings.parity_sizes, batch=settings.parity_batch,
-                       seed=settings.seed)
+        diffs = parity(
+            model, onnx_path, settings.parity_sizes, batch=settings.parity_batch, seed=settings.seed
+        )
         worst = max(diffs.values())
         report = {
-            "model": name, "checkpoint": str(checkpoint), "opset": settings.opset,
-            "max_abs_diff": worst, "max_abs_diff_per_size": diffs,
-            "tolerance": settings.tolerance, "passed": worst <= settings.tolerance,
-            "layernorm_nodes": ops.get("LayerNormalization", 0), "nodes": sum(ops.values()),
+            "model": name,
+            "checkpoint": str(checkpoint),
+            "opset": settings.opset,
+            "max_abs_diff": worst,
+            "max_abs_diff_per_size": diffs,
+            "tolerance": settings.tolerance,
+            "passed": worst <= settings.tolerance,
+            "layernorm_nodes": ops.get("LayerNormalization", 0),
+            "nodes": sum(ops.values()),
             "onnx_bytes": onnx_path.stat().st_size,
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         write_json(metrics_path, report)
         if not worst <= settings.tolerance:  # also catches NaN
-            raise DenoiseError(f"{checkpoint}: ONNX differs from PyTorch by {worst:.3g} "
-                               f"(> export.tolerance {settings.tolerance:g}); nothing written to "
-                               f"{repository}")
+            raise DenoiseError(
+                f"{checkpoint}: ONNX differs from PyTorch by {worst:.3g} "
+                f"(> export.tolerance {settings.tolerance:g}); nothing written to "
+                f"{repository}"
+            )
         for route in triton.ONNX_ROUTES:
-            triton.write_onnx_route(repository, route, onnx_path,
-                                    max_batch_size=settings.max_batch_size,
-                                    python_threads=settings.python_threads)
+            triton.write_onnx_route(
+                repository,
+                route,
+                onnx_path,
+                max_batch_size=settings.max_batch_size,
+                python_threads=settings.python_threads,
+            )
     return report

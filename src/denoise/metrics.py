@@ -37,7 +37,12 @@ def ssim(pred: np.ndarray, target: np.ndarray) -> float:
         raise ValueError(f"shape mismatch {pred.shape} vs {target.shape}")
     return float(
         structural_similarity(
-            pred, target, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+            pred,
+            target,
+            data_range=255,
+            channel_axis=-1,
+            gaussian_weights=True,
+            sigma=1.5,
             use_sample_covariance=False,
         )
     )

@@ -20,12 +20,16 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
     section = dict(section or {})
     fields = dataclasses.fields(cls)
     known = {f.name for f in fields}
-    required = {f.name for f in fields if f.default is dataclasses.MISSING
-                and f.default_factory is dataclasses.MISSING and f.init}
+    required = {
+        f.name
+        for f in fields
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
+    }
     missing = sorted(required - set(section))
     unknown = sorted(set(section) - known)
     if missing or unknown:
         parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unknown {', '.join(unknown)}"] if unknown else [])
+            [f"unknown {', '.join(unknown)}"] if unknown else []
+        )
         raise DenoiseError(f"params.yaml {where}: {'; '.join(parts)}")
     return section

@@ -59,8 +59,10 @@ def tensorrt_status() -> tuple[bool, str]:
         return False, f"TensorRT {trt.__version__} is installed but no CUDA GPU is visible"
     version = tuple(int(v) for v in re.findall(r"\d+", trt.__version__)[:2])
     if not SUPPORTED <= version < (11, 0):
-        return False, (f"TensorRT {trt.__version__} is not supported: this build uses the "
-                       "weakly-typed FP16 API of TensorRT 8.6-10.x (removed in 11)")
+        return False, (
+            f"TensorRT {trt.__version__} is not supported: this build uses the "
+            "weakly-typed FP16 API of TensorRT 8.6-10.x (removed in 11)"
+        )
     return True, f"TensorRT {trt.__version__} on {torch.cuda.get_device_name(0)}"
 
 
@@ -166,29 +168,39 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
-            raise DenoiseError(f"{path}: cannot load the engine (built for another GPU or "
-                               "TensorRT version? rebuild it with the build-trt stage)")
+            raise DenoiseError(
+                f"{path}: cannot load the engine (built for another GPU or "
+                "TensorRT version? rebuild it with the build-trt stage)"
+            )
         self.context = self.engine.create_execution_context()
         self.min_shape, _, self.max_shape = self.engine.get_tensor_profile_shape(
-            triton.INPUT_NAME, 0)
+            triton.INPUT_NAME, 0
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise DenoiseError(f"tensorrt: wrong input shape {batch.shape}, expected (N, 3, H, W)")
         h, w = batch.shape[2:]
-        if not (self.min_shape[2] <= h <= self.max_shape[2]
-                and self.min_shape[3] <= w <= self.max_shape[3]):
-            raise DenoiseError(f"tensorrt: {h}x{w} is outside the engine's profile "
-                               f"{tuple(self.min_shape[2:])}..{tuple(self.max_shape[2:])}")
+        if not (
+            self.min_shape[2] <= h <= self.max_shape[2]
+            and self.min_shape[3] <= w <= self.max_shape[3]
+        ):
+            raise DenoiseError(
+                f"tensorrt: {h}x{w} is outside the engine's profile "
+                f"{tuple(self.min_shape[2:])}..{tuple(self.max_shape[2:])}"
+            )
         step = int(self.max_shape[0])
-        return np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
+        return np.concatenate([self._run(batch[i : i + step]) for i in range(0, len(batch), step)])
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).cuda()
         self.context.set_input_shape(triton.INPUT_NAME, tuple(x.shape))
-        y = torch.empty(tuple(self.context.get_tensor_shape(triton.OUTPUT_NAME)),
-                        dtype=torch.float32, device=x.device)
+        y = torch.empty(
+            tuple(self.context.get_tensor_shape(triton.OUTPUT_NAME)),
+            dtype=torch.float32,
+            device=x.device,
+        )
         self.context.set_tensor_address(triton.INPUT_NAME, x.data_ptr())
         self.context.set_tensor_address(triton.OUTPUT_NAME, y.data_ptr())
         stream = torch.cuda.current_stream()
@@ -204,8 +216,12 @@ def open_tensorrt(model: str | Path, **options: Any) -> TensorRTBackend:
     return TensorRTBackend(model, **options)
 
 
-def _compare(engine: TensorRTBackend, reference: OnnxRuntimeBackend, test_root: str | Path,
-             settings: TrtSettings) -> dict[str, float]:
+def _compare(
+    engine: TensorRTBackend,
+    reference: OnnxRuntimeBackend,
+    test_root: str | Path,
+    settings: TrtSettings,
+) -> dict[str, float]:
     """PSNR of the engine's output vs onnxruntime's (and vs clean), and engine latency."""
     from denoise.metrics import psnr, to_uint8
 
@@ -226,13 +242,17 @@ def _compare(engine: TensorRTBackend, reference: OnnxRuntimeBackend, test_root: 
         engine(x)
         times.append(time.perf_counter() - t0)
     ms = np.asarray(times) * 1000.0
-    return {"psnr_vs_onnxruntime": float(np.mean(vs_ort)), "psnr_out": float(np.mean(vs_clean)),
-            "latency_p50_ms": float(np.percentile(ms, 50)),
-            "latency_p95_ms": float(np.percentile(ms, 95))}
+    return {
+        "psnr_vs_onnxruntime": float(np.mean(vs_ort)),
+        "psnr_out": float(np.mean(vs_clean)),
+        "latency_p50_ms": float(np.percentile(ms, 50)),
+        "latency_p95_ms": float(np.percentile(ms, 95)),
+    }
 
 
-def build_trt(repository: str | Path, test_root: str | Path, metrics_path: str | Path,
-              settings: TrtSettings) -> dict[str, Any]:
+def build_trt(
+    repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: TrtSettings
+) -> dict[str, Any]:
     """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
 
     Skipped (no TensorRT or no GPU): writes ``{"status": "skipped", "reason": ...}``, removes a
@@ -257,13 +277,20 @@ def build_trt(repository: str | Path, test_root: str | Path, metrics_path: str |
     t0 = time.perf_counter()
     plan, pinned = build_engine(onnx_path, settings)
     build_s = time.perf_counter() - t0
-    report = {"status": "built", "tensorrt": trt.__version__,
-              "gpu": torch.cuda.get_device_name(0), "onnx": str(onnx_path),
-              "build_s": build_s, "engine_bytes": len(plan),
-              "engine_md5": hashlib.md5(plan).hexdigest(), "fp16": settings.fp16,
-              "fp32_layernorm_layers": pinned,
-              "profile": {k: list(v) for k, v in zip(("min", "opt", "max"), settings.profile(),
-                                                     strict=True)}}
+    report = {
+        "status": "built",
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "onnx": str(onnx_path),
+        "build_s": build_s,
+        "engine_bytes": len(plan),
+        "engine_md5": hashlib.md5(plan).hexdigest(),
+        "fp16": settings.fp16,
+        "fp32_layernorm_layers": pinned,
+        "profile": {
+            k: list(v) for k, v in zip(("min", "opt", "max"), settings.profile(), strict=True)
+        },
+    }
     with tempfile.TemporaryDirectory(prefix="denoise-trt-") as tmp:
         plan_path = Path(tmp) / "model.plan"
         plan_path.write_bytes(plan)
@@ -271,15 +298,22 @@ def build_trt(repository: str | Path, test_root: str | Path, metrics_path: str |
         report.update(_compare(TensorRTBackend(plan_path), reference, test_root, settings))
         write_json(metrics_path, report)
         if not report["psnr_vs_onnxruntime"] >= settings.min_psnr_vs_onnxruntime:
-            raise DenoiseError(f"{onnx_path}: TensorRT output is "
-                               f"{report['psnr_vs_onnxruntime']:.1f} dB from onnxruntime (< trt."
-                               f"min_psnr_vs_onnxruntime {settings.min_psnr_vs_onnxruntime:g}); "
-                               "engine not published")
-        config = triton.model_config(triton.TRT_MODEL, platform="tensorrt_plan",
-                                     max_batch_size=settings.max_shape[0],
-                                     instance_kind="KIND_GPU")
+            raise DenoiseError(
+                f"{onnx_path}: TensorRT output is "
+                f"{report['psnr_vs_onnxruntime']:.1f} dB from onnxruntime (< trt."
+                f"min_psnr_vs_onnxruntime {settings.min_psnr_vs_onnxruntime:g}); "
+                "engine not published"
+            )
+        config = triton.model_config(
+            triton.TRT_MODEL,
+            platform="tensorrt_plan",
+            max_batch_size=settings.max_shape[0],
+            instance_kind="KIND_GPU",
+        )
         triton.write_model(repository, triton.TRT_MODEL, config, {"model.plan": plan_path})
-    print(f"build-trt: {report['gpu']}, built in {build_s:.1f} s, "
-          f"{report['psnr_vs_onnxruntime']:.1f} dB vs onnxruntime, "
-          f"p50 {report['latency_p50_ms']:.2f} ms")
+    print(
+        f"build-trt: {report['gpu']}, built in {build_s:.1f} s, "
+        f"{report['psnr_vs_onnxruntime']:.1f} dB vs onnxruntime, "
+        f"p50 {report['latency_p50_ms']:.2f} ms"
+    )
     return report

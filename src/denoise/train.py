@@ -65,8 +65,14 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 
 @torch.no_grad()
-def validate(model: nn.Module, dataset: RandomCropDataset, indices: list[int],
-             device: torch.device, batch: int, amp: bool = False) -> Validation:
+def validate(
+    model: nn.Module,
+    dataset: RandomCropDataset,
+    indices: list[int],
+    device: torch.device,
+    batch: int,
+    amp: bool = False,
+) -> Validation:
     """Mean per-image PSNR/SSIM (clamped, uint8) of ``model`` on the given patches."""
     was_training = model.training
     model.eval()
@@ -75,7 +81,7 @@ def validate(model: nn.Module, dataset: RandomCropDataset, indices: list[int],
     inputs: list[float] = []
     strip = None
     for i in range(0, len(indices), batch):
-        pairs = [dataset[j] for j in indices[i:i + batch]]
+        pairs = [dataset[j] for j in indices[i : i + batch]]
         noisy = torch.stack([p[0] for p in pairs]).to(device)
         clean = torch.stack([p[1] for p in pairs]).to(device)
         with _autocast(device, amp):
@@ -85,8 +91,9 @@ def validate(model: nn.Module, dataset: RandomCropDataset, indices: list[int],
         for o, c in zip(out, clean, strict=True):
             ssims.append(ssim(to_uint8(o), to_uint8(c)))
         if strip is None:
-            strip = np.concatenate([to_uint8(noisy[0]), to_uint8(out[0]), to_uint8(clean[0])],
-                                   axis=1)
+            strip = np.concatenate(
+                [to_uint8(noisy[0]), to_uint8(out[0]), to_uint8(clean[0])], axis=1
+            )
     model.train(was_training)
     assert strip is not None
     return Validation(float(np.mean(psnrs)), float(np.mean(ssims)), float(np.mean(inputs)), strip)
@@ -101,8 +108,14 @@ def _val_indices(n: int, limit: int) -> list[int]:
 def _data_identity(ds: RandomCropDataset) -> dict[str, Any]:
     """Shape plus a hash of a few patches: cheap, and enough to tell another patch store."""
     probe = np.concatenate([ds.noisy[0], ds.noisy[-1], ds.clean[len(ds) // 2]])
-    return {"shape": list(ds.noisy.shape), "probe": int(np.frombuffer(
-        probe.tobytes(), dtype=np.uint8).astype(np.int64).dot(np.arange(probe.size) % 9973))}
+    return {
+        "shape": list(ds.noisy.shape),
+        "probe": int(
+            np.frombuffer(probe.tobytes(), dtype=np.uint8)
+            .astype(np.int64)
+            .dot(np.arange(probe.size) % 9973)
+        ),
+    }
 
 
 def _seed_everything(seed: int) -> None:
@@ -113,9 +126,16 @@ def _seed_everything(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def train_model(cfg: TrainConfig, train_dir: str | Path, val_dir: str | Path,
-                out_path: str | Path, *, resume_path: str | Path | None = None,
-                live_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+def train_model(
+    cfg: TrainConfig,
+    train_dir: str | Path,
+    val_dir: str | Path,
+    out_path: str | Path,
+    *,
+    resume_path: str | Path | None = None,
+    live_dir: str | Path | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train ``cfg.model`` and write its best weights to ``out_path``.
 
     ``resume_path`` holds the periodic resume state (continued from when it matches the config
@@ -125,25 +145,42 @@ def train_model(cfg: TrainConfig, train_dir: str | Path, val_dir: str | Path,
     """
     d = distributed.setup(cfg.device)
     try:
-        return _train(cfg, Path(train_dir), Path(val_dir), Path(out_path),
-                      Path(resume_path) if resume_path else None,
-                      Path(live_dir) if live_dir else None, progress, d)
+        return _train(
+            cfg,
+            Path(train_dir),
+            Path(val_dir),
+            Path(out_path),
+            Path(resume_path) if resume_path else None,
+            Path(live_dir) if live_dir else None,
+            progress,
+            d,
+        )
     finally:
         distributed.teardown(d)
 
 
-def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
-           resume_path: Path | None, live_dir: Path | None, progress: bool,
-           d: distributed.Dist) -> TrainResult:
+def _train(
+    cfg: TrainConfig,
+    train_dir: Path,
+    val_dir: Path,
+    out_path: Path,
+    resume_path: Path | None,
+    live_dir: Path | None,
+    progress: bool,
+    d: distributed.Dist,
+) -> TrainResult:
     if cfg.batch_size % d.world:
-        raise DenoiseError(f"train.{cfg.model}.batch_size {cfg.batch_size} is not divisible "
-                           f"by the {d.world} processes")
+        raise DenoiseError(
+            f"train.{cfg.model}.batch_size {cfg.batch_size} is not divisible "
+            f"by the {d.world} processes"
+        )
     _seed_everything(cfg.seed)
     train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
     val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
     val_idx = _val_indices(len(val_ds), cfg.val_patches)
-    fp = fingerprint(cfg.fingerprint_fields(),
-                     {"train": _data_identity(train_ds), "val": _data_identity(val_ds)})
+    fp = fingerprint(
+        cfg.fingerprint_fields(), {"train": _data_identity(train_ds), "val": _data_identity(val_ds)}
+    )
 
     model = build_model(cfg.model, cfg.arch).to(d.device)
     optimizer = build_optimizer(cfg, model)
@@ -154,8 +191,13 @@ def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
     loss_fn = LOSSES[cfg.loss]
 
     start = 0
-    best: dict[str, Any] = {"psnr": -math.inf, "ssim": 0.0, "iteration": 0, "params": None,
-                            "input_psnr": math.nan}
+    best: dict[str, Any] = {
+        "psnr": -math.inf,
+        "ssim": 0.0,
+        "iteration": 0,
+        "params": None,
+        "input_psnr": math.nan,
+    }
     state = load_resume(resume_path, fp) if resume_path else None
     if state is not None:
         model.load_state_dict(state["params"])
@@ -171,18 +213,34 @@ def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
     if d.world > 1:
         if d.device.type == "cuda":  # on CPU (gloo) BatchNorm statistics stay per rank:
             net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA
-        net = DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda"
-                                      else None)
+        net = DistributedDataParallel(
+            net, device_ids=[d.device] if d.device.type == "cuda" else None
+        )
     net.train()
 
-    sampler = IterationBatchSampler(len(train_ds), cfg.batch_size, cfg.seed, start=start,
-                                    rank=d.rank, world=d.world)
-    loader = DataLoader(EpochIndexed(train_ds), batch_sampler=sampler,
-                        num_workers=cfg.num_workers, pin_memory=d.device.type == "cuda")
-    tracker = Tracker(live_dir if d.main else None,
-                      {"model": cfg.model, **cfg.fingerprint_fields(), "world": d.world}, start)
-    bar = tqdm(total=cfg.iters, initial=start, desc=f"train {cfg.model}", unit="it",
-               disable=not (progress and d.main), mininterval=1.0, dynamic_ncols=True)
+    sampler = IterationBatchSampler(
+        len(train_ds), cfg.batch_size, cfg.seed, start=start, rank=d.rank, world=d.world
+    )
+    loader = DataLoader(
+        EpochIndexed(train_ds),
+        batch_sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=d.device.type == "cuda",
+    )
+    tracker = Tracker(
+        live_dir if d.main else None,
+        {"model": cfg.model, **cfg.fingerprint_fields(), "world": d.world},
+        start,
+    )
+    bar = tqdm(
+        total=cfg.iters,
+        initial=start,
+        desc=f"train {cfg.model}",
+        unit="it",
+        disable=not (progress and d.main),
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
     window: list[float] = []
     step_time, steps = 0.0, 0
     batches = iter(loader)
@@ -196,8 +254,10 @@ def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
         loss = loss_fn(out.float(), clean)
         loss_value = float(distributed.all_mean(loss.detach(), d))
         if not math.isfinite(loss_value):
-            raise DenoiseError(f"train {cfg.model}: non-finite loss ({loss_value}) at "
-                               f"iteration {it}; no model written (lower train.{cfg.model}.lr?)")
+            raise DenoiseError(
+                f"train {cfg.model}: non-finite loss ({loss_value}) at "
+                f"iteration {it}; no model written (lower train.{cfg.model}.lr?)"
+            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -213,8 +273,10 @@ def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
         logged: dict[str, float] = {}
         image = None
         if it % cfg.log_every == 0 or it == cfg.iters:
-            logged = {"train/loss": float(np.mean(window)),
-                      "train/lr": optimizer.param_groups[0]["lr"]}
+            logged = {
+                "train/loss": float(np.mean(window)),
+                "train/lr": optimizer.param_groups[0]["lr"],
+            }
             window.clear()
         if it % cfg.val_every == 0 or it == cfg.iters:
             if d.main:
@@ -222,34 +284,68 @@ def _train(cfg: TrainConfig, train_dir: Path, val_dir: Path, out_path: Path,
                 logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
                 image = v.strip
                 if v.psnr > best["psnr"]:
-                    best = {"psnr": v.psnr, "ssim": v.ssim, "iteration": it,
-                            "input_psnr": v.input_psnr,
-                            "params": {k: t.detach().cpu().clone()
-                                       for k, t in model.state_dict().items()}}
+                    best = {
+                        "psnr": v.psnr,
+                        "ssim": v.ssim,
+                        "iteration": it,
+                        "input_psnr": v.input_psnr,
+                        "params": {
+                            k: t.detach().cpu().clone() for k, t in model.state_dict().items()
+                        },
+                    }
                 bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
             distributed.barrier(d)
         if logged:
             tracker.log(it, logged, image, f"val/{it:07d}.png")
-            bar.set_postfix(loss=f"{loss_value:.4g}", **({"val_psnr": f"{best['psnr']:.2f}"}
-                                                       if best["params"] is not None else {}))
+            bar.set_postfix(
+                loss=f"{loss_value:.4g}",
+                **({"val_psnr": f"{best['psnr']:.2f}"} if best["params"] is not None else {}),
+            )
         bar.update(1)
         if it % cfg.checkpoint_every == 0 and it < cfg.iters and d.main and resume_path:
-            save_resume(resume_path, cfg.model, cfg.arch, fp=fp, iteration=it, model=model,
-                        optimizer=optimizer, scheduler=scheduler, scaler=scaler, best=best)
+            save_resume(
+                resume_path,
+                cfg.model,
+                cfg.arch,
+                fp=fp,
+                iteration=it,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                best=best,
+            )
     bar.close()
     del batches  # stops the loader's workers
 
-    result = TrainResult(best["psnr"], best["ssim"], best["iteration"], best["input_psnr"],
-                         steps / step_time if step_time else math.nan)
+    result = TrainResult(
+        best["psnr"],
+        best["ssim"],
+        best["iteration"],
+        best["input_psnr"],
+        steps / step_time if step_time else math.nan,
+    )
     if d.main:
-        meta = {"iteration": best["iteration"], "val_psnr": best["psnr"],
-                "val_ssim": best["ssim"], "val_psnr_input": best["input_psnr"],
-                "iters": cfg.iters, "seed": cfg.seed, "crop": cfg.crop,
-                "batch_size": cfg.batch_size, "world_size": d.world}
+        meta = {
+            "iteration": best["iteration"],
+            "val_psnr": best["psnr"],
+            "val_ssim": best["ssim"],
+            "val_psnr_input": best["input_psnr"],
+            "iters": cfg.iters,
+            "seed": cfg.seed,
+            "crop": cfg.crop,
+            "batch_size": cfg.batch_size,
+            "world_size": d.world,
+        }
         save_checkpoint(out_path, cfg.model, cfg.arch, best["params"], meta=meta)
-        tracker.summary({"best/val_psnr": best["psnr"], "best/val_ssim": best["ssim"],
-                         "best/iteration": best["iteration"],
-                         "val/psnr_input": best["input_psnr"]})
+        tracker.summary(
+            {
+                "best/val_psnr": best["psnr"],
+                "best/val_ssim": best["ssim"],
+                "best/iteration": best["iteration"],
+                "val/psnr_input": best["input_psnr"],
+            }
+        )
         tracker.end()
         if resume_path:
             resume_path.unlink(missing_ok=True)

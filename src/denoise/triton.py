@@ -61,32 +61,55 @@ HOST = "127.0.0.1"
 # --------------------------------------------------------------------------- repository
 
 
-def model_config(name: str, *, max_batch_size: int, platform: str | None = None,
-                 backend: str | None = None, instance_kind: str | None = None,
-                 parameters: dict[str, str] | None = None) -> str:
+def model_config(
+    name: str,
+    *,
+    max_batch_size: int,
+    platform: str | None = None,
+    backend: str | None = None,
+    instance_kind: str | None = None,
+    parameters: dict[str, str] | None = None,
+) -> str:
     """The ``config.pbtxt`` text of one denoiser model (exactly one of platform/backend)."""
     if (platform is None) == (backend is None):
         raise ValueError("give exactly one of platform and backend")
     if max_batch_size < 1:
-        raise DenoiseError(f"{name}: max_batch_size must be > 0 (got {max_batch_size}); "
-                           "dims [3, -1, -1] rely on the batch dimension")
-    lines = [f'name: "{name}"',
-             f'platform: "{platform}"' if platform else f'backend: "{backend}"',
-             f"max_batch_size: {max_batch_size}"]
+        raise DenoiseError(
+            f"{name}: max_batch_size must be > 0 (got {max_batch_size}); "
+            "dims [3, -1, -1] rely on the batch dimension"
+        )
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"' if platform else f'backend: "{backend}"',
+        f"max_batch_size: {max_batch_size}",
+    ]
     for kind, tname in (("input", INPUT_NAME), ("output", OUTPUT_NAME)):
-        lines += [f"{kind} [", "  {", f'    name: "{tname}"', "    data_type: TYPE_FP32",
-                  "    dims: [ 3, -1, -1 ]", "  }", "]"]
+        lines += [
+            f"{kind} [",
+            "  {",
+            f'    name: "{tname}"',
+            "    data_type: TYPE_FP32",
+            "    dims: [ 3, -1, -1 ]",
+            "  }",
+            "]",
+        ]
     if instance_kind:
-        lines += ["instance_group [", "  {", "    count: 1", f"    kind: {instance_kind}",
-                  "  }", "]"]
+        lines += [
+            "instance_group [",
+            "  {",
+            "    count: 1",
+            f"    kind: {instance_kind}",
+            "  }",
+            "]",
+        ]
     for key, value in (parameters or {}).items():
-        lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}',
-                  "}"]
+        lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}', "}"]
     return "\n".join(lines) + "\n"
 
 
-def write_model(repository: str | Path, name: str, config: str,
-                files: dict[str, str | Path]) -> Path:
+def write_model(
+    repository: str | Path, name: str, config: str, files: dict[str, str | Path]
+) -> Path:
     """Write ``<repository>/<name>/`` (config.pbtxt + ``1/<file>`` for each of ``files``).
 
     The folder is staged and swapped in whole: a reader sees the old model or the new one.
@@ -100,19 +123,34 @@ def write_model(repository: str | Path, name: str, config: str,
     return target
 
 
-def write_onnx_route(repository: str | Path, route: str, onnx_path: str | Path, *,
-                     max_batch_size: int, python_threads: int = 0) -> Path:
+def write_onnx_route(
+    repository: str | Path,
+    route: str,
+    onnx_path: str | Path,
+    *,
+    max_batch_size: int,
+    python_threads: int = 0,
+) -> Path:
     """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
     if route == "onnx":
-        config = model_config(ONNX_MODEL, platform="onnxruntime_onnx",
-                              max_batch_size=max_batch_size)
+        config = model_config(
+            ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=max_batch_size
+        )
         return write_model(repository, ONNX_MODEL, config, {"model.onnx": onnx_path})
     if route == "python":
-        config = model_config(PYTHON_MODEL, backend="python", max_batch_size=max_batch_size,
-                              instance_kind="KIND_CPU",
-                              parameters={"intra_op_threads": str(python_threads)})
-        return write_model(repository, PYTHON_MODEL, config,
-                           {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE})
+        config = model_config(
+            PYTHON_MODEL,
+            backend="python",
+            max_batch_size=max_batch_size,
+            instance_kind="KIND_CPU",
+            parameters={"intra_op_threads": str(python_threads)},
+        )
+        return write_model(
+            repository,
+            PYTHON_MODEL,
+            config,
+            {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE},
+        )
     raise DenoiseError(f"unknown export route {route!r}; known: {sorted(ONNX_ROUTES)}")
 
 
@@ -122,8 +160,10 @@ def reference_onnx(repository: str | Path) -> Path:
         path = Path(repository) / name / "1" / "model.onnx"
         if path.is_file():
             return path
-    raise DenoiseError(f"{repository}: no {ONNX_MODEL}/1/model.onnx or {PYTHON_MODEL}/1/"
-                       "model.onnx (run the export-onnx stage first)")
+    raise DenoiseError(
+        f"{repository}: no {ONNX_MODEL}/1/model.onnx or {PYTHON_MODEL}/1/"
+        "model.onnx (run the export-onnx stage first)"
+    )
 
 
 # --------------------------------------------------------------------------- server
@@ -165,8 +205,10 @@ def find_server(binary: str | Path | None = None) -> ServerBinary:
         return ServerBinary(Path(on_path), False)
     if bundled is not None and bundled.is_file():
         return ServerBinary(bundled, True)
-    raise DenoiseError("tritonserver binary not found: none on PATH and no nvidia-pytriton "
-                       "(pip install nvidia-pytriton==0.7.0, or set triton.binary)")
+    raise DenoiseError(
+        "tritonserver binary not found: none on PATH and no nvidia-pytriton "
+        "(pip install nvidia-pytriton==0.7.0, or set triton.binary)"
+    )
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -204,8 +246,11 @@ def _bundled_env(root: Path) -> dict[str, str]:
     # The stub ignores PYTHONPATH; it finds its interpreter by looking up ``python3`` on PATH,
     # so our environment's bin first gives it our site-packages (as pytriton does).
     env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", "")])
-    libdirs = [sysconfig.get_config_var("LIBDIR") or "",
-               str(root.parent.parent / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH", "")]
+    libdirs = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(root.parent.parent / "nvidia_pytriton.libs"),
+        env.get("LD_LIBRARY_PATH", ""),
+    ]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
     return env
 
@@ -248,9 +293,17 @@ class TritonServer:
     ready (or raises DenoiseError with the server's own reason); leaving always stops it.
     """
 
-    def __init__(self, repository: str | Path, models: Sequence[str], *, http_port: int = 8000,
-                 grpc_port: int = 8001, binary: str | Path | None = None,
-                 startup_timeout_s: float = 60.0, echo: bool = False) -> None:
+    def __init__(
+        self,
+        repository: str | Path,
+        models: Sequence[str],
+        *,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        binary: str | Path | None = None,
+        startup_timeout_s: float = 60.0,
+        echo: bool = False,
+    ) -> None:
         self.repository = Path(repository).resolve()
         self.models = list(models)
         self.http_port = http_port
@@ -280,17 +333,27 @@ class TritonServer:
         ``__pycache__`` in the model folder, which would change a DVC-tracked output.
         """
         for model in self.models:
-            shutil.copytree(self.repository / model, target / model,
-                            copy_function=_link_or_copy,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                self.repository / model,
+                target / model,
+                copy_function=_link_or_copy,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         return target
 
     def command(self, repository: Path, backend_dir: Path | None) -> list[str]:
-        cmd = [str(self.binary.path), f"--model-repository={repository}",
-               "--model-control-mode=explicit", "--exit-on-error=false",
-               "--strict-readiness=true", "--allow-metrics=false",
-               f"--http-address={HOST}", f"--http-port={self.http_port}",
-               f"--grpc-address={HOST}", f"--grpc-port={self.grpc_port}"]
+        cmd = [
+            str(self.binary.path),
+            f"--model-repository={repository}",
+            "--model-control-mode=explicit",
+            "--exit-on-error=false",
+            "--strict-readiness=true",
+            "--allow-metrics=false",
+            f"--http-address={HOST}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={HOST}",
+            f"--grpc-port={self.grpc_port}",
+        ]
         cmd += [f"--load-model={m}" for m in self.models]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
@@ -302,8 +365,9 @@ class TritonServer:
             raise DenoiseError(f"{self.repository}: model repository not found")
         for model in self.models:
             if not (self.repository / model / "config.pbtxt").is_file():
-                raise DenoiseError(f"{self.repository / model}: no config.pbtxt (model "
-                                   "not in the repository)")
+                raise DenoiseError(
+                    f"{self.repository / model}: no config.pbtxt (model not in the repository)"
+                )
         for label, port in (("http", self.http_port), ("grpc", self.grpc_port)):
             if port_in_use(port):
                 raise DenoiseError(f"{HOST}:{port}: port already in use (triton {label} port)")
@@ -317,10 +381,15 @@ class TritonServer:
                 backend_dir = _bundled_backend_dir(root, workdir)
                 env = _bundled_env(root)
             t0 = time.perf_counter()
-            self.process = subprocess.Popen(self.command(snapshot, backend_dir), env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_die_with_parent())
+            self.process = subprocess.Popen(
+                self.command(snapshot, backend_dir),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
             self._reader = threading.Thread(target=self._read_log, daemon=True)
             self._reader.start()
             self._wait_ready()
@@ -354,17 +423,20 @@ class TritonServer:
         import tritonclient.http as httpclient
 
         assert self.process is not None
-        client = httpclient.InferenceServerClient(self.http_url, connection_timeout=2.0,
-                                                  network_timeout=5.0)
+        client = httpclient.InferenceServerClient(
+            self.http_url, connection_timeout=2.0, network_timeout=5.0
+        )
         deadline = time.monotonic() + self.startup_timeout_s
         try:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
                     if self._reader:
                         self._reader.join(timeout=2.0)
-                    raise DenoiseError(f"{self.binary.path}: exited with code "
-                                       f"{self.process.returncode} during startup: "
-                                       f"{self._log_reason()}")
+                    raise DenoiseError(
+                        f"{self.binary.path}: exited with code "
+                        f"{self.process.returncode} during startup: "
+                        f"{self._log_reason()}"
+                    )
                 try:
                     live = client.is_server_live()
                     ready = live and all(client.is_model_ready(m) for m in self.models)
@@ -377,8 +449,10 @@ class TritonServer:
                 time.sleep(0.1)
         finally:
             client.close()
-        raise DenoiseError(f"{self.repository}: models {self.models} not ready after "
-                           f"{self.startup_timeout_s:g} s: {self._log_reason()}")
+        raise DenoiseError(
+            f"{self.repository}: models {self.models} not ready after "
+            f"{self.startup_timeout_s:g} s: {self._log_reason()}"
+        )
 
     def _raise_unavailable(self, client: Any) -> None:
         try:
@@ -388,8 +462,9 @@ class TritonServer:
         for entry in index:
             if entry.get("name") in self.models and entry.get("state") == "UNAVAILABLE":
                 reason = entry.get("reason") or self._log_reason()
-                raise DenoiseError(f"{self.repository / entry['name']}: model not ready: "
-                                   f"{reason.splitlines()[0]}")
+                raise DenoiseError(
+                    f"{self.repository / entry['name']}: model not ready: {reason.splitlines()[0]}"
+                )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL."""
@@ -456,8 +531,13 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str = f"{HOST}:8000", protocol: str = "http",
-                 model_name: str = PYTHON_MODEL, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        url: str = f"{HOST}:8000",
+        protocol: str = "http",
+        model_name: str = PYTHON_MODEL,
+        timeout_s: float = 120.0,
+    ) -> None:
         self.url = re.sub(r"^[a-z]+://", "", url)
         self.protocol = protocol
         self.model_name = model_name
@@ -466,17 +546,21 @@ class TritonBackend:
         try:
             if protocol == "http":
                 self._client = self._module.InferenceServerClient(
-                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
+                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
             else:
                 self._client = self._module.InferenceServerClient(self.url)
             ready = self._client.is_model_ready(model_name)
         except Exception as e:
-            raise DenoiseError(f"{protocol}://{self.url}: Triton server not reachable "
-                               f"({_first_line(e)})") from None
+            raise DenoiseError(
+                f"{protocol}://{self.url}: Triton server not reachable ({_first_line(e)})"
+            ) from None
         if not ready:
             served = ", ".join(self._ready_models()) or "none"
-            raise DenoiseError(f"{protocol}://{self.url}: model {model_name!r} is not ready "
-                               f"on the server (ready: {served})")
+            raise DenoiseError(
+                f"{protocol}://{self.url}: model {model_name!r} is not ready "
+                f"on the server (ready: {served})"
+            )
         config = self._client.get_model_config(model_name)
         if protocol == "grpc":
             self.max_batch_size = int(config.config.max_batch_size)
@@ -494,11 +578,14 @@ class TritonBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1] != 3:
-            raise DenoiseError(f"{self.model_name}: wrong input {batch.shape} {batch.dtype}, "
-                               "expected (N, 3, H, W) float32")
+            raise DenoiseError(
+                f"{self.model_name}: wrong input {batch.shape} {batch.dtype}, "
+                "expected (N, 3, H, W) float32"
+            )
         step = self.max_batch_size or len(batch)
-        return np.concatenate([self._infer(batch[i:i + step])
-                               for i in range(0, len(batch), step)])
+        return np.concatenate(
+            [self._infer(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         inp = self._module.InferInput(INPUT_NAME, list(batch.shape), "FP32")
@@ -508,13 +595,17 @@ class TritonBackend:
         try:
             result = self._client.infer(self.model_name, [inp], outputs=[out], **kwargs)
         except Exception as e:
-            raise DenoiseError(f"{self.protocol}://{self.url}: request to {self.model_name} "
-                               f"failed: {_first_line(e)}") from None
+            raise DenoiseError(
+                f"{self.protocol}://{self.url}: request to {self.model_name} "
+                f"failed: {_first_line(e)}"
+            ) from None
         y = result.as_numpy(OUTPUT_NAME)
         if y is None or y.shape != batch.shape:
             got = None if y is None else y.shape
-            raise DenoiseError(f"{self.protocol}://{self.url}: {self.model_name} returned "
-                               f"{got} for input {batch.shape}")
+            raise DenoiseError(
+                f"{self.protocol}://{self.url}: {self.model_name} returned "
+                f"{got} for input {batch.shape}"
+            )
         return y
 
     def close(self) -> None:
@@ -535,17 +626,21 @@ def _is_network_name(name: str) -> bool:
 
 
 @register_backend("triton")
-def open_triton(model: str | Path = PYTHON_MODEL, *, url: str = f"{HOST}:8000",
-                protocol: str = "http", model_name: str | None = None,
-                **options: Any) -> TritonBackend:
+def open_triton(
+    model: str | Path = PYTHON_MODEL,
+    *,
+    url: str = f"{HOST}:8000",
+    protocol: str = "http",
+    model_name: str | None = None,
+    **options: Any,
+) -> TritonBackend:
     """The ``triton`` inference backend; ``model`` (or ``model_name``) is the served model.
 
     A network name such as ``nafnet`` (what ``denoise run --backend triton`` passes by
     default) means ``denoise_python``: the repository serves whichever network was exported.
     """
     name = model_name or str(model)
-    return TritonBackend(url, protocol, PYTHON_MODEL if _is_network_name(name) else name,
-                         **options)
+    return TritonBackend(url, protocol, PYTHON_MODEL if _is_network_name(name) else name, **options)
 
 
 # --------------------------------------------------------------------------- smoke test
@@ -578,26 +673,34 @@ def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
         return img
     h, w = img.shape[:2]
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[top:top + size, left:left + size]
+    return img[top : top + size, left : left + size]
 
 
-def load_test_pairs(root: str | Path, count: int, crop: int) -> list[tuple[str, np.ndarray,
-                                                                           np.ndarray]]:
+def load_test_pairs(
+    root: str | Path, count: int, crop: int
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(instance, noisy, clean)`` uint8 HWC pairs from a SIDD-layout test split."""
     from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
     from denoise.fileio import read_rgb8
 
     found = list_instances(root)[:count] if count > 0 else list_instances(root)
-    return [(inst.name, _center_crop(read_rgb8(folder / NOISY_NAME), crop),
-             _center_crop(read_rgb8(folder / GT_NAME), crop)) for inst, folder in found]
+    return [
+        (
+            inst.name,
+            _center_crop(read_rgb8(folder / NOISY_NAME), crop),
+            _center_crop(read_rgb8(folder / GT_NAME), crop),
+        )
+        for inst, folder in found
+    ]
 
 
 def _percentile_ms(times: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(times) * 1000.0, q))
 
 
-def _measure(backend: TritonBackend, batches: list[np.ndarray], *, repeats: int, warmup: int,
-             desc: str) -> tuple[list[float], list[np.ndarray]]:
+def _measure(
+    backend: TritonBackend, batches: list[np.ndarray], *, repeats: int, warmup: int, desc: str
+) -> tuple[list[float], list[np.ndarray]]:
     """Per-request seconds over ``repeats`` passes, and the outputs of the first pass."""
     from tqdm import tqdm
 
@@ -616,8 +719,9 @@ def _measure(backend: TritonBackend, batches: list[np.ndarray], *, repeats: int,
     return times, outs
 
 
-def smoke_test(repository: str | Path, test_root: str | Path, metrics_path: str | Path,
-               settings: SmokeSettings) -> dict[str, Any]:
+def smoke_test(
+    repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: SmokeSettings
+) -> dict[str, Any]:
     """Serve the repository with a real tritonserver and check it over HTTP and gRPC.
 
     Per model and protocol: max abs difference of the served output vs local onnxruntime on
@@ -630,41 +734,70 @@ def smoke_test(repository: str | Path, test_root: str | Path, metrics_path: str 
     pairs = load_test_pairs(test_root, settings.images, settings.crop)
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
-    batches = [np.ascontiguousarray(noisy.transpose(2, 0, 1)[None], np.float32) / 255.0
-               for _, noisy, _ in pairs]
+    batches = [
+        np.ascontiguousarray(noisy.transpose(2, 0, 1)[None], np.float32) / 255.0
+        for _, noisy, _ in pairs
+    ]
     session = OnnxRuntimeBackend(reference_onnx(repository), providers=["CPUExecutionProvider"])
     local = [session(b) for b in batches]
     models = list(settings.models) or [PYTHON_MODEL]
-    report: dict[str, Any] = {"images": len(pairs), "crop": settings.crop,
-                              "repeats": settings.repeats, "models": {}}
+    report: dict[str, Any] = {
+        "images": len(pairs),
+        "crop": settings.crop,
+        "repeats": settings.repeats,
+        "models": {},
+    }
     psnr_in = float(np.mean([psnr(noisy, clean) for _, noisy, clean in pairs]))
-    with TritonServer(repository, models, http_port=settings.http_port,
-                      grpc_port=settings.grpc_port, binary=settings.binary or None,
-                      startup_timeout_s=settings.startup_timeout_s) as server:
-        report["server"] = {"binary": str(server.binary.path), "bundled": server.binary.bundled,
-                            "start_s": round(server.start_s or 0.0, 3)}
+    with TritonServer(
+        repository,
+        models,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        binary=settings.binary or None,
+        startup_timeout_s=settings.startup_timeout_s,
+    ) as server:
+        report["server"] = {
+            "binary": str(server.binary.path),
+            "bundled": server.binary.bundled,
+            "start_s": round(server.start_s or 0.0, 3),
+        }
         for model in models:
             report["models"][model] = per_protocol = {}
             for protocol in ("http", "grpc"):
                 url = server.http_url if protocol == "http" else server.grpc_url
-                times, outs = _measure(TritonBackend(url, protocol, model), batches,
-                                       repeats=settings.repeats, warmup=settings.warmup,
-                                       desc=f"{model} {protocol}")
-                diff = max(float(np.max(np.abs(y - ref)))
-                           for y, ref in zip(outs, local, strict=True))
-                psnr_out = float(np.mean([psnr(to_uint8(y[0].transpose(1, 2, 0)), clean)
-                                          for y, (_, _, clean) in zip(outs, pairs, strict=True)]))
+                times, outs = _measure(
+                    TritonBackend(url, protocol, model),
+                    batches,
+                    repeats=settings.repeats,
+                    warmup=settings.warmup,
+                    desc=f"{model} {protocol}",
+                )
+                diff = max(
+                    float(np.max(np.abs(y - ref))) for y, ref in zip(outs, local, strict=True)
+                )
+                psnr_out = float(
+                    np.mean(
+                        [
+                            psnr(to_uint8(y[0].transpose(1, 2, 0)), clean)
+                            for y, (_, _, clean) in zip(outs, pairs, strict=True)
+                        ]
+                    )
+                )
                 per_protocol[protocol] = {
-                    "max_abs_diff_vs_onnxruntime": diff, "psnr_out": psnr_out,
-                    "psnr_in": psnr_in, "latency_p50_ms": _percentile_ms(times, 50),
+                    "max_abs_diff_vs_onnxruntime": diff,
+                    "psnr_out": psnr_out,
+                    "psnr_in": psnr_in,
+                    "latency_p50_ms": _percentile_ms(times, 50),
                     "latency_p95_ms": _percentile_ms(times, 95),
                     "throughput_img_s": len(times) / sum(times),
                 }
                 if model != TRT_MODEL and not diff <= settings.tolerance:
                     write_json(metrics_path, report)
-                    raise DenoiseError(f"{model} over {protocol}: served output differs from "
-                                       f"local onnxruntime by {diff:.3g} (> triton.tolerance "
-                                       f"{settings.tolerance:g})")
+                    raise DenoiseError(
+                        f"{model} over {protocol}: served output differs from "
+                        f"local onnxruntime by {diff:.3g} (> triton.tolerance "
+                        f"{settings.tolerance:g})"
+                    )
     write_json(metrics_path, report)
     return report
 
@@ -677,23 +810,41 @@ def servable_models(repository: str | Path, server: ServerBinary) -> list[str]:
     if server.bundled:
         present = [m for m in present if m == PYTHON_MODEL]
     if not present:
-        raise DenoiseError(f"{repo}: no model this tritonserver can load (run `dvc repro "
-                           "export-onnx` first)")
+        raise DenoiseError(
+            f"{repo}: no model this tritonserver can load (run `dvc repro export-onnx` first)"
+        )
     return present
 
 
-def serve(repository: str | Path, models: Sequence[str] = (), *, http_port: int,
-          grpc_port: int, binary: str | None = None, startup_timeout_s: float = 60.0) -> int:
+def serve(
+    repository: str | Path,
+    models: Sequence[str] = (),
+    *,
+    http_port: int,
+    grpc_port: int,
+    binary: str | None = None,
+    startup_timeout_s: float = 60.0,
+) -> int:
     """Run tritonserver in the foreground until it exits or Ctrl-C; returns its exit code.
 
     ``models`` empty: every model the server can load (see :func:`servable_models`).
     """
     models = list(models) or servable_models(repository, find_server(binary))
-    server = TritonServer(repository, models, http_port=http_port, grpc_port=grpc_port,
-                          binary=binary, startup_timeout_s=startup_timeout_s, echo=True)
+    server = TritonServer(
+        repository,
+        models,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        binary=binary,
+        startup_timeout_s=startup_timeout_s,
+        echo=True,
+    )
     with server:
-        print(f"serving {', '.join(models)} from {server.repository} on http://{server.http_url}"
-              f" and grpc {server.grpc_url} (Ctrl-C stops)", flush=True)
+        print(
+            f"serving {', '.join(models)} from {server.repository} on http://{server.http_url}"
+            f" and grpc {server.grpc_url} (Ctrl-C stops)",
+            flush=True,
+        )
         try:
             return server.wait()
         except KeyboardInterrupt:

@@ -43,8 +43,11 @@ class TritonPythonModel:
                 y = self.session.run([self.output_name], {self.input_name: x})[0]
             except Exception as e:  # report per request; the server keeps serving
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {first}")))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {first}")
+                    )
+                )
                 continue
             out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(y, dtype=np.float32))
             responses.append(pb_utils.InferenceResponse(output_tensors=[out]))

@@ -37,8 +37,9 @@ def write_patch_store(out_dir: str | Path, noisy: np.ndarray, clean: np.ndarray)
 
 
 @contextlib.contextmanager
-def create_patch_store(out_dir: str | Path, count: int,
-                       patch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def create_patch_store(
+    out_dir: str | Path, count: int, patch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Streaming form of :func:`write_patch_store` for stores larger than memory.
 
     Yields ``(noisy, clean)`` writable memory maps of shape ``(count, P, P, 3)`` to be filled
@@ -49,10 +50,8 @@ def create_patch_store(out_dir: str | Path, count: int,
     shape = (count, patch_size, patch_size, 3)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
-        noisy = np.lib.format.open_memmap(tmp / NOISY_FILE, mode="w+", dtype=np.uint8,
-                                          shape=shape)
-        clean = np.lib.format.open_memmap(tmp / CLEAN_FILE, mode="w+", dtype=np.uint8,
-                                          shape=shape)
+        noisy = np.lib.format.open_memmap(tmp / NOISY_FILE, mode="w+", dtype=np.uint8, shape=shape)
+        clean = np.lib.format.open_memmap(tmp / CLEAN_FILE, mode="w+", dtype=np.uint8, shape=shape)
         yield noisy, clean
         noisy.flush()
         clean.flush()
@@ -65,11 +64,14 @@ def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         noisy = np.load(split_dir / NOISY_FILE, mmap_mode="r")
         clean = np.load(split_dir / CLEAN_FILE, mmap_mode="r")
     except FileNotFoundError as e:
-        raise DenoiseError(f"{split_dir}: no patch store ({e.filename} missing); "
-                           "run the crop-split stage first") from None
+        raise DenoiseError(
+            f"{split_dir}: no patch store ({e.filename} missing); run the crop-split stage first"
+        ) from None
     if noisy.shape != clean.shape or noisy.ndim != 4 or noisy.shape[-1] != 3:
-        raise DenoiseError(f"{split_dir}: noisy {noisy.shape} and clean {clean.shape} "
-                           "are not matching (N, P, P, 3) arrays")
+        raise DenoiseError(
+            f"{split_dir}: noisy {noisy.shape} and clean {clean.shape} "
+            "are not matching (N, P, P, 3) arrays"
+        )
     return noisy, clean
 
 
@@ -95,13 +97,16 @@ class RandomCropDataset(Dataset):
     validation).
     """
 
-    def __init__(self, split_dir: str | Path, crop: int, *, augment: bool = True,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, split_dir: str | Path, crop: int, *, augment: bool = True, seed: int = 0
+    ) -> None:
         self.noisy, self.clean = read_patch_store(split_dir)
         patch = self.noisy.shape[1]
         if crop > patch or crop > self.noisy.shape[2]:
-            raise DenoiseError(f"{split_dir}: crop {crop} is larger than the stored "
-                               f"{self.noisy.shape[1]}x{self.noisy.shape[2]} patches")
+            raise DenoiseError(
+                f"{split_dir}: crop {crop} is larger than the stored "
+                f"{self.noisy.shape[1]}x{self.noisy.shape[2]} patches"
+            )
         self.crop = crop
         self.augment = augment
         self.seed = seed
@@ -123,6 +128,6 @@ class RandomCropDataset(Dataset):
             k = int(rng.integers(0, 8))
         else:
             y, x, k = (h - c) // 2, (w - c) // 2, 0
-        noisy = dihedral(self.noisy[index, y:y + c, x:x + c], k)
-        clean = dihedral(self.clean[index, y:y + c, x:x + c], k)
+        noisy = dihedral(self.noisy[index, y : y + c, x : x + c], k)
+        clean = dihedral(self.clean[index, y : y + c, x : x + c], k)
         return to_tensor(noisy), to_tensor(clean)

@@ -21,8 +21,13 @@ NOISY_NAME = "NOISY_SRGB_010.PNG"
 DATA_DIR = "Data"
 ARCHIVE_ROOT = "SIDD_Small_sRGB_Only"
 
-PHONES = {"GP": "Google Pixel", "IP": "iPhone 7", "S6": "Samsung Galaxy S6 Edge",
-          "N6": "Motorola Nexus 6", "G4": "LG G4"}
+PHONES = {
+    "GP": "Google Pixel",
+    "IP": "iPhone 7",
+    "S6": "Samsung Galaxy S6 Edge",
+    "N6": "Motorola Nexus 6",
+    "G4": "LG G4",
+}
 BRIGHTNESS = {"L": "low", "N": "normal", "H": "high"}
 
 _NAME = re.compile(
@@ -45,18 +50,29 @@ class Instance:
 
     @property
     def name(self) -> str:
-        return (f"{self.id:04d}_{self.scene:03d}_{self.phone}_{self.iso:05d}_"
-                f"{self.shutter:05d}_{self.illuminant:04d}_{self.brightness}")
+        return (
+            f"{self.id:04d}_{self.scene:03d}_{self.phone}_{self.iso:05d}_"
+            f"{self.shutter:05d}_{self.illuminant:04d}_{self.brightness}"
+        )
 
     @classmethod
     def parse(cls, name: str) -> Instance:
         m = _NAME.match(name)
         if m is None:
-            raise DenoiseError(f"{name}: not a SIDD instance name "
-                               "(<id>_<scene>_<phone>_<ISO>_<shutter>_<illuminant>_<L|N|H>)")
+            raise DenoiseError(
+                f"{name}: not a SIDD instance name "
+                "(<id>_<scene>_<phone>_<ISO>_<shutter>_<illuminant>_<L|N|H>)"
+            )
         g = m.groupdict()
-        return cls(int(g["id"]), int(g["scene"]), g["phone"], int(g["iso"]),
-                   int(g["shutter"]), int(g["illuminant"]), g["brightness"])
+        return cls(
+            int(g["id"]),
+            int(g["scene"]),
+            g["phone"],
+            int(g["iso"]),
+            int(g["shutter"]),
+            int(g["illuminant"]),
+            g["brightness"],
+        )
 
 
 def iso_band(iso: int) -> str:
@@ -80,6 +96,9 @@ def data_dir(root: str | Path) -> Path:
 def list_instances(root: str | Path) -> list[tuple[Instance, Path]]:
     """All ``(instance, folder)`` pairs under a SIDD-layout root, sorted by instance name."""
     base = data_dir(root)
-    found = [(Instance.parse(p.name), p) for p in sorted(base.iterdir())
-             if p.is_dir() and _NAME.match(p.name)]
+    found = [
+        (Instance.parse(p.name), p)
+        for p in sorted(base.iterdir())
+        if p.is_dir() and _NAME.match(p.name)
+    ]
     return found

@@ -23,13 +23,16 @@ from denoise.models.registry import register
 class DnCNN(nn.Module):
     """Residual denoiser: ``forward(x) = x - model(x)``."""
 
-    def __init__(self, in_nc: int = 3, out_nc: int = 3, nc: int = 64, nb: int = 17,
-                 batch_norm: bool = True) -> None:
+    def __init__(
+        self, in_nc: int = 3, out_nc: int = 3, nc: int = 64, nb: int = 17, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         if nb < 2:
             raise ValueError(f"DnCNN needs at least 2 layers, got nb={nb}")
-        layers: list[nn.Module] = [nn.Conv2d(in_nc, nc, 3, padding=1, bias=True),
-                                   nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_nc, nc, 3, padding=1, bias=True),
+            nn.ReLU(inplace=True),
+        ]
         for _ in range(nb - 2):
             layers.append(nn.Conv2d(nc, nc, 3, padding=1, bias=not batch_norm))
             if batch_norm:

@@ -51,8 +51,9 @@ class NAFBlock(nn.Module):
     """Norm -> 1x1 -> 3x3 depthwise -> SimpleGate -> SCA -> 1x1 (+beta), then the gated FFN
     (+gamma)."""
 
-    def __init__(self, c: int, dw_expand: int = 2, ffn_expand: int = 2,
-                 drop_out_rate: float = 0.0) -> None:
+    def __init__(
+        self, c: int, dw_expand: int = 2, ffn_expand: int = 2, drop_out_rate: float = 0.0
+    ) -> None:
         super().__init__()
         dw = c * dw_expand
         self.conv1 = nn.Conv2d(c, dw, 1, bias=True)
@@ -90,8 +91,14 @@ class NAFNet(nn.Module):
     cropped back, so any height and width work.
     """
 
-    def __init__(self, img_channel: int = 3, width: int = 16, middle_blk_num: int = 1,
-                 enc_blk_nums: Sequence[int] = (), dec_blk_nums: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        img_channel: int = 3,
+        width: int = 16,
+        middle_blk_num: int = 1,
+        enc_blk_nums: Sequence[int] = (),
+        dec_blk_nums: Sequence[int] = (),
+    ) -> None:
         super().__init__()
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1, bias=True)
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1, bias=True)
@@ -108,8 +115,9 @@ class NAFNet(nn.Module):
             chan *= 2
         self.middle_blks = nn.Sequential(*[NAFBlock(chan) for _ in range(middle_blk_num)])
         for num in dec_blk_nums:
-            self.ups.append(nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False),
-                                          nn.PixelShuffle(2)))
+            self.ups.append(
+                nn.Sequential(nn.Conv2d(chan, chan * 2, 1, bias=False), nn.PixelShuffle(2))
+            )
             chan //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
         self.padder_size = 2 ** len(self.encoders)

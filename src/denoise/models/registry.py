@@ -20,6 +20,7 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     def wrap(cls: type[nn.Module]) -> type[nn.Module]:
         MODELS[name] = cls
         return cls
+
     return wrap
 
 

@@ -10,8 +10,17 @@ from denoise.errors import DenoiseError
 from denoise.params import checked_section
 
 #: Keys of the shared ``train`` section that are not per-model sections.
-SHARED_KEYS = ("seed", "device", "amp", "num_workers", "checkpoint_every", "log_every",
-               "val_crop", "val_patches", "val_batch")
+SHARED_KEYS = (
+    "seed",
+    "device",
+    "amp",
+    "num_workers",
+    "checkpoint_every",
+    "log_every",
+    "val_crop",
+    "val_patches",
+    "val_batch",
+)
 
 
 @dataclass
@@ -56,11 +65,15 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
-        checks = [(self.iters > 0, "iters must be > 0"), (self.val_every > 0, "val_every > 0"),
-                  (self.batch_size > 0, "batch_size must be > 0"), (self.crop > 0, "crop > 0"),
-                  (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
-                  (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
-                  (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}")]
+        checks = [
+            (self.iters > 0, "iters must be > 0"),
+            (self.val_every > 0, "val_every > 0"),
+            (self.batch_size > 0, "batch_size must be > 0"),
+            (self.crop > 0, "crop > 0"),
+            (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
+            (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
+            (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise DenoiseError(f"params.yaml: train.{self.model}: {msg}")

@@ -31,8 +31,10 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
     return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-def build_scheduler(cfg: TrainConfig,
-                    optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Cosine annealing over ``iters``, stepped once per ITERATION (not per epoch)."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.iters,
-                                                      eta_min=cfg.eta_min)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=cfg.iters, eta_min=cfg.eta_min
+    )

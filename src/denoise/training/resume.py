@@ -28,11 +28,12 @@ def fingerprint(config: dict[str, Any], data: dict[str, Any]) -> str:
 
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                      *np_state[2:]],
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -45,13 +46,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_resume(path: Path, model_name: str, arch: dict[str, Any], *, fp: str,
-                iteration: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                scheduler: Any, scaler: Any, best: dict[str, Any]) -> None:
-    save_checkpoint(path, model_name, arch, model.state_dict(),
-                    meta={"iteration": iteration, "fingerprint": fp},
-                    optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    scaler=scaler.state_dict(), rng=rng_state(), best=best)
+def save_resume(
+    path: Path,
+    model_name: str,
+    arch: dict[str, Any],
+    *,
+    fp: str,
+    iteration: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    best: dict[str, Any],
+) -> None:
+    save_checkpoint(
+        path,
+        model_name,
+        arch,
+        model.state_dict(),
+        meta={"iteration": iteration, "fingerprint": fp},
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(),
+        rng=rng_state(),
+        best=best,
+    )
 
 
 def load_resume(path: Path, fp: str) -> dict[str, Any] | None:

@@ -36,8 +36,9 @@ class EpochIndexed(Dataset):
 class IterationBatchSampler(Sampler[list[tuple[int, int]]]):
     """Endless per-rank batches of ``(epoch, index)`` for iterations ``start, start+1, ...``."""
 
-    def __init__(self, n: int, global_batch: int, seed: int, start: int = 0,
-                 rank: int = 0, world: int = 1) -> None:
+    def __init__(
+        self, n: int, global_batch: int, seed: int, start: int = 0, rank: int = 0, world: int = 1
+    ) -> None:
         if global_batch % world:
             raise ValueError(f"global batch {global_batch} is not divisible by {world} ranks")
         self.n, self.global_batch, self.seed, self.start = n, global_batch, seed, start

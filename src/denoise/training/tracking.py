@@ -31,8 +31,13 @@ class Tracker:
         self.live = Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
         self.live.log_params(params)
 
-    def log(self, step: int, metrics: dict[str, float], image: np.ndarray | None = None,
-            image_name: str = "") -> None:
+    def log(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        image: np.ndarray | None = None,
+        image_name: str = "",
+    ) -> None:
         if self.live is None:
             return
         self.live.step = step

@@ -1,0 +1,103 @@
+"""Inference speed of every backend and precision, side by side in one run, against the targets.
+
+Runs :func:`denoise.bench.run_bench` (each path in a fresh process, one machine, one run) on
+paper-size NAFNet-w32 by default, prints the markdown table, the targets and what bounds the
+fastest paths (time at the measured peak vs the time measured), and writes the JSON.
+
+Targets (issue "The `denoise run` and `denoise bench` commands ..."): the best FP32 path at
+least 1.6x torch eager; a reduced-precision path at least 3x torch eager whose PSNR is within
+0.1 dB of FP32 on the test images.
+
+    python benchmarks/inference_speed.py [--size 512] [--batch 1] [--repeats 5] [--compile]
+        [--model nafnet --arch paper] [--json benchmarks/results/inference_speed.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from denoise.bench import PATHS, PSNR_TOLERANCE_DB, available_paths, format_table, run_bench
+from denoise.cli import user_errors
+from denoise.fileio import write_json
+
+FP32_TARGET = 1.6
+REDUCED_TARGET = 3.0
+
+
+def verdict(report: dict[str, Any]) -> list[str]:
+    """Lines saying whether each target is met, by which path, and what bounds it."""
+    rows = report["results"]
+    fp32 = [r for r in rows if r["precision"] == "fp32"]
+    reduced = [r for r in rows if r["precision"] != "fp32" and r["within_psnr_tolerance"]]
+    lines = []
+    for label, pool, target in (
+        ("FP32", fp32, FP32_TARGET),
+        (f"reduced precision (|ΔPSNR| <= {PSNR_TOLERANCE_DB} dB)", reduced, REDUCED_TARGET),
+    ):
+        if not pool:
+            lines.append(f"- {label}: no path measured")
+            continue
+        best = max(pool, key=lambda r: r["ratio_vs_torch_eager"])
+        met = "met" if best["ratio_vs_torch_eager"] >= target else "NOT met"
+        # What bounds it: the time the counted MACs would take at the measured peak of the
+        # path's precision, against the time measured (the rest is memory-bound elementwise
+        # work, layout changes and framework overhead).
+        at_peak_ms = best["latency_ms_median"] * best["share_of_peak"]
+        lines.append(
+            f"- {label}: target {target}x {met}: best {best['path']} "
+            f"{best['ratio_vs_torch_eager']:.2f}x ({best['latency_ms_median']:.0f} ms/batch, "
+            f"ΔPSNR {best['psnr_delta_db']:+.3f} dB); at the {best['peak_compared_with']} "
+            f"peak the MACs alone would take {at_peak_ms:.0f} ms "
+            f"({100 * best['share_of_peak']:.0f}% of peak reached)"
+        )
+    return lines
+
+
+@user_errors
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="nafnet", help="nafnet|dncnn or a .pt checkpoint")
+    ap.add_argument("--arch", default="paper", help="paper (default) or checkpoint")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--psnr-images", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="also the torch.compile paths (compiling takes about a minute)",
+    )
+    ap.add_argument(
+        "--backends",
+        nargs="+",
+        choices=sorted(PATHS),
+        default=None,
+        help="exactly these paths (default: every available one)",
+    )
+    ap.add_argument("--json", default="benchmarks/results/inference_speed.json")
+    args = ap.parse_args()
+
+    names = args.backends or available_paths()
+    if args.compile and not args.backends:
+        names += [n for n in available_paths(opt_in=True) if "compile" in n]
+    report = run_bench(
+        args.model,
+        arch=args.arch,
+        size=args.size,
+        batch=args.batch,
+        backends=names,
+        repeats=args.repeats,
+        psnr_images=args.psnr_images,
+        threads=args.threads or None,
+    )
+    report["verdict"] = verdict(report)
+    print(format_table(report))
+    print("\n" + "\n".join(report["verdict"]))
+    write_json(args.json, report)
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,906 @@
+"""Inference speed of every backend and precision, side by side on one machine: `denoise bench`.
+
+One run measures, for each *path* (a backend with its speed options, e.g. ``torch-bf16`` =
+torch, weights and activations in bf16, channels_last):
+
+- images/s and megapixels/s on a ``(batch, 3, size, size)`` input (median of ``repeats`` timed
+  calls after warm-up; the first call, which includes any compilation, is reported apart),
+- the ratio to torch eager FP32 (the baseline, always measured first),
+- the PSNR change against that baseline on test images (centre crops of ``size`` from
+  ``data/split/test``; deterministic synthetic camera pairs when there is no test split),
+- peak resident memory: each path runs in a fresh process (multiprocessing *spawn*), so
+  ``ru_maxrss`` is that path's own peak (libraries + model + activations), not a mix,
+- the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
+  as a share of the machine's peak measured in the same run with a large matmul.
+
+Paths that need CUDA (fp16, CUDA graphs, TensorRT) switch on by detection; ``*-compile``
+paths are opt-in because compiling takes tens of seconds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from denoise.checkpoint import load_model, save_checkpoint
+from denoise.errors import DenoiseError
+from denoise.metrics import psnr, to_uint8
+from denoise.models.registry import build_model
+
+# The paper-size networks (NAFNet-w32 SIDD config; DnCNN colour, 17 layers of 64 channels).
+PAPER_ARCH: dict[str, dict[str, Any]] = {
+    "nafnet": {
+        "img_channel": 3,
+        "width": 32,
+        "enc_blk_nums": [2, 2, 4, 8],
+        "middle_blk_num": 12,
+        "dec_blk_nums": [2, 2, 2, 2],
+    },
+    "dncnn": {"in_nc": 3, "out_nc": 3, "nc": 64, "nb": 17, "batch_norm": True},
+}
+PSNR_TOLERANCE_DB = 0.1  # a reduced-precision path is kept only within this of FP32
+BASELINE = "torch"
+
+
+# --- work and peak ---------------------------------------------------------------------------
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass on an input of ``input_shape`` (NCHW).
+
+    Counts every ``nn.Conv2d`` (``out elements x in_channels/groups x kh x kw``) and
+    ``nn.Linear`` (``out elements x in_features``) through forward hooks, so padding inside
+    the model and the real output sizes are taken into account. Elementwise work (norms,
+    gates, activations) is not counted: it is memory-bound and small in MACs.
+    """
+    total = 0
+
+    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        kh, kw = mod.kernel_size
+        total += out.numel() * (mod.in_channels // mod.groups) * kh * kw
+
+    def linear_hook(mod: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel() * mod.in_features
+
+    handles = []
+    for mod in model.modules():
+        if isinstance(mod, nn.Conv2d):
+            handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.Linear):
+            handles.append(mod.register_forward_hook(linear_hook))
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.inference_mode():
+            model(torch.zeros(tuple(input_shape), device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def _best_time(fn: Callable[[], Any], device: str, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls after one warm-up call (allocation, kernel choice)."""
+    best = float("inf")
+    for i in range(repeats + 1):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i:
+            best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype, device: str = "cpu", n: int | None = None, repeats: int = 5
+) -> float:
+    """GFLOP/s of the best of ``repeats`` ``n x n`` matmuls.
+
+    ``torch.int8`` uses ``torch._int_mm`` (int8 x int8 -> int32), the int8 GEMM peak.
+    """
+    n = n or (8192 if device.startswith("cuda") else 2048)
+    if dtype == torch.int8:
+        a = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        b = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
+        mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch._int_mm
+    else:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        mm = torch.matmul
+    with torch.inference_mode():
+        return 2.0 * n**3 / _best_time(lambda: mm(a, b), device, repeats) / 1e9
+
+
+def conv_peak_gflops(
+    dtype: torch.dtype, device: str = "cpu", channels: int = 256, hw: int = 64, repeats: int = 5
+) -> float:
+    """GFLOP/s of a large 3x3 convolution (oneDNN/cuDNN implicit GEMM).
+
+    Measured beside the matmul because the two can use different kernels: on AMD CPUs
+    ``torch.matmul`` FP32 goes through an AVX2 GEMM at about half the AVX-512 FMA peak that
+    oneDNN's convolutions reach, so the matmul alone would understate the machine.
+    """
+    w = torch.randn(channels, channels, 3, 3, device=device).to(dtype)
+    x = torch.randn(1, channels, hw, hw, device=device).to(dtype)
+    with torch.inference_mode():
+        t = _best_time(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, repeats)
+    return 2.0 * channels * channels * 9 * hw * hw / t / 1e9
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """What the numbers were measured on, and the peaks of ``device``: per precision the
+    better of a large matmul and a large 3x3 convolution (both recorded)."""
+    import onnxruntime
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_name(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "device": device,
+        "python": platform.python_version(),
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device.startswith("cuda"):
+        kinds["fp16"] = torch.float16
+    for kind, dtype in kinds.items():
+        mm = info[f"matmul_gflops_{kind}"] = round(matmul_peak_gflops(dtype, device), 1)
+        conv = info[f"conv3x3_gflops_{kind}"] = round(conv_peak_gflops(dtype, device), 1)
+        info[f"peak_gflops_{kind}"] = max(mm, conv)
+    with contextlib.suppress(RuntimeError):  # no int8 GEMM kernel for this device/build
+        info["peak_gops_int8"] = round(matmul_peak_gflops(torch.int8, device), 1)
+    return info
+
+
+# --- paths -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchPath:
+    """One way of running the model: a backend of :mod:`denoise.infer` and its options.
+
+    ``model_file`` says what the backend opens: the checkpoint, the FP32 ONNX export or an
+    int8-quantised ONNX file (``onnx-int8-static`` / ``onnx-int8-dynamic``).
+    """
+
+    name: str
+    backend: str
+    precision: str
+    options: dict[str, Any] = field(default_factory=dict)
+    model_file: str = "checkpoint"
+    needs_cuda: bool = False
+    cpu_only: bool = False
+    opt_in: bool = False
+    description: str = ""
+
+
+_PATHS = [
+    BenchPath("torch", "torch", "fp32", description="eager FP32 (the baseline)"),
+    BenchPath(
+        "torch-cl",
+        "torch",
+        "fp32",
+        {"channels_last": True},
+        description="eager FP32, channels_last",
+    ),
+    BenchPath(
+        "onnxruntime",
+        "onnxruntime",
+        "fp32",
+        model_file="onnx",
+        description="onnxruntime FP32, all graph optimisations",
+    ),
+    BenchPath(
+        "torch-compile",
+        "torch",
+        "fp32",
+        {"channels_last": True, "compile": True},
+        opt_in=True,
+        description="torch.compile FP32, channels_last",
+    ),
+    BenchPath(
+        "torch-bf16",
+        "torch",
+        "bf16",
+        {"channels_last": True},
+        description="bf16 (weights cast on CPU, autocast on CUDA), channels_last",
+    ),
+    BenchPath(
+        "torch-bf16-amp",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": True},
+        cpu_only=True,
+        description="torch.autocast bf16 (LayerNorm in FP32), channels_last",
+    ),
+    BenchPath(
+        "torch-bf16-compile",
+        "torch",
+        "bf16",
+        {"channels_last": True, "compile": True},
+        opt_in=True,
+        description="torch.compile of torch-bf16",
+    ),
+    BenchPath(
+        "torch-bf16-amp-compile",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": True, "compile": True},
+        cpu_only=True,
+        opt_in=True,
+        description="torch.compile of torch-bf16-amp (casts fused)",
+    ),
+    BenchPath(
+        "onnxruntime-int8",
+        "onnxruntime",
+        "int8",
+        model_file="onnx-int8-static",
+        cpu_only=True,
+        description="onnxruntime int8 static QDQ (calibrated convs)",
+    ),
+    BenchPath(
+        "onnxruntime-int8-dynamic",
+        "onnxruntime",
+        "int8",
+        model_file="onnx-int8-dynamic",
+        cpu_only=True,
+        opt_in=True,
+        description="onnxruntime int8 dynamic (ConvInteger)",
+    ),
+    BenchPath(
+        "torch-fp16",
+        "torch",
+        "fp16",
+        {"channels_last": True},
+        needs_cuda=True,
+        description="autocast FP16, channels_last",
+    ),
+    BenchPath(
+        "torch-fp16-cudagraph",
+        "torch",
+        "fp16",
+        {"channels_last": True, "cuda_graph": True},
+        needs_cuda=True,
+        description="torch-fp16 in a CUDA graph",
+    ),
+    BenchPath(
+        "torch-fp16-compile",
+        "torch",
+        "fp16",
+        {"channels_last": True, "compile": "max-autotune"},
+        needs_cuda=True,
+        opt_in=True,
+        description="torch.compile max-autotune (CUDA graphs) of torch-fp16",
+    ),
+    BenchPath(
+        "tensorrt",
+        "tensorrt",
+        "fp16",
+        model_file="trt-plan",
+        needs_cuda=True,
+        description="TensorRT FP16 engine (LayerNorm in FP32)",
+    ),
+]
+PATHS: dict[str, BenchPath] = {p.name: p for p in _PATHS}
+
+
+def bench_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _available(path: BenchPath, device: str) -> bool:
+    if path.needs_cuda and device != "cuda":
+        return False
+    if path.cpu_only and device == "cuda":
+        return False
+    if path.backend == "tensorrt":
+        from denoise.tensorrt import tensorrt_status
+
+        return tensorrt_status()[0]
+    return True
+
+
+def available_paths(device: str | None = None, *, opt_in: bool = False) -> list[str]:
+    """Names of the paths this machine can run (the opt-in ones too with ``opt_in``)."""
+    device = device or bench_device()
+    return [p.name for p in _PATHS if (opt_in or not p.opt_in) and _available(p, device)]
+
+
+def select_paths(names: Sequence[str] | None, device: str | None = None) -> list[BenchPath]:
+    """The paths to measure, baseline first. ``None``: every available non-opt-in path.
+
+    An unknown name, or one this machine cannot run, is a :class:`DenoiseError`.
+    """
+    device = device or bench_device()
+    if not names:
+        chosen = [PATHS[n] for n in available_paths(device)]
+    else:
+        chosen = []
+        for name in names:
+            if name not in PATHS:
+                raise DenoiseError(f"unknown bench backend {name!r}; known: {', '.join(PATHS)}")
+            if not _available(PATHS[name], device):
+                raise DenoiseError(
+                    f"bench backend {name!r} is not available on this machine "
+                    f"({device}; {PATHS[name].description})"
+                )
+            if PATHS[name] not in chosen:
+                chosen.append(PATHS[name])
+    return [PATHS[BASELINE]] + [p for p in chosen if p.name != BASELINE]
+
+
+# --- the model and the images ----------------------------------------------------------------
+
+
+def perturb_(model: nn.Module, scale: float = 0.02, seed: int = 0) -> nn.Module:
+    """Add ``scale * N(0, 1)`` noise (seeded) to every parameter, in place.
+
+    A freshly built NAFNet is exactly the identity (zero ``ending`` conv, ``beta = gamma = 0``):
+    every precision would give the same output and PSNR deltas would mean nothing.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model.eval()
+
+
+def _last_conv(model: nn.Module, channels: int = 3) -> nn.Conv2d | None:
+    """The convolution that runs last in a forward pass (registration order can differ)."""
+    order: list[nn.Conv2d] = []
+    handles = [
+        m.register_forward_hook(lambda mod, _i, _o: order.append(mod))
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, channels, 16, 16))
+    finally:
+        for h in handles:
+            h.remove()
+    return order[-1] if order else None
+
+
+def build_bench_model(
+    name: str, config: dict[str, Any], seed: int = 0, scale: float = 0.02
+) -> nn.Module:
+    """Network ``name`` with ``config``: random init, deterministically perturbed.
+
+    The last convolution gets small weights (``scale * N(0, 1)``, NAFNet's zero ``ending``
+    perturbed), so a residual network changes the image moderately: DnCNN's random last
+    layer would otherwise subtract garbage "noise" and PSNR would sit near 10 dB.
+    """
+    torch.manual_seed(seed)
+    model = perturb_(build_model(name, config), scale=scale, seed=seed)
+    last = _last_conv(model)
+    if last is not None:
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            last.weight.copy_(scale * torch.randn(last.weight.shape, generator=gen))
+    return model
+
+
+def _fit(img: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to ``size x size``; reflect-pad a smaller image up to it."""
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    img = img[top : top + size, left : left + size]
+    ph, pw = size - img.shape[0], size - img.shape[1]
+    if ph or pw:
+        reflect = img.shape[0] > ph - ph // 2 and img.shape[1] > pw - pw // 2
+        img = np.pad(
+            img,
+            ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)),
+            mode="reflect" if reflect else "edge",
+        )
+    return np.ascontiguousarray(img)
+
+
+def synthetic_pairs(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` deterministic ``(noisy, clean)`` uint8 pairs from the built-in camera."""
+    from denoise.data import synthetic_camera as camera
+
+    rng = np.random.default_rng(seed)
+    noisy, clean = [], []
+    for i in range(count):
+        inst, cam = camera.sample_instance(i, rng)
+        gt, nz = camera.simulate_pair(camera.clean_image(inst.scene, size, size, rng), cam, rng)
+        noisy.append(nz)
+        clean.append(gt)
+    return np.stack(noisy), np.stack(clean)
+
+
+def psnr_pairs(
+    test_dir: str | Path | None, count: int, size: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(noisy, clean, source)``: ``count`` ``size x size`` uint8 pairs, NHWC.
+
+    Centre crops of the first ``count`` test pairs (reflect-padded where an image is smaller)
+    when ``test_dir`` holds any, else synthetic camera pairs; ``source`` says which.
+    """
+    from denoise.evaluate import find_pairs, read_pair
+
+    if test_dir is not None and Path(test_dir).is_dir():
+        try:
+            pairs = find_pairs(test_dir)[:count]
+        except DenoiseError:
+            pairs = []
+        if pairs:
+            noisy, clean = zip(*(read_pair(p) for p in pairs), strict=True)
+            return (
+                np.stack([_fit(n, size) for n in noisy]),
+                np.stack([_fit(c, size) for c in clean]),
+                f"{test_dir} ({len(pairs)} centre crops)",
+            )
+    noisy, clean = synthetic_pairs(count, size, seed)
+    return noisy, clean, f"synthetic camera ({count} pairs, seed {seed})"
+
+
+def calibration_batches(
+    val_dir: str | Path | None, count: int = 8, size: int = 128
+) -> list[np.ndarray]:
+    """Noisy crops for int8 calibration: validation patches (never the test images)."""
+    from denoise.data.patch_store import read_patch_store
+
+    if val_dir is not None and Path(val_dir).is_dir():
+        try:
+            noisy, _ = read_patch_store(val_dir)
+        except DenoiseError:
+            noisy = None
+        if noisy is not None and len(noisy):
+            idx = np.linspace(0, len(noisy) - 1, min(count, len(noisy))).round().astype(int)
+            crops = [_fit(np.asarray(noisy[i]), size) for i in idx]
+            return [c.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for c in crops]
+    noisy, _ = synthetic_pairs(count, size, seed=1)
+    return [n.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for n in noisy]
+
+
+# --- int8 ONNX -------------------------------------------------------------------------------
+
+
+def quantize_int8(
+    onnx_path: str | Path, out_path: str | Path, *, calibration: Sequence[np.ndarray] | None = None
+) -> None:
+    """Quantise an FP32 ONNX model's convolutions to int8.
+
+    With ``calibration`` batches: static QDQ (per-channel int8 weights, uint8 activations whose
+    ranges come from the batches), the form onnxruntime runs with int8 convolution kernels.
+    Without: dynamic quantisation (ConvInteger; activation ranges computed at run time).
+    The first and last convolutions stay FP32: they touch the image itself, where 8-bit
+    activations would cost PSNR directly.
+    """
+    import onnx
+    from onnxruntime import quantization as q
+
+    src = Path(onnx_path)
+    convs = [
+        n.name
+        for n in onnx.load(str(src), load_external_data=False).graph.node
+        if n.op_type == "Conv"
+    ]
+    exclude = [convs[0], convs[-1]] if len(convs) > 2 else []
+    with tempfile.TemporaryDirectory(prefix="denoise-quant-") as tmp:
+        prepped = Path(tmp) / "prepped.onnx"
+        q.quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
+        if calibration is None:
+            q.quantize_dynamic(
+                str(prepped),
+                str(out_path),
+                weight_type=q.QuantType.QInt8,
+                op_types_to_quantize=["Conv"],
+                nodes_to_exclude=exclude,
+                per_channel=True,
+            )
+            return
+        reader = _Batches(calibration)
+        q.quantize_static(
+            str(prepped),
+            str(out_path),
+            reader,
+            quant_format=q.QuantFormat.QDQ,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["Conv"],
+            nodes_to_exclude=exclude,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+
+
+class _Batches:
+    """onnxruntime's CalibrationDataReader protocol over a list of NCHW float batches."""
+
+    def __init__(self, batches: Sequence[np.ndarray]) -> None:
+        self._it: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        from denoise import triton
+
+        batch = next(self._it, None)
+        return None if batch is None else {triton.INPUT_NAME: batch}
+
+
+# --- measuring one path ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a (possibly separate) process needs to measure one path."""
+
+    path: BenchPath
+    model_file: str
+    timing_input: np.ndarray  # (batch, 3, size, size) uint8
+    psnr_inputs: np.ndarray  # (count, 3, size, size) uint8
+    batch: int
+    repeats: int
+    warmup: int
+    threads: int
+
+
+def measure(job: Job) -> dict[str, Any]:
+    """Open the backend, time it and run it over the PSNR images; returns raw measurements."""
+    from denoise.infer import open_backend
+
+    torch.set_num_threads(job.threads)
+    options = dict(job.path.options)
+    if job.path.backend == "torch":
+        options["precision"] = job.path.precision
+    elif job.path.backend == "onnxruntime":
+        options["threads"] = job.threads
+    t0 = time.perf_counter()
+    backend = open_backend(job.path.backend, job.model_file, **options)
+    open_s = time.perf_counter() - t0
+    x = job.timing_input.astype(np.float32) / 255.0
+    t0 = time.perf_counter()
+    backend(x)
+    first_call_s = time.perf_counter() - t0
+    for _ in range(job.warmup):
+        backend(x)
+    times = []
+    for _ in range(job.repeats):
+        t0 = time.perf_counter()
+        backend(x)
+        times.append(time.perf_counter() - t0)
+    outputs = []
+    imgs = job.psnr_inputs
+    for i in range(0, len(imgs), job.batch):
+        group = imgs[i : i + job.batch]
+        pad = job.batch - len(group)  # keep one input shape (compiled graphs, CUDA graphs)
+        if pad:
+            group = np.concatenate([group, np.repeat(group[-1:], pad, axis=0)])
+        out = backend(group.astype(np.float32) / 255.0)[: job.batch - pad]
+        outputs += [to_uint8(o.transpose(1, 2, 0)) for o in out]
+    result: dict[str, Any] = {
+        "times_s": times,
+        "open_s": open_s,
+        "first_call_s": first_call_s,
+        "outputs": np.stack(outputs),
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if torch.cuda.is_available():
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB).
+
+    ``VmHWM`` from /proc where there is one: ``ru_maxrss`` of a spawned child starts at the
+    parent's resident size at fork time (Linux keeps it across exec), so it would report the
+    parent's peak rather than the child's own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _measure_isolated(job: Job) -> dict[str, Any]:
+    """:func:`measure` in a fresh spawned process, so its peak RSS is its own."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(measure, job).result()
+
+
+# --- the whole benchmark ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """The network under test: a checkpoint file and a label for the report."""
+
+    checkpoint: Path
+    label: str
+
+
+def prepare_model(
+    model: str, arch: str, workdir: Path, *, seed: int = 0, models_dir: str | Path = "models"
+) -> BenchModel:
+    """Resolve ``--model``/``--arch`` to a checkpoint under ``workdir`` (or the given file).
+
+    ``arch="paper"``: the paper-size ``model`` (nafnet|dncnn) with perturbed random weights;
+    ``arch="checkpoint"``: ``model`` is a .pt file, or a name for ``models/<name>.pt``.
+    """
+    if arch == "paper":
+        if model not in PAPER_ARCH:
+            raise DenoiseError(
+                f"--arch paper needs --model {' or '.join(PAPER_ARCH)}, not {model!r}"
+            )
+        net = build_bench_model(model, PAPER_ARCH[model], seed)
+        path = workdir / f"{model}-paper.pt"
+        save_checkpoint(
+            path,
+            model,
+            PAPER_ARCH[model],
+            net.state_dict(),
+            meta={"note": f"random init perturbed, seed {seed}"},
+        )
+        return BenchModel(path, f"{model} paper size, perturbed random weights (seed {seed})")
+    if arch != "checkpoint":
+        raise DenoiseError(f"unknown --arch {arch!r}; known: checkpoint, paper")
+    path = Path(model) if model.endswith((".pt", ".pth")) else Path(models_dir) / f"{model}.pt"
+    if not path.is_file():
+        raise DenoiseError(
+            f"{path}: checkpoint not found (train it with `dvc repro`, pass a "
+            ".pt file, or use --arch paper for the paper-size network)"
+        )
+    return BenchModel(path, str(path))
+
+
+def _model_files(
+    paths: Sequence[BenchPath],
+    model: BenchModel,
+    workdir: Path,
+    calibration: Callable[[], list[np.ndarray]],
+    size: int,
+    batch: int,
+) -> tuple[dict[str, str], dict[str, float]]:
+    """Export/quantise the files the chosen paths open; returns them and their build times."""
+    files = {"checkpoint": str(model.checkpoint)}
+    build_s: dict[str, float] = {}
+    kinds = {p.model_file for p in paths}
+    if kinds & {"onnx", "onnx-int8-static", "onnx-int8-dynamic", "trt-plan"}:
+        from denoise.export import export_onnx
+
+        t0 = time.perf_counter()
+        net, _ = load_model(model.checkpoint)
+        files["onnx"] = str(workdir / "model.onnx")
+        export_onnx(net, files["onnx"])
+        build_s["onnx"] = time.perf_counter() - t0
+    for kind, calib in (("onnx-int8-static", True), ("onnx-int8-dynamic", False)):
+        if kind in kinds:
+            t0 = time.perf_counter()
+            files[kind] = str(workdir / f"{kind}.onnx")
+            quantize_int8(files["onnx"], files[kind], calibration=calibration() if calib else None)
+            build_s[kind] = time.perf_counter() - t0
+    if "trt-plan" in kinds:
+        from denoise.tensorrt import TrtSettings, build_engine
+
+        t0 = time.perf_counter()
+        settings = TrtSettings(
+            fp16=True,
+            min_shape=(1, size, size),
+            opt_shape=(batch, size, size),
+            max_shape=(batch, size, size),
+            workspace_gb=4,
+            test_images=0,
+            test_crop=size,
+            latency_repeats=0,
+            min_psnr_vs_onnxruntime=0.0,
+        )
+        plan, _ = build_engine(files["onnx"], settings)
+        files["trt-plan"] = str(workdir / "model.plan")
+        Path(files["trt-plan"]).write_bytes(plan)
+        build_s["trt-plan"] = time.perf_counter() - t0
+    return files, build_s
+
+
+def run_bench(
+    model: str = "nafnet",
+    *,
+    arch: str = "checkpoint",
+    size: int = 512,
+    batch: int = 1,
+    backends: Sequence[str] | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    psnr_images: int = 10,
+    test_dir: str | Path | None = "data/split/test",
+    val_dir: str | Path | None = "data/split/val",
+    isolate: bool = True,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure every selected path; returns ``{"machine", "model", "inputs", "results"}``.
+
+    ``isolate`` runs each path in its own spawned process (honest peak RSS, no state shared
+    between paths); without it everything runs here and ``peak_rss_mb`` is this process's
+    running peak.
+    """
+    if size < 16 or batch < 1 or repeats < 1 or psnr_images < 1:
+        raise DenoiseError(
+            f"need size >= 16, batch, repeats and psnr images >= 1 (got size "
+            f"{size}, batch {batch}, repeats {repeats}, images {psnr_images})"
+        )
+    device = bench_device()
+    paths = select_paths(backends, device)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
+        workdir = Path(tmp)
+        bench_model = prepare_model(model, arch, workdir, seed=seed)
+        net, ckpt = load_model(bench_model.checkpoint)
+        macs = count_macs(net, (1, 3, size, size))
+        params = sum(p.numel() for p in net.parameters())
+        del net
+        files, build_s = _model_files(
+            paths, bench_model, workdir, lambda: calibration_batches(val_dir), size, batch
+        )
+        noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)
+        noisy_chw = noisy.transpose(0, 3, 1, 2).copy()
+        timing = np.repeat(noisy_chw[:1], batch, axis=0)
+        machine = machine_info(device)
+        runs = {}
+        for path in tqdm(paths, desc="bench", unit="path", disable=not progress):
+            job = Job(
+                path, files[path.model_file], timing, noisy_chw, batch, repeats, warmup, threads
+            )
+            runs[path.name] = (_measure_isolated if isolate else measure)(job)
+    results = _summarise(paths, runs, clean, macs, size, batch, machine, build_s)
+    return {
+        "machine": machine,
+        "model": {
+            "name": ckpt["model"],
+            "config": ckpt["config"],
+            "source": bench_model.label,
+            "parameters": params,
+            "gmacs_per_image": round(macs / 1e9, 3),
+        },
+        "inputs": {
+            "size": size,
+            "batch": batch,
+            "repeats": repeats,
+            "warmup": warmup,
+            "psnr_images": source,
+            "isolated_processes": isolate,
+        },
+        "results": results,
+    }
+
+
+def _peak_for(precision: str, machine: dict[str, Any]) -> tuple[float, str]:
+    """The measured peak of the path's precision (FP32's when that one was not measured)."""
+    key = {"bf16": "peak_gflops_bf16", "fp16": "peak_gflops_fp16", "int8": "peak_gops_int8"}.get(
+        precision
+    )
+    if key and key in machine:
+        return machine[key], precision
+    return machine["peak_gflops_fp32"], "fp32"
+
+
+def _summarise(
+    paths: Sequence[BenchPath],
+    runs: dict[str, dict[str, Any]],
+    clean: np.ndarray,
+    macs: int,
+    size: int,
+    batch: int,
+    machine: dict[str, Any],
+    build_s: dict[str, float],
+) -> list[dict[str, Any]]:
+    base = runs[BASELINE]
+    base_out = base["outputs"]
+    base_psnr = statistics.fmean(psnr(o, c) for o, c in zip(base_out, clean, strict=True))
+    base_rate = batch / statistics.median(base["times_s"])
+    results = []
+    for path in paths:
+        run = runs[path.name]
+        median = statistics.median(run["times_s"])
+        rate = batch / median
+        out_psnr = statistics.fmean(psnr(o, c) for o, c in zip(run["outputs"], clean, strict=True))
+        vs_fp32 = statistics.fmean(
+            psnr(o, b) for o, b in zip(run["outputs"], base_out, strict=True)
+        )
+        gflops = 2.0 * macs * rate / 1e9
+        peak, peak_kind = _peak_for(path.precision, machine)
+        delta = out_psnr - base_psnr
+        row = {
+            "backend": path.backend,
+            "path": path.name,
+            "precision": path.precision,
+            "description": path.description,
+            "images_per_s": round(rate, 3),
+            "megapixels_per_s": round(rate * size * size / 1e6, 3),
+            "latency_ms_median": round(1000 * median, 2),
+            "latency_ms_min": round(1000 * min(run["times_s"]), 2),
+            "ratio_vs_torch_eager": round(rate / base_rate, 3),
+            "psnr_db": round(out_psnr, 3),
+            "psnr_delta_db": round(delta, 3),
+            "psnr_vs_fp32_output_db": None if vs_fp32 == float("inf") else round(vs_fp32, 2),
+            "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB,
+            "peak_rss_mb": round(run["peak_rss_mb"], 1),
+            "gflops": round(gflops, 2),
+            "share_of_peak": round(gflops / peak, 4),
+            "peak_compared_with": peak_kind,
+            "open_s": round(run["open_s"], 2),
+            "first_call_s": round(run["first_call_s"], 2),
+        }
+        if path.model_file in build_s:
+            row["build_s"] = round(build_s[path.model_file], 2)
+        if "peak_cuda_mb" in run:
+            row["peak_cuda_mb"] = round(run["peak_cuda_mb"], 1)
+        results.append(row)
+    return results
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The results as a markdown table, with the machine and inputs above it."""
+    m, inp, mod = report["machine"], report["inputs"], report["model"]
+    lines = [
+        f"{mod['name']} ({mod['source']}; {mod['parameters']:,} parameters, "
+        f"{mod['gmacs_per_image']} GMAC per {inp['size']}x{inp['size']} image)",
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['device']}; torch {m['torch']}, "
+        f"onnxruntime {m['onnxruntime']}",
+        f"peak (best of matmul, 3x3 conv): FP32 {m['peak_gflops_fp32']} GFLOP/s, "
+        f"bf16 {m['peak_gflops_bf16']} GFLOP/s, int8 {m.get('peak_gops_int8', '-')} GOP/s",
+        f"batch {inp['batch']}, median of {inp['repeats']} calls; PSNR on {inp['psnr_images']}",
+        "",
+        "| path | precision | images/s | MP/s | ms/batch | vs eager | PSNR dB | ΔPSNR dB "
+        "| PSNR vs FP32 out | peak RSS MB | GFLOP/s | share of peak | first call s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        flag = "" if r["within_psnr_tolerance"] else " ✗"
+        vs = r["psnr_vs_fp32_output_db"]
+        agree = "identical" if vs is None else f"{vs:.1f}"
+        lines.append(
+            f"| {r['path']} | {r['precision']} | {r['images_per_s']:.3f} | "
+            f"{r['megapixels_per_s']:.3f} | {r['latency_ms_median']:.1f} | "
+            f"{r['ratio_vs_torch_eager']:.2f}x | {r['psnr_db']:.2f} | "
+            f"{r['psnr_delta_db']:+.3f}{flag} | {agree} | {r['peak_rss_mb']:.0f} | "
+            f"{r['gflops']:.1f} | "
+            f"{100 * r['share_of_peak']:.1f}% ({r['peak_compared_with']}) | "
+            f"{r['first_call_s']:.2f} |"
+        )
+    if not all(r["within_psnr_tolerance"] for r in report["results"]):
+        lines.append(f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB; not kept.")
+    return "\n".join(lines)

@@ -1,0 +1,264 @@
+"""`denoise bench`: MAC counting, the JSON report, reduced-precision paths, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from denoise.bench import (
+    BASELINE,
+    Job,
+    _fit,
+    build_bench_model,
+    count_macs,
+    measure,
+    psnr_pairs,
+    run_bench,
+    select_paths,
+)
+from denoise.checkpoint import save_checkpoint
+from denoise.cli import app
+from denoise.errors import DenoiseError
+from denoise.infer import TorchBackend, open_backend
+from denoise.metrics import psnr, to_uint8
+
+TINY = {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
+RESULT_KEYS = {
+    "backend",
+    "precision",
+    "images_per_s",
+    "megapixels_per_s",
+    "ratio_vs_torch_eager",
+    "psnr_delta_db",
+    "peak_rss_mb",
+    "gflops",
+    "share_of_peak",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench") / "tiny.pt"
+    model = build_bench_model("nafnet", TINY)
+    save_checkpoint(path, "nafnet", TINY, model.state_dict())
+    return path
+
+
+def test_count_macs_of_known_layers() -> None:
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    assert count_macs(conv, (1, 3, 10, 10)) == 8 * 10 * 10 * 3 * 9
+    assert count_macs(conv, (2, 3, 10, 10)) == 2 * 8 * 10 * 10 * 3 * 9
+    strided = nn.Conv2d(4, 6, 2, stride=2)  # NAFNet's down-sampling: output 5x5
+    assert count_macs(strided, (1, 4, 10, 10)) == 6 * 5 * 5 * 4 * 4
+    depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    assert count_macs(depthwise, (1, 8, 10, 10)) == 8 * 10 * 10 * 9
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert count_macs(mlp, (3, 3, 2, 2)) == 3 * (12 * 5 + 5 * 2)
+    # hooks are removed afterwards: a second count is the same, not doubled
+    assert count_macs(conv, (1, 3, 10, 10)) == 8 * 10 * 10 * 3 * 9
+
+
+def test_count_macs_scales_with_pixels_on_nafnet() -> None:
+    model = build_bench_model("nafnet", TINY)
+    small, large = count_macs(model, (1, 3, 32, 32)), count_macs(model, (1, 3, 64, 64))
+    assert small > 0
+    # every conv scales with the pixels except SCA's 1x1 conv on the pooled 1x1 map
+    assert 3.9 * small < large < 4 * small
+
+
+def test_bf16_output_close_to_fp32() -> None:
+    model = build_bench_model("nafnet", TINY)
+    x = np.random.default_rng(0).random((2, 3, 40, 40), dtype=np.float32)
+    ref = TorchBackend(model, device="cpu")(x)
+    for amp in (False, True):
+        out = TorchBackend(
+            build_bench_model("nafnet", TINY),
+            device="cpu",
+            precision="bf16",
+            channels_last=True,
+            amp=amp,
+        )(x)
+        assert out.dtype == np.float32 and out.shape == ref.shape
+        assert not np.array_equal(out, ref)  # it really ran in reduced precision
+        assert np.abs(out - ref).max() < 0.05
+        agree = np.mean(
+            [
+                psnr(to_uint8(o.transpose(1, 2, 0)), to_uint8(r.transpose(1, 2, 0)))
+                for o, r in zip(out, ref, strict=True)
+            ]
+        )
+        assert agree > 40.0
+
+
+def test_unknown_names_are_clear_errors(tiny_ckpt: Path) -> None:
+    with pytest.raises(DenoiseError, match="unknown bench backend 'nope'; known: torch"):
+        select_paths(["nope"], "cpu")
+    with pytest.raises(DenoiseError, match="not available on this machine"):
+        select_paths(["torch-fp16-cudagraph"], "cpu")
+    with pytest.raises(DenoiseError, match="unknown precision 'fp64'"):
+        open_backend("torch", tiny_ckpt, precision="fp64")
+    result = CliRunner().invoke(app, ["bench", "--model", str(tiny_ckpt), "--backends", "nope"])
+    assert result.exit_code == 1
+    assert "error: unknown bench backend 'nope'" in result.output
+
+
+def test_baseline_always_first_and_defaults_skip_opt_in() -> None:
+    names = [p.name for p in select_paths(["torch-bf16", "torch-cl"], "cpu")]
+    assert names == [BASELINE, "torch-bf16", "torch-cl"]
+    default = [p.name for p in select_paths(None, "cpu")]
+    assert default[0] == BASELINE and "onnxruntime" in default
+    assert not any("compile" in n or "fp16" in n for n in default)
+
+
+def test_fit_crops_and_pads_to_size() -> None:
+    img = np.arange(30 * 50 * 3, dtype=np.uint8).reshape(30, 50, 3)
+    out = _fit(img, 40)
+    assert out.shape == (40, 40, 3)
+    np.testing.assert_array_equal(out[5:35], img[:, 5:45])  # centre crop, padded rows
+
+
+def test_bench_json_schema_and_baseline(tiny_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "--model",
+            str(tiny_ckpt),
+            "--size",
+            "32",
+            "--batch",
+            "2",
+            "--repeats",
+            "2",
+            "--psnr-images",
+            "3",
+            "--backends",
+            "torch-bf16,onnxruntime-int8",
+            "--threads",
+            "1",
+            "--no-isolate",
+            "--test-dir",
+            str(tmp_path / "none"),
+            "--json",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "| torch-bf16 |" in result.output and "synthetic camera" in result.output
+    report = json.loads(out.read_text())
+    machine = report["machine"]
+    for key in ("cpu", "cores", "torch", "onnxruntime", "peak_gflops_fp32", "peak_gflops_bf16"):
+        assert key in machine
+    assert machine["peak_gflops_fp32"] > 0 and machine["peak_gflops_bf16"] > 0
+    rows = {r["path"]: r for r in report["results"]}
+    assert list(rows) == ["torch", "torch-bf16", "onnxruntime-int8"]
+    for row in rows.values():
+        assert set(row) >= RESULT_KEYS
+        assert row["images_per_s"] > 0 and row["gflops"] > 0 and row["peak_rss_mb"] > 0
+        assert row["megapixels_per_s"] == pytest.approx(
+            row["images_per_s"] * 32 * 32 / 1e6, rel=1e-2
+        )
+    base = rows["torch"]
+    assert base["ratio_vs_torch_eager"] == 1.0 and base["psnr_delta_db"] == 0.0
+    assert (base["backend"], base["precision"]) == ("torch", "fp32")
+    assert rows["torch-bf16"]["precision"] == "bf16"
+    assert abs(rows["torch-bf16"]["psnr_delta_db"]) < 1.0
+    assert rows["onnxruntime-int8"]["backend"] == "onnxruntime"
+    assert report["model"]["gmacs_per_image"] > 0
+    assert "synthetic" in report["inputs"]["psnr_images"]
+
+
+def test_perturbed_model_is_not_the_identity() -> None:
+    noisy, _, source = psnr_pairs(None, 1, 32)
+    assert "synthetic" in source and noisy.shape == (1, 32, 32, 3)
+    model = build_bench_model("nafnet", TINY)
+    x = torch.from_numpy(noisy.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    with torch.inference_mode():
+        assert (model(x) - x).abs().max() > 1e-3  # perturbed: PSNR deltas mean something
+
+
+def test_measure_in_a_fresh_process_reports_its_own_peak(tiny_ckpt: Path) -> None:
+    report = run_bench(
+        str(tiny_ckpt),
+        size=32,
+        repeats=1,
+        psnr_images=1,
+        test_dir=None,
+        backends=[BASELINE],
+        val_dir=None,
+        threads=1,
+        progress=False,
+        isolate=True,
+    )
+    (row,) = report["results"]
+    assert report["inputs"]["isolated_processes"] is True
+    assert row["peak_rss_mb"] > 50  # a process that imported torch
+    assert row["ratio_vs_torch_eager"] == 1.0
+
+
+def test_measure_keeps_one_input_shape(tiny_ckpt: Path) -> None:
+    """Odd image counts are padded to full batches (compiled and CUDA graphs see one shape)."""
+    from denoise.bench import PATHS
+
+    seen: list[tuple[int, ...]] = []
+    imgs = np.zeros((3, 3, 16, 16), np.uint8)
+    job = Job(PATHS[BASELINE], str(tiny_ckpt), imgs[:2], imgs, 2, 1, 0, 1)
+    original = TorchBackend.__call__
+
+    def spy(self: TorchBackend, batch: np.ndarray) -> np.ndarray:
+        seen.append(batch.shape)
+        return original(self, batch)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TorchBackend, "__call__", spy)
+        result = measure(job)
+    assert set(seen) == {(2, 3, 16, 16)}
+    assert result["outputs"].shape == (3, 16, 16, 3)
+
+
+def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) -> None:
+    import cv2
+
+    photo = tmp_path / "photo.png"
+    noisy, _ = psnr_pairs(None, 1, 24)[:2]
+    cv2.imwrite(str(photo), noisy[0][..., ::-1])
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(photo),
+            "--model",
+            str(tiny_ckpt),
+            "--precision",
+            "bf16",
+            "--channels-last",
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "photo_denoised.png").is_file()
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(photo),
+            "--model",
+            str(tiny_ckpt),
+            "--precision",
+            "fp64",
+            "-o",
+            str(tmp_path / "out2"),
+        ],
+    )
+    assert result.exit_code == 1 and "unknown precision 'fp64'" in result.output
+    result = runner.invoke(app, ["run", str(photo), "--model", "x.onnx", "--precision", "bf16"])
+    assert result.exit_code == 1 and "apply to the torch backend" in result.output
