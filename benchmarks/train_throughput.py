@@ -5,7 +5,7 @@ Uses the models and recipes of params.yaml (``train.<model>``) and the real patc
 (data/split/train), at the default crop and at the paper-scale crop (256), for a few
 iterations each. The data wait is the time ``next(loader)`` blocks, as a share of the step.
 
-    python benchmarks/train_throughput.py [--iters 6] [--crops default 256] [--json out.json]
+    python benchmarks/train_throughput.py [--iters 20] [--crops default 256] [--json out.json]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def measure(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--iters", type=int, default=6, help="timed iterations per setting")
+    ap.add_argument("--iters", type=int, default=20, help="timed iterations per setting")
     ap.add_argument("--models", nargs="+", default=["nafnet", "dncnn"])
     ap.add_argument(
         "--crops",

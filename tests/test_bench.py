@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from denoise.bench import (
     BASELINE,
@@ -230,35 +230,15 @@ def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) ->
     noisy, _ = psnr_pairs(None, 1, 24)[:2]
     cv2.imwrite(str(photo), noisy[0][..., ::-1])
     runner = CliRunner()
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            str(photo),
-            "--model",
-            str(tiny_ckpt),
-            "--precision",
-            "bf16",
-            "--channels-last",
-            "-o",
-            str(tmp_path / "out"),
-        ],
-    )
+
+    def run(out: str, *options: str) -> Result:
+        args = ["run", str(photo), "--model", str(tiny_ckpt), "-o", str(tmp_path / out)]
+        return runner.invoke(app, [*args, *options])
+
+    result = run("out", "--precision", "bf16", "--channels-last")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "photo_denoised.png").is_file()
-    result = runner.invoke(
-        app,
-        [
-            "run",
-            str(photo),
-            "--model",
-            str(tiny_ckpt),
-            "--precision",
-            "fp64",
-            "-o",
-            str(tmp_path / "out2"),
-        ],
-    )
+    result = run("out2", "--precision", "fp64")
     assert result.exit_code == 1 and "unknown precision 'fp64'" in result.output
     result = runner.invoke(app, ["run", str(photo), "--model", "x.onnx", "--precision", "bf16"])
     assert result.exit_code == 1 and "apply to the torch backend" in result.output
