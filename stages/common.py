@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
-
-import yaml
 
 from denoise.errors import DenoiseError
+from denoise.params import PARAMS_FILE, load_params
 
-PARAMS_FILE = Path("params.yaml")
-
-
-def load_params(path: Path = PARAMS_FILE) -> dict[str, Any]:
-    """The whole params.yaml (stages pick their section; dvc.yaml lists what each depends on)."""
-    with open(path) as f:
-        return yaml.safe_load(f)
+__all__ = ["PARAMS_FILE", "load_params", "run_stage"]
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from common import load_params, run_stage
 
+from denoise.checkpoint import checkpoint_path
 from denoise.evaluate import EvalParams, evaluate
-from denoise.infer import checkpoint_path
 
 SPLIT_DIR = Path("data/split")
 METRICS = Path("metrics/evaluate.json")

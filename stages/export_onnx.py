@@ -6,6 +6,7 @@ from pathlib import Path
 
 from common import load_params, run_stage
 
+from denoise.checkpoint import checkpoint_path
 from denoise.export import ExportSettings, export_checkpoint
 
 REPOSITORY = Path("model_repository")
@@ -15,7 +16,7 @@ METRICS = Path("metrics/export.json")
 def main() -> None:
     params = load_params()
     report = export_checkpoint(
-        Path("models") / f"{params['model']}.pt",
+        checkpoint_path(params["model"]),
         REPOSITORY,
         METRICS,
         ExportSettings.from_params(params["export"]),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from common import load_params, run_stage
 
+from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
 from denoise.train import train_model
 from denoise.training.config import TrainConfig
@@ -30,7 +31,7 @@ def main() -> None:
         cfg,
         SPLIT / "train",
         SPLIT / "val",
-        Path("models") / f"{name}.pt",
+        checkpoint_path(name),
         resume_path=Path("checkpoints") / name / "last.pt",
         live_dir=Path("dvclive") / name,
     )

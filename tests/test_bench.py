@@ -242,3 +242,7 @@ def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) ->
     assert result.exit_code == 1 and "unknown precision 'fp64'" in result.output
     result = runner.invoke(app, ["run", str(photo), "--model", "x.onnx", "--precision", "bf16"])
     assert result.exit_code == 1 and "apply to the torch backend" in result.output
+    result = run("out3", "--url", "127.0.0.1:8000")
+    assert (
+        result.exit_code == 1 and "--url applies to the triton backend, not torch" in result.output
+    )

@@ -132,6 +132,8 @@ def test_scene_holdout_errors() -> None:
         _params(val_scenes=[1], test_scenes=[1])
     with pytest.raises(DenoiseError, match="no instances left for training"):
         split_instances(_instances(4, scenes=2), _params(val_scenes=[1], test_scenes=[2]))
+    with pytest.raises(DenoiseError, match="no instances left for validation"):
+        split_instances(_instances(10, scenes=3), _params(test_scenes=[2]))
 
 
 def test_params_are_checked() -> None:
@@ -139,8 +141,12 @@ def test_params_are_checked() -> None:
         _params(step=17)
     with pytest.raises(DenoiseError, match="weights"):
         _params(weights={"train": 0, "val": 1, "test": 1})
+    with pytest.raises(DenoiseError, match="positive train and val"):
+        _params(weights={"train": 1, "val": 0, "test": 1})
     with pytest.raises(DenoiseError, match="crop_split"):
         SplitParams.from_dict({"seed": 1})
+    with pytest.raises(DenoiseError, match=r"params\.yaml crop_split: unknown stpe"):
+        _params(stpe=8)
 
 
 # --- patch cutting -------------------------------------------------------------------------

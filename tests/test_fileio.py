@@ -1,5 +1,6 @@
 """Atomic outputs and validated image input."""
 
+import json
 from pathlib import Path
 
 import cv2
@@ -74,3 +75,19 @@ def test_bad_images_name_the_file(tmp_path: Path, name: str, content, message: s
     with pytest.raises(DenoiseError, match=message) as e:
         read_rgb8(path)
     assert name in str(e.value)
+
+
+def test_write_json_writes_null_for_non_finite_numbers(tmp_path: Path) -> None:
+    write_json(tmp_path / "m.json", {"psnr": float("inf"), "rows": [float("nan"), 1.0]})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"psnr": None, "rows": [None, 1.0]}
+
+
+def test_replacing_a_folder_swaps_it_whole(tmp_path: Path) -> None:
+    target = tmp_path / "store"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no temporary left behind

@@ -14,17 +14,17 @@ from tiny_models import TINY, tiny_model
 
 from denoise.checkpoint import save_checkpoint
 from denoise.errors import DenoiseError
+from denoise.fileio import read_image, write_image
 from denoise.infer import (
     BACKENDS,
     TorchBackend,
+    denoise_files,
     denoise_image,
     open_backend,
-    read_photo,
     register_backend,
     resolve_model,
     tile_starts,
     tile_weights,
-    write_photo,
 )
 from denoise.metrics import psnr
 
@@ -227,24 +227,56 @@ def test_read_photo_applies_exif_orientation(tmp_path: Path) -> None:
     assert ok
     path = tmp_path / "rotated.jpg"
     path.write_bytes(_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90 degrees CW
-    out = read_photo(path)
+    out = read_image(path, keep16=True)
     assert out.shape == (30, 10, 3)
     assert out[:5].mean() > 200 and out[-5:].mean() < 50  # the left edge is now on top
 
 
 def test_photo_round_trip_keeps_depth(tmp_path: Path) -> None:
     img16 = np.random.default_rng(4).integers(0, 65536, (6, 9, 3), dtype=np.uint16)
-    write_photo(tmp_path / "a.png", img16)
-    np.testing.assert_array_equal(read_photo(tmp_path / "a.png"), img16)
+    write_image(tmp_path / "a.png", img16)
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png", keep16=True), img16)
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
     cv2.imwrite(str(tmp_path / "g.png"), grey)
-    assert read_photo(tmp_path / "g.png").shape == (3, 4, 3)
+    assert read_image(tmp_path / "g.png", keep16=True).shape == (3, 4, 3)
     cv2.imwrite(str(tmp_path / "rgba.png"), np.zeros((3, 4, 4), np.uint8))
     with pytest.raises(DenoiseError, match=r"rgba\.png: RGBA"):
-        read_photo(tmp_path / "rgba.png")
+        read_image(tmp_path / "rgba.png", keep16=True)
     (tmp_path / "junk.png").write_bytes(b"not an image")
     with pytest.raises(DenoiseError, match=r"junk\.png: not a readable image"):
-        read_photo(tmp_path / "junk.png")
+        read_image(tmp_path / "junk.png", keep16=True)
+
+
+def test_unwritable_format_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(DenoiseError, match=r"x\.gif: cannot write a \.gif image"):
+        write_image(tmp_path / "x.gif", np.zeros((4, 4, 3), np.uint8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> None:
+    img = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for folder in ("a", "b"):
+        write_image(tmp_path / folder / "x.png", img)
+    (tmp_path / "blocked").write_text("a file where the output folder should be")
+    errors: list[tuple[Path, str]] = []
+
+    def run(*inputs: Path, out: str) -> list[Path]:
+        return denoise_files(
+            list(inputs), Recorder(), tile=0, overlap=0, out_dir=tmp_path / out,
+            progress=False, on_error=lambda p, m: errors.append((p, m)),
+        )  # fmt: skip
+
+    # The same file named alone and through its folder is denoised once.
+    a = tmp_path / "a" / "x.png"
+    assert run(a, tmp_path / "a", out="out1") == [tmp_path / "out1" / "x_denoised.png"]
+    assert errors == []
+    # Two inputs with one output name: the second is refused, the first kept.
+    assert run(a, tmp_path / "b" / "x.png", out="out2") == [tmp_path / "out2" / "x_denoised.png"]
+    assert len(errors) == 1 and "same output" in errors[0][1] and "a/x.png" in errors[0][1]
+    # An output that cannot be written is one error naming it, and the run goes on.
+    errors.clear()
+    assert run(a, out="blocked") == []
+    assert len(errors) == 1 and "blocked" in errors[0][1]
 
 
 def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:

@@ -87,6 +87,17 @@ def test_read_rejects_mismatched_files(tmp_path: Path) -> None:
         read_patch_store(tmp_path / "s")
 
 
+def test_read_rejects_corrupt_and_non_uint8_stores(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    np.save(tmp_path / "s" / NOISY_FILE, np.zeros((2, 8, 8, 3), np.float32))
+    np.save(tmp_path / "s" / CLEAN_FILE, np.zeros((2, 8, 8, 3), np.float32))
+    with pytest.raises(DenoiseError, match=r"s: patch store holds float32/float32, not uint8"):
+        read_patch_store(tmp_path / "s")
+    (tmp_path / "s" / NOISY_FILE).write_bytes(b"not a numpy file")
+    with pytest.raises(DenoiseError, match=r"s: unreadable patch store"):
+        read_patch_store(tmp_path / "s")
+
+
 def test_to_tensor_is_chw_unit_range() -> None:
     img = np.zeros((2, 3, 3), np.uint8)
     img[0, 1] = (255, 0, 51)

@@ -429,18 +429,30 @@ def test_hostile_members_are_refused_and_nothing_is_extracted(
     assert (work / "downloads" / f"{ROOT}.zip").is_file()  # verified archive kept
 
 
-def test_symlinked_parent_resolving_outside_is_refused(tmp_path: Path) -> None:
+def test_a_link_in_the_old_target_cannot_redirect_extraction(
+    archive: Archive, tmp_path: Path
+) -> None:
+    # Members go into a fresh staging folder, never through what is already in the target.
     target = tmp_path / "raw"
     outside = tmp_path / "outside"
     outside.mkdir()
     target.mkdir()
-    (target / "escape").symlink_to(outside)
+    (target / ROOT).symlink_to(outside)
+    zpath = tmp_path / "a.zip"
+    zpath.write_bytes(archive.data)
+    assert sd.safe_extract(zpath, target, progress=False) == len(archive.images) // 2
+    assert list(outside.iterdir()) == []
+    assert (target / ROOT).is_dir() and not (target / ROOT).is_symlink()
+
+
+@pytest.mark.parametrize("member", ["a/./../../evil", "a\\..\\..\\evil"])
+def test_textual_escapes_are_refused(tmp_path: Path, member: str) -> None:
     zpath = tmp_path / "a.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
-        zf.writestr("escape/evil", b"x")
-    with pytest.raises(DenoiseError, match="resolves outside"):
-        sd.safe_extract(zpath, target, progress=False)
-    assert list(outside.iterdir()) == []
+        zf.writestr(member, b"x")
+    with pytest.raises(DenoiseError, match="refusing unsafe member"):
+        sd.safe_extract(zpath, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
 
 
 def test_archive_without_sidd_instances_is_refused(tmp_path: Path) -> None:

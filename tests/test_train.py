@@ -183,6 +183,23 @@ def test_config_from_params_merges_and_rejects_typos() -> None:
         TrainConfig.from_params(train, "dncnn")
 
 
+def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
+    train = {"device": "cpu", "nafnet": {"iters": 5, "crop": 12, "val_crop": 16}}
+    for bad, match in (
+        ({"log_every": 0}, "log_every must be > 0"),
+        ({"lr": "fast"}, "lr must be a number > 0"),
+        ({"arch": {"widht": 8}}, r"model nafnet: bad config .*widht"),
+    ):
+        with pytest.raises(DenoiseError, match=match):
+            cfg = TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], **bad}}, "nafnet")
+            _run(cfg, split, tmp_path)
+    empty = tmp_path / "empty"
+    write_patch_store(empty, *(np.zeros((0, 16, 16, 3), np.uint8),) * 2)
+    with pytest.raises(DenoiseError, match=r"empty: the val split has no patches"):
+        train_model(_cfg(), split / "train", empty, tmp_path / "m.pt", progress=False)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_stage_script_rejects_an_unknown_model() -> None:
     proc = subprocess.run(
         [sys.executable, "stages/train.py", "unet"], cwd=REPO, capture_output=True, text=True

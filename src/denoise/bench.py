@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from denoise.checkpoint import load_model, save_checkpoint
+from denoise.checkpoint import checkpoint_path, load_model, save_checkpoint
 from denoise.errors import DenoiseError
-from denoise.metrics import psnr, to_uint8
+from denoise.metrics import psnr, to_batch, to_uint8
 from denoise.models.registry import build_model
 
 # The paper-size networks (NAFNet-w32 SIDD config; DnCNN colour, 17 layers of 64 channels).
@@ -485,9 +485,9 @@ def calibration_batches(
         if noisy is not None and len(noisy):
             idx = np.linspace(0, len(noisy) - 1, min(count, len(noisy))).round().astype(int)
             crops = [_fit(np.asarray(noisy[i]), size) for i in idx]
-            return [c.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for c in crops]
+            return [to_batch(c) for c in crops]
     noisy, _ = synthetic_pairs(count, size, seed=1)
-    return [n.transpose(2, 0, 1)[None].astype(np.float32) / 255.0 for n in noisy]
+    return [to_batch(n) for n in noisy]
 
 
 # --- int8 ONNX -------------------------------------------------------------------------------
@@ -676,7 +676,7 @@ def prepare_model(
         return BenchModel(path, f"{model} paper size, perturbed random weights (seed {seed})")
     if arch != "checkpoint":
         raise DenoiseError(f"unknown --arch {arch!r}; known: checkpoint, paper")
-    path = Path(model) if model.endswith((".pt", ".pth")) else Path(models_dir) / f"{model}.pt"
+    path = Path(model) if model.endswith((".pt", ".pth")) else checkpoint_path(model, models_dir)
     if not path.is_file():
         raise DenoiseError(
             f"{path}: checkpoint not found (train it with `dvc repro`, pass a "

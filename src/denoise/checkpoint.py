@@ -19,6 +19,13 @@ from denoise.errors import DenoiseError
 from denoise.fileio import write_bytes_atomic
 from denoise.models.registry import build_model
 
+MODELS_DIR = Path("models")
+
+
+def checkpoint_path(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
+    """Where the training stage writes model ``name``: ``models/<name>.pt``."""
+    return Path(models_dir) / f"{name}.pt"
+
 
 def save_checkpoint(
     path: str | Path,

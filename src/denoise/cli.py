@@ -127,7 +127,11 @@ def run(
     from denoise.infer import denoise_files, open_backend, resolve_model
 
     name, target = resolve_model(model, backend)
-    options: dict[str, Any] = {"url": url} if url else {}
+    options: dict[str, Any] = {}
+    if url:
+        if name != "triton":
+            raise DenoiseError(f"--url applies to the triton backend, not {name}")
+        options["url"] = url
     if precision != "fp32" or channels_last:
         if name != "torch":
             raise DenoiseError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -26,7 +27,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``.
 
     Works for files and folders. On an exception the temporary is removed and ``target`` is
-    left as it was.
+    left as it was. A folder being replaced is first renamed aside (into the temporary), so
+    an interruption never leaves half of the old folder, only the old or the new one whole.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -35,7 +37,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         yield staged
         if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+            os.replace(target, tmp / ".replaced")  # deleted with ``tmp`` below
         os.replace(staged, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -46,49 +48,101 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinity (the PSNR of identical images) become null: JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON (stable bytes for DVC hashes)."""
-    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    """Write ``obj`` as indented, key-sorted, strictly valid JSON (stable bytes for DVC)."""
+    text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
+    write_bytes_atomic(path, (text + "\n").encode())
 
 
-def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:
-    """Read an image as an ``(H, W, 3)`` uint8 RGB array.
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
+IMAGE_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp")
+_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
 
-    Grey is expanded to three channels and 16-bit is rounded to 8-bit only when
-    ``allow_convert`` is true; RGBA is always rejected (the alpha channel has no meaning for a
-    photograph pair and dropping it silently could hide a wrong file). Every refusal is a
-    :class:`DenoiseError` naming the file.
+
+def _to_8bit(img: np.ndarray) -> np.ndarray:
+    return np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
+
+
+def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
+    """Read an image as an ``(H, W, 3)`` RGB array: uint8, or uint16 for 16-bit files if ``keep16``.
+
+    JPEGs are decoded the way a viewer shows them, with the EXIF orientation applied and
+    always in colour (a grey JPEG becomes RGB); other formats are read as stored. Grey is
+    expanded to three channels and 16-bit is rounded to 8-bit (when not ``keep16``) only if
+    ``allow_convert``; RGBA is always rejected (the alpha channel has no meaning for a
+    photograph and dropping it silently could hide a wrong file).
+    Every refusal is a :class:`DenoiseError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DenoiseError(f"{path}: file not found")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    jpeg = path.suffix.lower() in JPEG_SUFFIXES
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
     if img is None:
         raise DenoiseError(f"{path}: not a readable image")
-    if img.dtype == np.uint16:
+    expected = "8/16-bit RGB" if keep16 else "8-bit RGB"
+    if img.dtype == np.uint16 and not keep16:
         if not allow_convert:
-            raise DenoiseError(f"{path}: 16-bit image, expected 8-bit RGB")
-        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected 8-bit RGB")
-    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+            raise DenoiseError(f"{path}: 16-bit image, expected {expected}")
+        img = _to_8bit(img)
+    elif img.dtype not in (np.uint8, np.uint16):
+        raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected {expected}")
+    if img.ndim == 2 or img.shape[2] == 1:
         if not allow_convert:
-            raise DenoiseError(f"{path}: greyscale image, expected 8-bit RGB")
-        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
-        return np.ascontiguousarray(img)
-    if img.shape[2] == 4:
-        raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected 8-bit RGB")
-    if img.shape[2] != 3:
-        raise DenoiseError(f"{path}: {img.shape[2]} channels, expected 8-bit RGB")
+            raise DenoiseError(f"{path}: greyscale image, expected {expected}")
+        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected {expected}")
+    elif img.shape[2] != 3:
+        raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
     return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
 
 
-def write_rgb8(path: str | Path, img: np.ndarray) -> None:
-    """Write an ``(H, W, 3)`` uint8 RGB array atomically; the format follows the suffix."""
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected (H, W, 3) uint8, got {img.shape} {img.dtype}")
+def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:
+    """:func:`read_image` as ``(H, W, 3)`` uint8: what the data stages and the scores use."""
+    return read_image(path, allow_convert=allow_convert)
+
+
+def write_image(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) -> None:
+    """Write an ``(H, W, 3)`` RGB uint8/uint16 array atomically; the format follows the suffix.
+
+    16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
+    """
+    if img.dtype not in (np.uint8, np.uint16) or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8/uint16, got {img.shape} {img.dtype}")
     path = Path(path)
-    ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    suffix = path.suffix.lower() or ".png"
+    if img.dtype == np.uint16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
+        img = _to_8bit(img)
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in JPEG_SUFFIXES else []
+    try:
+        ok, buf = cv2.imencode(suffix, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+    except cv2.error:
+        ok = False
     if not ok:
-        raise DenoiseError(f"{path}: could not encode image")
-    write_bytes_atomic(path, buf.tobytes())
+        raise DenoiseError(f"{path}: cannot write a {suffix} image (use .png, .jpg or .tif)")
+    try:
+        write_bytes_atomic(path, buf.tobytes())
+    except OSError as e:
+        raise DenoiseError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def write_rgb8(path: str | Path, img: np.ndarray) -> None:
+    """:func:`write_image` for ``(H, W, 3)`` uint8 arrays only (pipeline outputs)."""
+    if img.dtype != np.uint8:
+        raise ValueError(f"expected uint8, got {img.dtype}")
+    write_image(path, img)

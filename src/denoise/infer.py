@@ -21,16 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from denoise.checkpoint import load_model
+from denoise.checkpoint import MODELS_DIR, checkpoint_path, load_model
 from denoise.errors import DenoiseError
-from denoise.fileio import write_bytes_atomic
+from denoise.fileio import IMAGE_SUFFIXES, read_image, write_image
 from denoise.metrics import to_uint8
+from denoise.params import PARAMS_FILE, load_params
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
 _LAZY_BACKENDS = {"triton": "denoise.triton", "tensorrt": "denoise.tensorrt"}
@@ -72,14 +72,17 @@ def open_backend(name: str, model: str | Path, **options: Any) -> Backend:
     return BACKENDS[name](model, **options)
 
 
+MODEL_SUFFIXES = {".pt": "torch", ".pth": "torch", ".onnx": "onnxruntime", ".plan": "tensorrt"}
+
+
 def backend_for_file(model: str | Path) -> str:
-    """The local backend that runs a model file, chosen by its suffix (.pt/.pth or .onnx)."""
+    """The local backend that runs a model file, chosen by its suffix (.pt/.pth, .onnx, .plan)."""
     suffix = Path(model).suffix.lower()
-    if suffix in (".pt", ".pth"):
-        return "torch"
-    if suffix == ".onnx":
-        return "onnxruntime"
-    raise DenoiseError(f"{model}: unknown model file type {suffix!r} (expected .pt or .onnx)")
+    if suffix not in MODEL_SUFFIXES:
+        raise DenoiseError(
+            f"{model}: unknown model file type {suffix!r} (expected .pt, .onnx or .plan)"
+        )
+    return MODEL_SUFFIXES[suffix]
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -217,7 +220,12 @@ class OnnxRuntimeBackend:
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        (y,) = self.session.run(None, {self.input_name: x})[:1]
+        try:
+            (y,) = self.session.run(None, {self.input_name: x})[:1]
+        except Exception as e:  # onnxruntime's own exception types (bad shape, out of memory)
+            raise DenoiseError(
+                f"onnxruntime: inference on a {x.shape} batch failed ({str(e).splitlines()[0]})"
+            ) from None
         return np.asarray(y, dtype=np.float32)
 
 
@@ -362,52 +370,6 @@ def _quantise(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 # --- photos on disk --------------------------------------------------------------------------
 
-JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
-PHOTO_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp")
-
-
-def read_photo(path: str | Path) -> np.ndarray:
-    """Read a photo as ``(H, W, 3)`` RGB, uint8 or uint16 (16-bit PNG/TIFF stay 16-bit).
-
-    JPEGs are decoded the way a viewer shows them: the EXIF orientation is applied (OpenCV's
-    IMREAD_COLOR does). Grey becomes RGB; an alpha channel is refused, as in
-    :func:`denoise.fileio.read_rgb8`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DenoiseError(f"{path}: file not found")
-    if path.suffix.lower() in JPEG_SUFFIXES:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    else:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise DenoiseError(f"{path}: not a readable image")
-    if img.dtype not in (np.uint8, np.uint16):
-        raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected 8/16-bit")
-    if img.ndim == 2 or img.shape[2] == 1:
-        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected RGB")
-    elif img.shape[2] != 3:
-        raise DenoiseError(f"{path}: {img.shape[2]} channels, expected RGB")
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-
-
-def write_photo(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) -> None:
-    """Write an RGB uint8/uint16 image atomically; the format follows the suffix.
-
-    16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower() or ".png"
-    if img.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
-        img = np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in JPEG_SUFFIXES else []
-    ok, buf = cv2.imencode(suffix, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
-    if not ok:
-        raise DenoiseError(f"{path}: could not encode image")
-    write_bytes_atomic(path, buf.tobytes())
-
 
 def output_path(src: str | Path, out_dir: str | Path | None = None) -> Path:
     """``<stem>_denoised<suffix>`` beside ``src`` or in ``out_dir``."""
@@ -425,13 +387,14 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 p
                 for p in sorted(item.iterdir())
                 if p.is_file()
-                and p.suffix.lower() in PHOTO_SUFFIXES
+                and p.suffix.lower() in IMAGE_SUFFIXES
                 and not p.stem.endswith("_denoised")
                 and not p.name.startswith(".")
             ]
         else:
             files.append(item)
-    return files
+    # The same file named twice (alone and through its folder) is denoised once.
+    return list({p.resolve(): p for p in files}.values())
 
 
 def denoise_files(
@@ -447,24 +410,29 @@ def denoise_files(
 ) -> list[Path]:
     """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written.
 
-    A file that fails (unreadable, output exists without ``overwrite``) is passed to
-    ``on_error(path, message)`` and skipped; the rest still run. An existing file, input or
-    earlier output, is never replaced unless ``overwrite``.
+    A file that fails (unreadable, output exists without ``overwrite``, output not writable)
+    is passed to ``on_error(path, message)`` and skipped; the rest still run. An existing
+    file, input or earlier output, is never replaced unless ``overwrite``, and two inputs
+    that map to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged.
     """
     check_tiling(tile, overlap)
     files = expand_inputs(inputs)
     written: list[Path] = []
+    sources: dict[Path, Path] = {}  # output -> the input it was made from, in this run
     many = len(files) > 1
     for src in tqdm(files, desc="denoise", unit="photo", disable=not (progress and many)):
         dst = output_path(src, out_dir)
         try:
+            first = sources.setdefault(dst.resolve(), src)
+            if first is not src:
+                raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
-            img = read_photo(src)
+            img = read_image(src, keep16=True)
             out = denoise_image(
                 img, backend, tile=tile, overlap=overlap, progress=progress and not many
             )
-            write_photo(dst, out)
+            write_image(dst, out)
             written.append(dst)
         except DenoiseError as e:
             if on_error is None:
@@ -476,27 +444,12 @@ def denoise_files(
 
 # --- choosing the model ----------------------------------------------------------------------
 
-PARAMS_FILE = Path("params.yaml")
-MODELS_DIR = Path("models")
-
-
-def checkpoint_path(name: str, models_dir: str | Path = MODELS_DIR) -> Path:
-    """Where the training stage writes model ``name``: ``models/<name>.pt``."""
-    return Path(models_dir) / f"{name}.pt"
-
 
 def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
     """The top-level ``model`` switch of params.yaml, or None without one."""
-    import yaml
-
-    path = Path(params_path)
-    if not path.is_file():
+    if not Path(params_path).is_file():
         return None
-    try:
-        params = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise DenoiseError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    name = params.get("model") if isinstance(params, dict) else None
+    name = load_params(params_path).get("model")
     return str(name) if name else None
 
 

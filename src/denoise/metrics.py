@@ -21,10 +21,17 @@ def to_uint8(img: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def to_batch(img: np.ndarray) -> np.ndarray:
+    """An HWC uint8 image as the ``(1, 3, H, W)`` float32 batch in [0, 1] that backends take."""
+    return np.ascontiguousarray(img.transpose(2, 0, 1)[None], np.float32) / 255.0
+
+
 def psnr(pred: np.ndarray, target: np.ndarray) -> float:
     """PSNR in dB between two uint8 images; identical images give ``inf``."""
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch {pred.shape} vs {target.shape}")
+    if pred.dtype != np.uint8 or target.dtype != np.uint8:  # a float image would score nonsense
+        raise ValueError(f"expected uint8 images, got {pred.dtype} and {target.dtype}")
     mse = np.mean((pred.astype(np.float64) - target.astype(np.float64)) ** 2)
     if mse == 0:
         return float("inf")

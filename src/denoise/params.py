@@ -1,15 +1,46 @@
 """Checking a params.yaml section against the dataclass that holds it: the one definition.
 
-A typo in params.yaml (``lr_rate`` for ``lr``) must be an error, not a silently ignored key.
+A typo in params.yaml (``lr_rate`` for ``lr``) must be an error, not a silently ignored key,
+and a missing file or section one line naming it, not a traceback.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+import yaml
+
 from denoise.errors import DenoiseError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Params(dict):
+    """params.yaml's top level; a missing key is a :class:`DenoiseError` naming the file."""
+
+    def __init__(self, data: Mapping[str, Any], path: Path) -> None:
+        super().__init__(data)
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        raise DenoiseError(f"{self.path}: no {key!r} entry")
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """The whole params.yaml (stages pick their section; dvc.yaml lists what each depends on)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise DenoiseError(f"{path}: not found (run from the project folder)") from None
+    except yaml.YAMLError as e:
+        raise DenoiseError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise DenoiseError(f"{path}: expected a mapping of sections at the top level")
+    return Params(data, path)
 
 
 def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) -> dict[str, Any]:

@@ -223,19 +223,19 @@ def _compare(
     settings: TrtSettings,
 ) -> dict[str, float]:
     """PSNR of the engine's output vs onnxruntime's (and vs clean), and engine latency."""
-    from denoise.metrics import psnr, to_uint8
+    from denoise.metrics import psnr, to_batch, to_uint8
 
     pairs = triton.load_test_pairs(test_root, settings.test_images, settings.test_crop)
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
     vs_ort, vs_clean, times = [], [], []
     for _, noisy, clean in pairs:
-        x = np.ascontiguousarray(noisy.transpose(2, 0, 1)[None], np.float32) / 255.0
+        x = to_batch(noisy)
         y_trt = to_uint8(engine(x)[0].transpose(1, 2, 0))
         y_ort = to_uint8(reference(x)[0].transpose(1, 2, 0))
         vs_ort.append(min(psnr(y_trt, y_ort), PSNR_CAP))
         vs_clean.append(psnr(y_trt, clean))
-    x = np.ascontiguousarray(pairs[0][1].transpose(2, 0, 1)[None], np.float32) / 255.0
+    x = to_batch(pairs[0][1])
     engine(x)  # warm-up
     for _ in range(max(1, settings.latency_repeats)):
         t0 = time.perf_counter()
@@ -255,17 +255,20 @@ def build_trt(
 ) -> dict[str, Any]:
     """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
 
-    Skipped (no TensorRT or no GPU): writes ``{"status": "skipped", "reason": ...}``, removes a
-    ``denoise_trt`` entry left from an earlier ONNX (it would serve a stale model), exits
-    normally. Built: the engine must reach ``min_psnr_vs_onnxruntime`` against onnxruntime on
-    the test images (an FP16 NaN/overflow shows up here), else nothing is published.
+    A ``denoise_trt`` entry left from an earlier ONNX is removed first, whatever happens next:
+    it would serve a stale model. Skipped (no TensorRT or no GPU): writes ``{"status":
+    "skipped", "reason": ...}`` and exits normally. Built: the engine must reach
+    ``min_psnr_vs_onnxruntime`` against onnxruntime on the test images (an FP16 NaN/overflow
+    shows up here), else nothing is published.
     """
     ok, why = tensorrt_status()
     target = Path(repository) / triton.TRT_MODEL
+    stale = target.is_dir()
+    if stale:
+        shutil.rmtree(target)
     if not ok:
         report: dict[str, Any] = {"status": "skipped", "reason": why}
-        if target.is_dir():
-            shutil.rmtree(target)
+        if stale:
             report["removed_stale"] = str(target)
         write_json(metrics_path, report)
         print(f"build-trt: skipped: {why}")

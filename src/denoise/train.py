@@ -177,16 +177,26 @@ def _train(
     _seed_everything(cfg.seed)
     train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
     val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
+    for split, ds, where in (("train", train_ds, train_dir), ("val", val_ds, val_dir)):
+        if len(ds) == 0:
+            raise DenoiseError(f"{where}: the {split} split has no patches (see crop_split params)")
     val_idx = _val_indices(len(val_ds), cfg.val_patches)
+    use_amp = cfg.amp and d.device.type == "cuda"
+    fp16 = use_amp and not torch.cuda.is_bf16_supported()
+    # The resolved device is part of the identity: a CPU state has no GPU run's AMP scaler.
     fp = fingerprint(
-        cfg.fingerprint_fields(), {"train": _data_identity(train_ds), "val": _data_identity(val_ds)}
+        cfg.fingerprint_fields(),
+        {
+            "train": _data_identity(train_ds),
+            "val": _data_identity(val_ds),
+            "device": d.device.type,
+            "fp16": fp16,
+        },
     )
 
     model = build_model(cfg.model, cfg.arch).to(d.device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    use_amp = cfg.amp and d.device.type == "cuda"
-    fp16 = use_amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     loss_fn = LOSSES[cfg.loss]
 
@@ -281,6 +291,11 @@ def _train(
         if it % cfg.val_every == 0 or it == cfg.iters:
             if d.main:
                 v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, use_amp)
+                if math.isnan(v.psnr):
+                    raise DenoiseError(
+                        f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
+                        "(the network outputs non-finite values); no model written"
+                    )
                 logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
                 image = v.strip
                 if v.psnr > best["psnr"]:

@@ -31,6 +31,7 @@ from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, Instance, list_instanc
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, read_rgb8, write_json, write_rgb8
 from denoise.metrics import psnr
+from denoise.params import checked_section
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class SplitParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SplitParams:
         """Parse and check the params section; every problem is a one-line DenoiseError."""
+        d = checked_section(cls, d, "crop_split")  # no unknown or missing keys
         try:
             weights = {s: float(d["weights"][s]) for s in SPLITS}
             params = cls(
@@ -66,10 +68,10 @@ class SplitParams:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DenoiseError(f"params.yaml crop_split: missing or invalid value ({e})") from None
-        if any(w < 0 for w in weights.values()) or weights["train"] <= 0:
+        if any(w < 0 for w in weights.values()) or weights["train"] <= 0 or weights["val"] <= 0:
             raise DenoiseError(
                 f"params.yaml crop_split.weights: {weights} must be >= 0 "
-                "with a positive train weight"
+                "with positive train and val weights"
             )
         if params.patch_size < 1 or not 1 <= params.step <= params.patch_size:
             raise DenoiseError(
@@ -197,11 +199,12 @@ def split_instances(instances: Sequence[Instance], params: SplitParams) -> dict[
         for s in SPLITS:
             out[s] = ranked[start : start + counts[s]]
             start += counts[s]
-    if not out["train"]:
-        raise DenoiseError(
-            f"no instances left for training ({len(names)} instances, split "
-            f"{ {s: len(v) for s, v in out.items()} })"
-        )
+    for split, role in (("train", "training"), ("val", "validation")):
+        if not out[split]:
+            raise DenoiseError(
+                f"no instances left for {role} ({len(names)} instances, split "
+                f"{ {s: len(v) for s, v in out.items()} }); training needs both train and val"
+            )
     return {s: sorted(v) for s, v in out.items()}
 
 
@@ -245,7 +248,7 @@ def cut_patches(img: np.ndarray, patch_size: int, step: int) -> np.ndarray:
 # --- reading and validating pairs ----------------------------------------------------------
 
 
-def read_image(path: Path, *, log_conversion: bool = True) -> tuple[np.ndarray, bool]:
+def read_pair_image(path: Path, *, log_conversion: bool = True) -> tuple[np.ndarray, bool]:
     """Read an 8-bit RGB image; grey and 16-bit are converted (and logged), the rest refused.
 
     Returns the image and whether it was converted.
@@ -265,8 +268,8 @@ def read_pair(folder: Path, *, log_conversion: bool = True) -> tuple[np.ndarray,
     for path, partner in ((noisy_path, clean_path), (clean_path, noisy_path)):
         if not path.is_file():
             raise DenoiseError(f"{path}: missing (the partner of {partner.name})")
-    noisy, noisy_conv = read_image(noisy_path, log_conversion=log_conversion)
-    clean, clean_conv = read_image(clean_path, log_conversion=log_conversion)
+    noisy, noisy_conv = read_pair_image(noisy_path, log_conversion=log_conversion)
+    clean, clean_conv = read_pair_image(clean_path, log_conversion=log_conversion)
     if noisy.shape != clean.shape:
         raise DenoiseError(
             f"{noisy_path}: size {noisy.shape[1]}x{noisy.shape[0]} differs from "

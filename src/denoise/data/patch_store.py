@@ -67,6 +67,12 @@ def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DenoiseError(
             f"{split_dir}: no patch store ({e.filename} missing); run the crop-split stage first"
         ) from None
+    except (ValueError, OSError) as e:
+        raise DenoiseError(
+            f"{split_dir}: unreadable patch store ({e}); run `dvc repro -f crop-split`"
+        ) from None
+    if noisy.dtype != np.uint8 or clean.dtype != np.uint8:
+        raise DenoiseError(f"{split_dir}: patch store holds {noisy.dtype}/{clean.dtype}, not uint8")
     if noisy.shape != clean.shape or noisy.ndim != 4 or noisy.shape[-1] != 3:
         raise DenoiseError(
             f"{split_dir}: noisy {noisy.shape} and clean {clean.shape} "

@@ -27,11 +27,13 @@ import hashlib
 import http.client
 import json
 import os
+import posixpath
 import re
 import shutil
 import stat
 import time
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
@@ -84,16 +86,6 @@ def _mismatch(path: Path, size: int, md5: str, *, progress: bool) -> str | None:
     if digest != md5.lower():
         return f"MD5 {digest}, expected {md5.lower()}"
     return None
-
-
-def verify(path: str | Path, size: int, md5: str, *, progress: bool = True) -> None:
-    """Raise :class:`DenoiseError` unless ``path`` has exactly ``size`` bytes and MD5 ``md5``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DenoiseError(f"{path}: file not found")
-    reason = _mismatch(path, size, md5, progress=progress)
-    if reason:
-        raise DenoiseError(f"{path}: {reason}")
 
 
 def _marker(archive: Path) -> Path:
@@ -171,13 +163,12 @@ def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTP
         raise DenoiseError(
             f"HTTP {e.code} {e.reason} from {url}; check data.sidd.url or set it to a mirror{kept}"
         ) from None
-    except URLError as e:
+    except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+        reason = e.reason if isinstance(e, URLError) else e
+        if offset:  # the server was there a moment ago: let the retry loop wait and resume
+            raise _Interrupted(f"reconnecting failed: {reason}") from None
         raise DenoiseError(
-            f"cannot reach {url}: {e.reason}; check the network or set data.sidd.url to a mirror"
-        ) from None
-    except (OSError, http.client.HTTPException) as e:
-        raise DenoiseError(
-            f"cannot reach {url}: {e}; check the network or set data.sidd.url to a mirror"
+            f"cannot reach {url}: {reason}; check the network or set data.sidd.url to a mirror"
         ) from None
 
 
@@ -309,8 +300,12 @@ def download(
 # -------------------------------------------------------------------------------- extract
 
 
-def _unsafe_reason(info: zipfile.ZipInfo, root: Path) -> str | None:
-    """Why extracting this member could write outside ``root``, or None when it is safe."""
+def _unsafe_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why extracting this member could write outside the target folder, or None when safe.
+
+    Purely textual: members go into a fresh, empty staging folder, so nothing already on disk
+    (a link left in an old ``data/raw``) can redirect them.
+    """
     name = info.filename
     parts = re.split(r"[/\\]", name)
     if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
@@ -321,15 +316,15 @@ def _unsafe_reason(info: zipfile.ZipInfo, root: Path) -> str | None:
         return "symbolic link"
     if "\x00" in name:
         return "NUL in name"
-    resolved = (root / name).resolve()
-    if resolved != root and root not in resolved.parents:
+    normal = posixpath.normpath(name.replace("\\", "/"))
+    if normal == ".." or normal.startswith("../"):
         return "resolves outside the target folder"
     return None
 
 
-def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo], root: Path) -> None:
+def _check_members(zip_path: Path, infos: list[zipfile.ZipInfo]) -> None:
     for info in infos:
-        reason = _unsafe_reason(info, root)
+        reason = _unsafe_reason(info)
         if reason:
             raise DenoiseError(
                 f"{zip_path}: refusing unsafe member {info.filename!r} ({reason}); "
@@ -365,7 +360,7 @@ def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool
         with zipfile.ZipFile(zip_path) as zf:
             infos = zf.infolist()
             target_dir.parent.mkdir(parents=True, exist_ok=True)
-            _check_members(zip_path, infos, target_dir.resolve())
+            _check_members(zip_path, infos)
             _check_space(
                 target_dir.parent, sum(i.file_size for i in infos), f"extracting {zip_path}"
             )
@@ -392,6 +387,10 @@ def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool
                 count = _check_pairs(zip_path, staged)
     except zipfile.BadZipFile as e:
         raise DenoiseError(f"{zip_path}: not a valid zip archive ({e})") from None
+    except (zlib.error, NotImplementedError, RuntimeError) as e:  # corrupt, Deflate64, encrypted
+        raise DenoiseError(
+            f"{zip_path}: cannot read a member ({e}); nothing was extracted"
+        ) from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             raise DenoiseError(

@@ -28,7 +28,6 @@ PHONES = {
     "N6": "Motorola Nexus 6",
     "G4": "LG G4",
 }
-BRIGHTNESS = {"L": "low", "N": "normal", "H": "high"}
 
 _NAME = re.compile(
     r"^(?P<id>\d{4})_(?P<scene>\d{3})_(?P<phone>[A-Z0-9]{2})_(?P<iso>\d{5})_"

@@ -1,9 +1,10 @@
-"""DnCNN (Zhang et al., "Beyond a Gaussian Denoiser", TIP 2017), as in KAIR network_dncnn.
+"""DnCNN (Zhang et al., "Beyond a Gaussian Denoiser", TIP 2017), laid out as KAIR's network_dncnn.
 
 ``nb`` convolution layers of ``nc`` channels: conv+ReLU, ``nb - 2`` x (conv+BN+ReLU), conv.
 The network predicts the noise ``n`` and returns ``x - n``. Convolutions followed by
-BatchNorm carry no bias (the BN shift replaces it), which gives the paper's 558,403
-parameters for the colour model (``in_nc = out_nc = 3, nc = 64, nb = 17``).
+BatchNorm carry no bias (the BN shift replaces it, as in the paper's model), which gives
+558,403 parameters for the colour model (``in_nc = out_nc = 3, nc = 64, nb = 17``); KAIR
+keeps those redundant biases (559,363).
 ``batch_norm=False`` gives the BN-free variant (biases everywhere), which trains faster with
 small batches.
 

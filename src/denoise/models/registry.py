@@ -30,4 +30,7 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
 
     if name not in MODELS:
         raise DenoiseError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**(config or {}))
+    try:
+        return MODELS[name](**(config or {}))
+    except (TypeError, ValueError) as e:  # a misspelt or mistyped arch entry in params.yaml
+        raise DenoiseError(f"model {name}: bad config {config}: {e}") from None

@@ -71,6 +71,12 @@ class TrainConfig:
             (self.batch_size > 0, "batch_size must be > 0"),
             (self.crop > 0, "crop > 0"),
             (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
+            (self.log_every > 0, "log_every must be > 0"),
+            (self.val_batch > 0, "val_batch must be > 0"),
+            (
+                isinstance(self.lr, (int, float)) and self.lr > 0,
+                f"lr must be a number > 0, not {self.lr!r}",
+            ),
             (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
             (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}"),
         ]

@@ -29,12 +29,18 @@ class Dist:
 
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
-    """``auto`` means CUDA when available (one GPU per local rank), else CPU."""
+    """``auto`` or ``cuda`` mean one GPU per local rank (CUDA when available, else CPU for
+    ``auto``); ``cuda:N`` pins a single-process run to GPU N."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DenoiseError(f"device {requested!r} requested but CUDA is not available")
+        if ":" in requested and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise DenoiseError(
+                f"device {requested!r} would put every torchrun process on one GPU; "
+                "use device: cuda (one GPU per local rank)"
+            )
         return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
     if requested != "cpu":
         raise DenoiseError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
