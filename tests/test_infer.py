@@ -284,6 +284,7 @@ def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     kw = {"params_path": params, "models_dir": models}
     with pytest.raises(DenoiseError, match="pass --model"):
         resolve_model(None, None, **kw)
+    assert resolve_model(None, "triton", **kw) == ("triton", "")  # the server's default model
     params.write_text("model: dncnn\n")
     with pytest.raises(DenoiseError, match=r"dncnn.pt: not found.*dvc repro train-dncnn"):
         resolve_model(None, None, **kw)
@@ -292,5 +293,6 @@ def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     assert resolve_model(None, None, **kw) == ("torch", str(models / "dncnn.pt"))
     assert resolve_model(None, "triton", **kw) == ("triton", "dncnn")
     assert resolve_model("x.onnx", None, **kw) == ("onnxruntime", "x.onnx")
+    assert resolve_model("x.plan", None, **kw) == ("tensorrt", "x.plan")
     with pytest.raises(DenoiseError, match="unknown model file type"):
         resolve_model("x.bin", None, **kw)

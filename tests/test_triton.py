@@ -188,6 +188,9 @@ def test_served_output_matches_onnxruntime(
     with pytest.raises(DenoiseError, match=r"wrong input .* float64"):
         backend(np.zeros((1, 3, 8, 8)))
     backend.close()
+    default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
+    assert default.model_name == triton.PYTHON_MODEL
+    default.close()
 
 
 def test_server_rejects_a_wrong_shape_itself(server: triton.TritonServer) -> None:

@@ -464,14 +464,14 @@ def resolve_model(
     decides the backend and params.yaml's ``model`` switch decides the model."""
     if model is None:
         name = selected_model_name(params_path)
+        if backend == "triton":
+            return backend, name or ""  # the served model; "" lets the backend pick its default
         if name is None:
             raise DenoiseError(
                 f"no model given and no `model:` in {params_path}: pass --model "
                 "PATH (a .pt checkpoint or .onnx file), or train one with "
                 "`dvc repro` in the project folder"
             )
-        if backend == "triton":
-            return backend, name  # the served model's name
         if backend not in (None, "torch"):
             raise DenoiseError(f"backend {backend!r} needs --model (the file to run)")
         ckpt = checkpoint_path(name, models_dir)

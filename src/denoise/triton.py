@@ -644,7 +644,7 @@ def open_triton(
     A network name such as ``nafnet`` (what ``denoise run --backend triton`` passes by
     default) means ``denoise_python``: the repository serves whichever network was exported.
     """
-    name = model_name or str(model)
+    name = model_name or str(model) or PYTHON_MODEL
     return TritonBackend(url, protocol, PYTHON_MODEL if _is_network_name(name) else name, **options)
 
 
