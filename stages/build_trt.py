@@ -11,10 +11,9 @@ from pathlib import Path
 
 from common import load_params, run_stage
 
+from denoise.paths import REPOSITORY, TEST_DIR
 from denoise.tensorrt import TrtSettings, build_trt
 
-REPOSITORY = Path("model_repository")
-TEST_DIR = Path("data/split/test")
 METRICS = Path("metrics/build_trt.json")
 
 

@@ -6,7 +6,8 @@ import sys
 from collections.abc import Callable
 
 from denoise.errors import DenoiseError
-from denoise.params import PARAMS_FILE, load_params
+from denoise.params import load_params
+from denoise.paths import PARAMS_FILE
 
 __all__ = ["PARAMS_FILE", "load_params", "run_stage"]
 

@@ -9,9 +9,8 @@ from common import load_params, run_stage
 
 from denoise.data.crop_split import SplitParams, build_split, sample_strip
 from denoise.fileio import write_json, write_rgb8
+from denoise.paths import RAW_DIR, SPLIT_DIR
 
-RAW_DIR = Path("data/raw")
-SPLIT_DIR = Path("data/split")
 METRICS = Path("metrics/data.json")
 STRIP = Path("plots/data/sample_strip.png")
 

@@ -13,8 +13,7 @@ from typing import Any
 from common import PARAMS_FILE, load_params, run_stage
 
 from denoise.errors import DenoiseError
-
-RAW_DIR = Path("data/raw")
+from denoise.paths import RAW_DIR
 
 
 def from_synthetic(cfg: dict[str, Any], out_dir: Path) -> None:

@@ -12,8 +12,8 @@ from common import load_params, run_stage
 
 from denoise.checkpoint import checkpoint_path
 from denoise.evaluate import EvalParams, evaluate
+from denoise.paths import SPLIT_DIR
 
-SPLIT_DIR = Path("data/split")
 METRICS = Path("metrics/evaluate.json")
 SPEED = Path("metrics/evaluate_speed.json")
 PLOTS = Path("plots/evaluate")

@@ -8,8 +8,8 @@ from common import load_params, run_stage
 
 from denoise.checkpoint import checkpoint_path
 from denoise.export import ExportSettings, export_checkpoint
+from denoise.paths import REPOSITORY
 
-REPOSITORY = Path("model_repository")
 METRICS = Path("metrics/export.json")
 
 

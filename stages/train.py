@@ -9,16 +9,15 @@ the stage's outputs, so DVC does not delete it before a re-run. Also runs under
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from common import load_params, run_stage
 
 from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
+from denoise.paths import CHECKPOINTS_DIR, DVCLIVE_DIR, SPLIT_DIR
 from denoise.train import train_model
 from denoise.training.config import TrainConfig
 
-SPLIT = Path("data/split")
 MODELS = ("nafnet", "dncnn")
 
 
@@ -29,11 +28,11 @@ def main() -> None:
     cfg = TrainConfig.from_params(load_params()["train"], name)
     result = train_model(
         cfg,
-        SPLIT / "train",
-        SPLIT / "val",
+        SPLIT_DIR / "train",
+        SPLIT_DIR / "val",
         checkpoint_path(name),
-        resume_path=Path("checkpoints") / name / "last.pt",
-        live_dir=Path("dvclive") / name,
+        resume_path=CHECKPOINTS_DIR / name / "last.pt",
+        live_dir=DVCLIVE_DIR / name,
     )
     print(
         f"{name}: best val PSNR {result.best_psnr:.2f} dB / SSIM {result.best_ssim:.4f} at "

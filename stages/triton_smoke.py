@@ -7,10 +7,9 @@ from pathlib import Path
 
 from common import load_params, run_stage
 
+from denoise.paths import REPOSITORY, TEST_DIR
 from denoise.triton import SmokeSettings, smoke_test
 
-REPOSITORY = Path("model_repository")
-TEST_DIR = Path("data/split/test")
 METRICS = Path("metrics/triton_smoke.json")
 
 

@@ -13,8 +13,10 @@ from typer.testing import CliRunner, Result
 
 from denoise.bench import (
     BASELINE,
+    PATHS,
     Job,
     _fit,
+    _summarise,
     build_bench_model,
     count_macs,
     measure,
@@ -246,3 +248,34 @@ def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) ->
     assert (
         result.exit_code == 1 and "--url applies to the triton backend, not torch" in result.output
     )
+
+
+def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
+    rng = np.random.default_rng(0)
+    clean = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    base_out = np.clip(clean.astype(int) + 8, 0, 255).astype(np.uint8)  # a fixed error
+    bf16_out = np.clip(clean.astype(int) + 4, 0, 255).astype(np.uint8)  # closer to clean
+
+    def run(times: list[float], outputs: np.ndarray) -> dict:
+        return {"times_s": times, "outputs": list(outputs), "peak_rss_mb": 100.0,
+                "open_s": 0.1, "first_call_s": 0.2}  # fmt: skip
+
+    runs = {
+        BASELINE: run([2.0, 4.0, 2.0], base_out),  # median 2 s
+        "torch-cl": run([0.5, 0.5, 9.0], base_out),  # median 0.5 s, same output
+        "torch-bf16": run([0.25, 0.25, 0.25], bf16_out),
+    }
+    machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
+    paths = [PATHS[n] for n in runs]
+    rows = {r["path"]: r for r in _summarise(paths, runs, clean, 10**9, 64, 1, machine, {})}
+    assert [rows[n]["ratio_vs_torch_eager"] for n in runs] == [1.0, 4.0, 8.0]
+    assert rows["torch-cl"]["psnr_delta_db"] == 0.0
+    assert rows["torch-cl"]["psnr_vs_fp32_output_db"] is None  # identical to the baseline
+    triples = zip(bf16_out, base_out, clean, strict=True)
+    expected = np.mean([psnr(b, c) - psnr(o, c) for b, o, c in triples])
+    assert rows["torch-bf16"]["psnr_delta_db"] == pytest.approx(expected, abs=2e-3) and expected > 1
+    assert rows["torch-bf16"]["within_psnr_tolerance"] is False
+    # 1 GMAC at 4 images/s = 8 GFLOP/s: 8% of the FP32 peak; bf16 is compared with its own.
+    assert rows["torch"]["gflops"] == 1.0 and rows["torch-cl"]["share_of_peak"] == 0.04
+    assert rows["torch-bf16"]["peak_compared_with"] == "bf16"
+    assert rows["torch-bf16"]["share_of_peak"] == pytest.approx(8.0 / 400.0)

@@ -179,8 +179,10 @@ def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) ->
     # A second run refuses to replace the outputs unless asked to.
     again = runner.invoke(app, args[:2] + args[5:])
     assert again.exit_code == 1 and "--overwrite" in again.output
+    (tmp_path / "one_denoised.png").write_bytes(b"stale")
     forced = runner.invoke(app, [*args[:2], *args[5:], "--overwrite"])
     assert forced.exit_code == 0, forced.output
+    assert np.array_equal(read_rgb8(tmp_path / "one_denoised.png"), out)  # really replaced
 
 
 def test_run_into_a_folder_with_the_onnx_backend(tmp_path: Path, model_files) -> None:
@@ -208,3 +210,15 @@ def test_run_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch) ->
     (tmp_path / "params.yaml").write_text("model: nafnet\n")
     result = runner.invoke(app, ["run", "x.png"])
     assert result.exit_code == 1 and "models/nafnet.pt" in result.output
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    import subprocess
+    import sys
+
+    from denoise import __version__
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "denoise", "version"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == __version__

@@ -20,13 +20,14 @@ from denoise.infer import (
     TorchBackend,
     denoise_files,
     denoise_image,
+    expand_inputs,
     open_backend,
     register_backend,
-    resolve_model,
     tile_starts,
     tile_weights,
 )
 from denoise.metrics import psnr
+from denoise.model_choice import resolve_model
 
 
 def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -253,6 +254,16 @@ def test_unwritable_format_is_a_clear_error(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_contributes_its_photos_only(tmp_path: Path) -> None:
+    img = np.zeros((4, 4, 3), np.uint8)
+    for name in ("b.png", "a.JPG", "a_denoised.png", ".hidden.png"):
+        write_image(tmp_path / name, img)
+    (tmp_path / "notes.txt").write_text("not a photo")
+    (tmp_path / "sub").mkdir()
+    found = expand_inputs([tmp_path, tmp_path / "b.png"])
+    assert [p.name for p in found] == ["a.JPG", "b.png"]
+
+
 def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> None:
     img = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     for folder in ("a", "b"):
@@ -281,7 +292,16 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
 
 def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     params, models = tmp_path / "params.yaml", tmp_path / "models"
-    kw = {"params_path": params, "models_dir": models}
+    repo = tmp_path / "model_repository"
+    kw = {"params_path": params, "models_dir": models, "repository": repo}
+    with pytest.raises(DenoiseError, match="run the export-onnx stage first"):
+        resolve_model(None, "onnxruntime", **kw)
+    with pytest.raises(DenoiseError, match=r"model\.plan: not found .*build-trt"):
+        resolve_model(None, "tensorrt", **kw)
+    onnx = repo / "denoise_onnx" / "1" / "model.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"")
+    assert resolve_model(None, "onnxruntime", **kw) == ("onnxruntime", str(onnx))
     with pytest.raises(DenoiseError, match="pass --model"):
         resolve_model(None, None, **kw)
     assert resolve_model(None, "triton", **kw) == ("triton", "")  # the server's default model

@@ -42,6 +42,7 @@ from denoise.checkpoint import checkpoint_path, load_model, save_checkpoint
 from denoise.errors import DenoiseError
 from denoise.metrics import psnr, to_batch, to_uint8
 from denoise.models.registry import build_model
+from denoise.paths import MODELS_DIR, SPLIT_DIR, TEST_DIR
 
 # The paper-size networks (NAFNet-w32 SIDD config; DnCNN colour, 17 layers of 64 channels).
 PAPER_ARCH: dict[str, dict[str, Any]] = {
@@ -652,7 +653,7 @@ class BenchModel:
 
 
 def prepare_model(
-    model: str, arch: str, workdir: Path, *, seed: int = 0, models_dir: str | Path = "models"
+    model: str, arch: str, workdir: Path, *, seed: int = 0, models_dir: str | Path = MODELS_DIR
 ) -> BenchModel:
     """Resolve ``--model``/``--arch`` to a checkpoint under ``workdir`` (or the given file).
 
@@ -743,8 +744,8 @@ def run_bench(
     repeats: int = 5,
     warmup: int = 1,
     psnr_images: int = 10,
-    test_dir: str | Path | None = "data/split/test",
-    val_dir: str | Path | None = "data/split/val",
+    test_dir: str | Path | None = TEST_DIR,
+    val_dir: str | Path | None = SPLIT_DIR / "val",
     isolate: bool = True,
     threads: int | None = None,
     seed: int = 0,

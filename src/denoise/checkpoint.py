@@ -18,8 +18,7 @@ from torch import nn
 from denoise.errors import DenoiseError
 from denoise.fileio import write_bytes_atomic
 from denoise.models.registry import build_model
-
-MODELS_DIR = Path("models")
+from denoise.paths import MODELS_DIR
 
 
 def checkpoint_path(name: str, models_dir: str | Path = MODELS_DIR) -> Path:

@@ -15,6 +15,7 @@ import typer
 
 from denoise import __version__
 from denoise.errors import DenoiseError
+from denoise.paths import REPOSITORY, TEST_DIR
 
 app = typer.Typer(
     add_completion=False,
@@ -124,7 +125,8 @@ def run(
     """
     from tqdm import tqdm
 
-    from denoise.infer import denoise_files, open_backend, resolve_model
+    from denoise.infer import denoise_files, open_backend
+    from denoise.model_choice import resolve_model
 
     name, target = resolve_model(model, backend)
     options: dict[str, Any] = {}
@@ -164,7 +166,7 @@ def run(
 @app.command()
 @user_errors
 def serve(
-    repo: Annotated[Path, typer.Option(help="Triton model repository.")] = Path("model_repository"),
+    repo: Annotated[Path, typer.Option(help="Triton model repository.")] = REPOSITORY,
     http_port: Annotated[int, typer.Option(help="HTTP port (bound to 127.0.0.1).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (bound to 127.0.0.1).")] = 8001,
     model: Annotated[
@@ -222,7 +224,7 @@ def bench(
     ] = 10,
     test_dir: Annotated[
         Path, typer.Option(help="Noisy/clean pairs for PSNR (synthetic camera pairs when missing).")
-    ] = Path("data/split/test"),
+    ] = TEST_DIR,
     threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
     isolate: Annotated[
         bool, typer.Option(help="Each path in a fresh process (own peak memory).")

@@ -26,11 +26,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from denoise.checkpoint import MODELS_DIR, checkpoint_path, load_model
+from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError
 from denoise.fileio import IMAGE_SUFFIXES, read_image, write_image
 from denoise.metrics import to_uint8
-from denoise.params import PARAMS_FILE, load_params
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
 _LAZY_BACKENDS = {"triton": "denoise.triton", "tensorrt": "denoise.tensorrt"}
@@ -440,45 +439,3 @@ def denoise_files(
             msg = str(e)
             on_error(src, msg if str(src) in msg or str(dst) in msg else f"{src}: {msg}")
     return written
-
-
-# --- choosing the model ----------------------------------------------------------------------
-
-
-def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
-    """The top-level ``model`` switch of params.yaml, or None without one."""
-    if not Path(params_path).is_file():
-        return None
-    name = load_params(params_path).get("model")
-    return str(name) if name else None
-
-
-def resolve_model(
-    model: str | None,
-    backend: str | None,
-    *,
-    params_path: str | Path = PARAMS_FILE,
-    models_dir: str | Path = MODELS_DIR,
-) -> tuple[str, str]:
-    """``(backend, model)`` for the command line: explicit values win; otherwise the model file
-    decides the backend and params.yaml's ``model`` switch decides the model."""
-    if model is None:
-        name = selected_model_name(params_path)
-        if backend == "triton":
-            return backend, name or ""  # the served model; "" lets the backend pick its default
-        if name is None:
-            raise DenoiseError(
-                f"no model given and no `model:` in {params_path}: pass --model "
-                "PATH (a .pt checkpoint or .onnx file), or train one with "
-                "`dvc repro` in the project folder"
-            )
-        if backend not in (None, "torch"):
-            raise DenoiseError(f"backend {backend!r} needs --model (the file to run)")
-        ckpt = checkpoint_path(name, models_dir)
-        if not ckpt.is_file():
-            raise DenoiseError(
-                f"{ckpt}: not found ({params_path} selects model: {name}); "
-                f"train it with `dvc repro train-{name}`, or pass --model PATH"
-            )
-        return "torch", str(ckpt)
-    return backend or backend_for_file(model), model

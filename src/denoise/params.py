@@ -14,8 +14,7 @@ from typing import Any
 import yaml
 
 from denoise.errors import DenoiseError
-
-PARAMS_FILE = Path("params.yaml")
+from denoise.paths import PARAMS_FILE
 
 
 class Params(dict):

@@ -166,6 +166,18 @@ def reference_onnx(repository: str | Path) -> Path:
     )
 
 
+def exported_model(backend: str, repository: str | Path) -> Path:
+    """The file the pipeline last exported for a local ``backend`` (onnxruntime, tensorrt)."""
+    if backend == "onnxruntime":
+        return reference_onnx(repository)
+    plan = Path(repository) / TRT_MODEL / "1" / "model.plan"
+    if backend != "tensorrt":
+        raise DenoiseError(f"backend {backend!r} has no exported model file; pass --model")
+    if not plan.is_file():
+        raise DenoiseError(f"{plan}: not found (the build-trt stage writes it on a TensorRT GPU)")
+    return plan
+
+
 # --------------------------------------------------------------------------- server
 
 

@@ -1,0 +1,61 @@
+"""Which model the ``denoise`` command runs when the user does not say.
+
+Explicit ``--model``/``--backend`` win. Otherwise params.yaml's ``model`` switch picks the
+network: ``models/<model>.pt`` for torch; for onnxruntime and tensorrt the file the pipeline
+last exported to the model repository; for triton the server's default model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from denoise.checkpoint import checkpoint_path
+from denoise.errors import DenoiseError
+from denoise.infer import backend_for_file
+from denoise.params import load_params
+from denoise.paths import MODELS_DIR, PARAMS_FILE, REPOSITORY
+
+
+def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
+    """The top-level ``model`` switch of params.yaml, or None without one."""
+    if not Path(params_path).is_file():
+        return None
+    name = load_params(params_path).get("model")
+    return str(name) if name else None
+
+
+def resolve_model(
+    model: str | None,
+    backend: str | None,
+    *,
+    params_path: str | Path = PARAMS_FILE,
+    models_dir: str | Path = MODELS_DIR,
+    repository: str | Path = REPOSITORY,
+) -> tuple[str, str]:
+    """``(backend, model)`` for the command line: explicit values win; otherwise the model file
+    decides the backend and params.yaml's ``model`` switch decides the model (for onnxruntime
+    and tensorrt: the file the pipeline last exported to the model repository)."""
+    if model is None:
+        name = selected_model_name(params_path)
+        if backend == "triton":
+            return backend, name or ""  # the served model; "" lets the backend pick its default
+        if backend in ("onnxruntime", "tensorrt"):
+            from denoise.triton import exported_model
+
+            return backend, str(exported_model(backend, repository))
+        if name is None:
+            raise DenoiseError(
+                f"no model given and no `model:` in {params_path}: pass --model "
+                "PATH (a .pt checkpoint or .onnx file), or train one with "
+                "`dvc repro` in the project folder"
+            )
+        if backend not in (None, "torch"):
+            raise DenoiseError(f"backend {backend!r} needs --model (the file to run)")
+        ckpt = checkpoint_path(name, models_dir)
+        if not ckpt.is_file():
+            raise DenoiseError(
+                f"{ckpt}: not found ({params_path} selects model: {name}); "
+                f"train it with `dvc repro train-{name}`, or pass --model PATH"
+            )
+        return "torch", str(ckpt)
+    return backend or backend_for_file(model), model
