@@ -9,12 +9,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from skimage.metrics import peak_signal_noise_ratio
 from typer.testing import CliRunner
 
 from denoise.checkpoint import save_checkpoint
-from denoise.cli import app
+from denoise.cli import DEFAULT_OVERLAP, DEFAULT_TILE, app
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
 from denoise.fileio import read_rgb8, write_rgb8
+from denoise.infer import denoise_image, open_backend
 from denoise.metrics import psnr
 from denoise.models.registry import build_model
 
@@ -123,6 +125,34 @@ def test_score_sidd_layout_with_onnx_matches_the_checkpoint(tmp_path: Path, mode
         reports.append(json.loads(out.read_text()))
     assert len(reports[0]["images"]) == 2
     assert reports[1]["output"]["psnr"] == pytest.approx(reports[0]["output"]["psnr"], abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("args", "tile", "overlap"),
+    [([], DEFAULT_TILE, DEFAULT_OVERLAP), (["--tile", "16", "--overlap", "4"], 16, 4)],
+    ids=["default-tiles", "16px-tiles"],
+)
+def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
+    tmp_path: Path, model_files, args: list[str], tile: int, overlap: int
+) -> None:
+    pairs = flat_pairs(tmp_path / "pairs", ["a.png", "b.png"])
+    out = tmp_path / "report.json"
+    cmd = ["score", "--pairs", str(tmp_path / "pairs"), "--model", str(model_files["pt"])]
+    result = runner.invoke(app, [*cmd, "--json", str(out), *args])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    backend = open_backend("torch", model_files["pt"])
+    refs = []
+    for (noisy, clean), row in zip(pairs, report["images"], strict=True):
+        denoised = denoise_image(noisy, backend, tile=tile, overlap=overlap)
+        refs.append(peak_signal_noise_ratio(clean, denoised, data_range=255))
+        assert row["output_psnr"] == pytest.approx(refs[-1], abs=5e-5)  # JSON keeps 4 decimals
+        assert abs(refs[-1] - peak_signal_noise_ratio(clean, noisy, data_range=255)) > 0.01
+        if tile < min(noisy.shape[:2]):
+            # The tiles matter: one whole-image pass scores outside the tolerance above.
+            whole = denoise_image(noisy, backend, tile=0, overlap=0)
+            assert abs(peak_signal_noise_ratio(clean, whole, data_range=255) - refs[-1]) > 1e-4
+    assert report["output"]["psnr"] == pytest.approx(np.mean(refs), abs=5e-5)
 
 
 @pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable"])

@@ -210,3 +210,113 @@ def test_missing_checkpoint_and_bad_params(tmp_path: Path, split: Path) -> None:
         )
     with pytest.raises(DenoiseError, match=r"params\.yaml evaluate"):
         EvalParams.from_dict({"models": ["nafnet"], "tile": 32})
+
+
+def _flat_pairs_root(tmp_path: Path, problem: str) -> tuple[Path, Path, str]:
+    """A noisy/ + clean/ folder with one ``problem``; returns (root, culprit, detail)."""
+    noisy, clean = noisy_clean(8, 8, seed=0)
+    root = tmp_path / "pairs"
+    root.mkdir()
+    if problem in ("duplicate_noisy", "duplicate_clean"):
+        side = "noisy" if problem == "duplicate_noisy" else "clean"
+        write_rgb8(root / "noisy" / "a.png", noisy)
+        write_rgb8(root / "clean" / "a.png", clean)
+        write_rgb8(root / side / "a.jpg", noisy)  # sorts first, so a.png is the clash
+        return root, root / side / "a.png", "same name as a.jpg"
+    if problem == "no_clean_dir":
+        write_rgb8(root / "noisy" / "a.png", noisy)
+        return root, root / "clean", "missing"
+    if problem == "no_noisy_dir":
+        write_rgb8(root / "clean" / "a.png", clean)
+        return root, root / "noisy", "missing"
+    if problem == "empty_dirs":
+        (root / "noisy").mkdir()
+        (root / "noisy" / ".DS_Store").write_bytes(b"hidden files are not images")
+        (root / "clean").mkdir()
+        return root, root / "noisy", "no images"
+    assert problem == "empty_root"
+    return root, root, "no pairs found"
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "duplicate_noisy",
+        "duplicate_clean",
+        "no_clean_dir",
+        "no_noisy_dir",
+        "empty_dirs",
+        "empty_root",
+    ],
+)
+def test_find_pairs_errors_name_the_folder_or_file(tmp_path: Path, problem: str) -> None:
+    root, culprit, detail = _flat_pairs_root(tmp_path, problem)
+    with pytest.raises(DenoiseError) as err:
+        find_pairs(root)
+    message = str(err.value)
+    assert message.startswith(f"{culprit}: "), message
+    assert detail in message
+
+
+def test_find_pairs_ignores_files_that_are_not_images(tmp_path: Path) -> None:
+    noisy, clean = noisy_clean(8, 8, seed=0)
+    write_rgb8(tmp_path / "noisy" / "a.png", noisy)
+    write_rgb8(tmp_path / "clean" / "a.png", clean)
+    (tmp_path / "noisy" / "README.txt").write_text("how these were shot")
+    (tmp_path / "clean" / "Thumbs.db").write_bytes(b"\x00")
+    assert [p.name for p in find_pairs(tmp_path)] == ["a"]
+
+
+def test_nlm_baseline_score_recomputed_with_opencv_and_skimage(
+    tmp_path: Path, split: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluate stage's NLM record, redone from the files with OpenCV (BGR) and skimage."""
+    import denoise.evaluate as evaluate_module
+
+    records = []
+    real_csv = evaluate_module._per_image_csv
+
+    def spy(recs):
+        records.extend(recs)  # the unrounded per-image records the stage writes
+        return real_csv(recs)
+
+    monkeypatch.setattr(evaluate_module, "_per_image_csv", spy)
+    nlm = {"h": [2, 12], "h_color": [2, 12], "val_patches": 3, "template": 5, "search": 11}
+    out = tmp_path / "out"
+    summary = evaluate(
+        split,
+        {},
+        params(models=[], nlm=nlm),
+        metrics_path=out / "evaluate.json",
+        speed_path=out / "speed.json",
+        plots_dir=out / "plots",
+        progress=False,
+    )
+    h, hc = summary["nlm"]["h"], summary["nlm"]["h_color"]
+    nlm_records = {r.image: r.score.psnr for r in records if r.method == "nlm"}
+    assert sorted(nlm_records) == INSTANCES
+    for name in INSTANCES:
+        noisy = cv2.imread(str(split / "test" / name / NOISY_NAME))
+        clean = cv2.imread(str(split / "test" / name / GT_NAME))
+        ref = peak_signal_noise_ratio(
+            clean, cv2.fastNlMeansDenoisingColored(noisy, None, h, hc, 5, 11), data_range=255
+        )
+        assert nlm_records[name] == pytest.approx(ref, abs=1e-6)
+        assert abs(ref - peak_signal_noise_ratio(clean, noisy, data_range=255)) > 0.1
+        # template/search reach OpenCV: the defaults (7, 21) would score differently
+        default = cv2.fastNlMeansDenoisingColored(noisy, None, h, hc, 7, 21)
+        assert abs(peak_signal_noise_ratio(clean, default, data_range=255) - ref) > 1e-3
+
+    # per_image.csv (4 decimals) averages to the JSON means, per method and per phone.
+    with open(out / "plots" / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == {"noisy", "nlm"}
+    for method, entry in summary["methods"].items():
+        mine = [r for r in rows if r["method"] == method]
+        assert len(mine) == len(INSTANCES)
+        for metric in ("psnr", "ssim"):
+            csv_mean = np.mean([float(r[metric]) for r in mine])
+            assert csv_mean == pytest.approx(entry[metric], abs=1e-4)
+        for phone, means in entry["by_phone"].items():
+            csv_mean = np.mean([float(r["psnr"]) for r in mine if r["by_phone"] == phone])
+            assert csv_mean == pytest.approx(means["psnr"], abs=1e-4)

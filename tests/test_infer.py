@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import struct
+import zlib
 from pathlib import Path
 
 import cv2
@@ -213,12 +214,45 @@ def test_backend_registry(tmp_path: Path) -> None:
         open_backend("torch", tmp_path / "missing.pt")
 
 
-def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
-    """Insert a minimal EXIF APP1 segment holding only the orientation tag."""
+def _exif_tiff(orientation: int) -> bytes:
+    """A minimal big-endian EXIF (TIFF) block holding only the orientation tag."""
     tiff = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1)
-    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
-    payload = b"Exif\x00\x00" + tiff
+    return tiff + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+
+
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """Insert an EXIF APP1 segment holding only the orientation tag."""
+    payload = b"Exif\x00\x00" + _exif_tiff(orientation)
     return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def _png_with_exif_orientation(png: bytes, orientation: int) -> bytes:
+    """Insert an eXIf chunk right after IHDR (8-byte signature + 25-byte IHDR chunk)."""
+    data = _exif_tiff(orientation)
+    chunk = struct.pack(">I", len(data)) + b"eXIf" + data
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_png_orientation_matches_pillow(tmp_path: Path, orientation: int) -> None:
+    from PIL import Image, ImageOps
+
+    img = np.random.default_rng(orientation).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    _, buf = cv2.imencode(".png", img[..., ::-1])
+    path = tmp_path / "o.png"
+    path.write_bytes(_png_with_exif_orientation(buf.tobytes(), orientation))
+    with Image.open(path) as im:
+        expected = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    np.testing.assert_array_equal(read_image(path), expected)
+
+
+def test_sixteen_bit_png_is_turned_upright_and_stays_sixteen_bit(tmp_path: Path) -> None:
+    img = np.random.default_rng(7).integers(0, 65536, (4, 6, 3), dtype=np.uint16)
+    _, buf = cv2.imencode(".png", img[..., ::-1])
+    path = tmp_path / "deep.png"
+    path.write_bytes(_png_with_exif_orientation(buf.tobytes(), 6))  # 6: rotate 90 degrees CW
+    np.testing.assert_array_equal(read_image(path, keep16=True), np.rot90(img, -1))
 
 
 def test_read_photo_applies_exif_orientation(tmp_path: Path) -> None:

@@ -132,6 +132,16 @@ def test_interrupted_run_resumes_bit_identically(
     losses = _tsv(work / "live" / "plots" / "metrics" / "train" / "loss.tsv")
     steps = [int(r["step"]) for r in losses]
     assert steps == list(range(1, 13))  # the crashed run's steps 9-10 were replaced, not doubled
+    # The DVCLive history is the same to the byte (one line ending), so `dvc repro` records the
+    # same output hash whether or not the run was interrupted.
+    straight_live, resumed_live = tmp_path / "straight" / "live", work / "live"
+    files = sorted(p.relative_to(straight_live) for p in straight_live.rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(resumed_live) for p in resumed_live.rglob("*") if p.is_file()
+    )
+    for rel in files:
+        if rel.suffix in (".tsv", ".json", ".yaml"):
+            assert (resumed_live / rel).read_bytes() == (straight_live / rel).read_bytes(), rel
 
 
 def test_stale_resume_state_is_ignored(

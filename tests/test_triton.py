@@ -3,8 +3,10 @@ bundled in nvidia-pytriton) serving a tiny NAFNet over HTTP and gRPC."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,11 +23,14 @@ import pytest
 from google.protobuf import text_format
 from tiny_models import tiny_model
 from tritonclient.grpc import model_config_pb2
+from typer.testing import CliRunner
 
 from denoise import triton
+from denoise.cli import app
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
-from denoise.infer import open_backend
+from denoise.fileio import read_rgb8, write_rgb8
+from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
@@ -37,6 +42,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((triton.HOST, 0))
         return s.getsockname()[1]
+
+
+def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> triton.SmokeSettings:
+    """Settings for the bundled server and the python route; tests override what they vary."""
+    base: dict = dict(
+        binary="",
+        models=(triton.PYTHON_MODEL,),
+        http_port=http_port,
+        grpc_port=grpc_port,
+        startup_timeout_s=60,
+        images=1,
+        crop=16,
+        repeats=1,
+        warmup=0,
+        tolerance=1e-3,
+    )
+    return triton.SmokeSettings(**{**base, **overrides})
 
 
 def process_gone(pid: int) -> bool:
@@ -128,6 +150,27 @@ def test_bundled_server_is_found() -> None:
     assert server.bundled and os.access(server.path, os.X_OK)
 
 
+def test_servable_models_depend_on_the_server(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    for name in (triton.TRT_MODEL, triton.ONNX_MODEL, triton.PYTHON_MODEL):
+        (repo / name).mkdir(parents=True)
+        (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
+    (repo / "half_written" / "1").mkdir(parents=True)  # no config.pbtxt: not a model
+    binary = tmp_path / "tritonserver"
+    full = triton.ServerBinary(binary, bundled=False)
+    bundled = triton.ServerBinary(binary, bundled=True)
+    assert triton.servable_models(repo, full) == [
+        triton.ONNX_MODEL,
+        triton.PYTHON_MODEL,
+        triton.TRT_MODEL,
+    ]
+    assert triton.servable_models(repo, bundled) == [triton.PYTHON_MODEL]
+    (repo / triton.PYTHON_MODEL / "config.pbtxt").unlink()
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(repo))}: no model this tritonserver"):
+        triton.servable_models(repo, bundled)
+    assert triton.servable_models(repo, full) == [triton.ONNX_MODEL, triton.TRT_MODEL]
+
+
 def test_busy_port_is_refused_before_start(repository: Path) -> None:
     with socket.socket() as busy:
         busy.bind((triton.HOST, 0))
@@ -203,6 +246,63 @@ def test_server_rejects_a_wrong_shape_itself(server: triton.TritonServer) -> Non
 def test_unknown_model_names_what_is_served(server: triton.TritonServer) -> None:
     with pytest.raises(DenoiseError, match=r"'denoise_trt' is not ready.*ready: denoise_python"):
         triton.TritonBackend(server.http_url, "http", triton.TRT_MODEL)
+
+
+def test_cli_run_with_the_triton_backend(
+    server: triton.TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`denoise run --backend triton --url` writes what local onnxruntime gives, tiled alike."""
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the server's default model
+    rng = np.random.default_rng(5)
+    noisy = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    write_rgb8(tmp_path / "photo.png", noisy)
+    tiles = ["--tile", "32", "--overlap", "8"]
+    args = ["run", "photo.png", "--backend", "triton", "--url", server.http_url, *tiles]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "photo_denoised.png" in result.output
+    served = read_rgb8(tmp_path / "photo_denoised.png")
+    local = OnnxRuntimeBackend(
+        repository / triton.PYTHON_MODEL / "1" / "model.onnx", providers=["CPUExecutionProvider"]
+    )
+    ref = denoise_image(noisy, local, tile=32, overlap=8)
+    assert served.shape == ref.shape == noisy.shape
+    assert np.abs(served.astype(int) - ref.astype(int)).max() <= 1
+    assert np.abs(served.astype(int) - noisy.astype(int)).max() > 5  # the model did something
+
+
+def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
+    server: triton.TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A served output 0.25 off the local reference fails the smoke test after the metrics
+    are written. The running test server stands in for the one smoke_test would start."""
+
+    class ShiftedReference(OnnxRuntimeBackend):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return super().__call__(batch) + 0.25
+
+    monkeypatch.setattr(triton, "OnnxRuntimeBackend", ShiftedReference)
+    monkeypatch.setattr(triton, "TritonServer", lambda *a, **k: contextlib.nullcontext(server))
+    write_test_split(tmp_path / "test", 1)
+    settings = smoke_settings(server.http_port, server.grpc_port)
+    metrics = tmp_path / "metrics" / "triton_smoke.json"
+    with pytest.raises(
+        DenoiseError,
+        match=r"^denoise_python over http: served output differs from local onnxruntime "
+        r"by 0\.25 \(> triton\.tolerance 0\.001\)$",
+    ):
+        triton.smoke_test(repository, tmp_path / "test", metrics, settings)
+    report = json.loads(metrics.read_text())
+    per_protocol = report["models"][triton.PYTHON_MODEL]
+    assert list(per_protocol) == ["http"]  # stopped at the first failure, before grpc
+    assert per_protocol["http"]["max_abs_diff_vs_onnxruntime"] == pytest.approx(0.25, abs=1e-5)
+    assert report["images"] == 1 and report["crop"] == 16
 
 
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
@@ -288,17 +388,8 @@ def write_test_split(root: Path, count: int) -> None:
 
 def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
     write_test_split(tmp_path / "test", 2)
-    settings = triton.SmokeSettings(
-        binary="",
-        models=(triton.PYTHON_MODEL,),
-        http_port=free_port(),
-        grpc_port=free_port(),
-        startup_timeout_s=60,
-        images=2,
-        crop=32,
-        repeats=2,
-        warmup=1,
-        tolerance=1e-5,
+    settings = smoke_settings(
+        free_port(), free_port(), images=2, crop=32, repeats=2, warmup=1, tolerance=1e-5
     )
     metrics = tmp_path / "metrics" / "triton_smoke.json"
     report = triton.smoke_test(repository, tmp_path / "test", metrics, settings)
@@ -311,3 +402,18 @@ def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
         assert m["throughput_img_s"] > 0
         assert 5 < m["psnr_in"] < 30 and np.isfinite(m["psnr_out"])
     assert not triton.port_in_use(settings.http_port)
+
+
+def test_smoke_settings_reject_impossible_values() -> None:
+    import yaml
+
+    section = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["triton"]
+    assert triton.SmokeSettings.from_params(section).tolerance == section["tolerance"]
+    for bad, match in (
+        ({"http_port": 0}, "http_port and grpc_port must be 1-65535"),
+        ({"grpc_port": section["http_port"]}, "http_port and grpc_port must differ"),
+        ({"repeats": 0}, "images and repeats must be >= 1"),
+        ({"tolerance": -1.0}, "warmup and tolerance must be >= 0"),
+    ):
+        with pytest.raises(DenoiseError, match=rf"^params\.yaml triton: {match}$"):
+            triton.SmokeSettings.from_params({**section, **bad})

@@ -121,7 +121,7 @@ def run(
 ) -> None:
     """Denoise photos into <stem>_denoised.<ext>; a bad file is reported and skipped (exit 1).
 
-    16-bit PNG/TIFF stay 16-bit; JPEG orientation (EXIF) is applied to the pixels.
+    16-bit PNG/TIFF stay 16-bit; an EXIF orientation is applied to the pixels.
     """
     from tqdm import tqdm
 

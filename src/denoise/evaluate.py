@@ -34,14 +34,13 @@ from tqdm import tqdm
 from denoise.data import sidd_layout
 from denoise.data.patch_store import read_patch_store
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, read_rgb8, write_bytes_atomic, write_json
+from denoise.fileio import IMAGE_SUFFIXES, atomic_path, read_rgb8, write_bytes_atomic, write_json
 from denoise.infer import Backend, denoise_image, open_backend
 from denoise.metrics import psnr, ssim
 from denoise.plots import comparison_strip, detailed_crop, psnr_bar_chart
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
 DECIMALS = 4  # rounded so the JSON bytes do not depend on float summation order
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 NOISY_DIR, CLEAN_DIR = "noisy", "clean"
 
 
@@ -61,8 +60,8 @@ class Pair:
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
-            continue
+        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue  # hidden files, notes, Thumbs.db: not images to pair
         if p.stem in found:
             raise DenoiseError(
                 f"{p}: same name as {found[p.stem].name}; cannot tell which one to pair"

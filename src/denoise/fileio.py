@@ -74,22 +74,49 @@ def _to_8bit(img: np.ndarray) -> np.ndarray:
     return np.round(img.astype(np.float32) / 257.0).astype(np.uint8)
 
 
+# EXIF orientation (tag 0x0112) -> the transform that shows the stored pixels upright.
+_ORIENT: dict[int, Any] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The EXIF orientation of an image file (1, upright, when it has none or it is unreadable).
+
+    Read with Pillow, which parses the header only; OpenCV applies orientation only to 8-bit
+    colour decodes, which would lose 16-bit data and hide an alpha channel.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return 1
+    return value if isinstance(value, int) and value in _ORIENT else 1
+
+
 def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
     """Read an image as an ``(H, W, 3)`` RGB array: uint8, or uint16 for 16-bit files if ``keep16``.
 
-    JPEGs are decoded the way a viewer shows them, with the EXIF orientation applied and
-    always in colour (a grey JPEG becomes RGB); other formats are read as stored. Grey is
-    expanded to three channels and 16-bit is rounded to 8-bit (when not ``keep16``) only if
-    ``allow_convert``; RGBA is always rejected (the alpha channel has no meaning for a
-    photograph and dropping it silently could hide a wrong file).
+    Images are returned the way a viewer shows them: an EXIF orientation (JPEG, PNG, TIFF,
+    WebP) is applied to the pixels. Grey is expanded to three channels and 16-bit is rounded
+    to 8-bit (when not ``keep16``) only if ``allow_convert``; RGBA is always rejected (the
+    alpha channel has no meaning for a photograph and dropping it silently could hide a wrong
+    file).
     Every refusal is a :class:`DenoiseError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise DenoiseError(f"{path}: file not found")
-    jpeg = path.suffix.lower() in JPEG_SUFFIXES
     try:
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR if jpeg else cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
     if img is None:
@@ -109,7 +136,8 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
         raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected {expected}")
     elif img.shape[2] != 3:
         raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
-    return np.ascontiguousarray(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    upright = _ORIENT.get(exif_orientation(path), lambda a: a)(img)
+    return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
 
 
 def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:

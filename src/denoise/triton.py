@@ -682,7 +682,27 @@ class SmokeSettings:
     def from_params(cls, section: dict[str, Any]) -> SmokeSettings:
         s = checked_section(cls, section, "triton")
         s["models"] = tuple(s["models"])
-        return cls(**s)
+        settings = cls(**s)
+        problems = [
+            msg
+            for ok, msg in (
+                (
+                    all(1 <= p <= 65535 for p in (settings.http_port, settings.grpc_port)),
+                    "http_port and grpc_port must be 1-65535",
+                ),
+                (settings.http_port != settings.grpc_port, "http_port and grpc_port must differ"),
+                (settings.images >= 1 and settings.repeats >= 1, "images and repeats must be >= 1"),
+                (
+                    settings.warmup >= 0 and settings.tolerance >= 0,
+                    "warmup and tolerance must be >= 0",
+                ),
+                (settings.startup_timeout_s > 0, "startup_timeout_s must be > 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise DenoiseError(f"params.yaml triton: {'; '.join(problems)}")
+        return settings
 
 
 def _center_crop(img: np.ndarray, size: int) -> np.ndarray:

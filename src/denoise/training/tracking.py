@@ -10,6 +10,7 @@ pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,9 @@ def _truncate(live_dir: Path, step: int) -> None:
             fields = list(rows[0]) if rows else []
         kept = [r for r in rows if int(r["step"]) <= step]
         with open(tsv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t")
+            # DVCLive's own line ending (csv's default is \r\n): a resumed history must be
+            # byte-identical to an uninterrupted one, or dvc.lock records a different hash.
+            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
             w.writeheader()
             w.writerows(kept)
     images = live_dir / "plots" / "images"
