@@ -17,7 +17,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from denoise.bench import PATHS, PSNR_TOLERANCE_DB, available_paths, format_table, run_bench
+from denoise.bench import (
+    PATHS,
+    PSNR_TOLERANCE_DB,
+    available_paths,
+    failed_paths,
+    format_table,
+    run_bench,
+)
 from denoise.cli import user_errors
 from denoise.fileio import write_json
 
@@ -27,7 +34,7 @@ REDUCED_TARGET = 3.0
 
 def verdict(report: dict[str, Any]) -> list[str]:
     """Lines saying whether each target is met, by which path, and what bounds it."""
-    rows = report["results"]
+    rows = [r for r in report["results"] if "error" not in r]
     fp32 = [r for r in rows if r["precision"] == "fp32"]
     reduced = [r for r in rows if r["precision"] != "fp32" and r["within_psnr_tolerance"]]
     lines = []
@@ -97,6 +104,8 @@ def main() -> None:
     print("\n" + "\n".join(report["verdict"]))
     write_json(args.json, report)
     print(f"\nwrote {args.json}")
+    if failed_paths(report):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

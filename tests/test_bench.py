@@ -18,7 +18,6 @@ from denoise.bench import (
     _fit,
     _summarise,
     build_bench_model,
-    count_macs,
     measure,
     psnr_pairs,
     run_bench,
@@ -27,6 +26,7 @@ from denoise.bench import (
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
+from denoise.flops import count_macs
 from denoise.infer import TorchBackend, open_backend
 from denoise.metrics import psnr, to_uint8
 
@@ -177,6 +177,56 @@ def test_bench_json_schema_and_baseline(tiny_ckpt: Path, tmp_path: Path) -> None
     assert "synthetic" in report["inputs"]["psnr_images"]
 
 
+def test_a_failing_path_is_reported_and_the_others_still_measured(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from denoise import bench
+
+    def no_int8(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no int8 kernel here\nsecond line")
+
+    real_measure = bench.measure
+
+    def measure(job: Job) -> dict:
+        if job.path.name == "torch-bf16":
+            raise RuntimeError("bf16 unsupported")
+        return real_measure(job)
+
+    monkeypatch.setattr(bench, "quantize_int8", no_int8)
+    monkeypatch.setattr(bench, "measure", measure)
+    out = tmp_path / "bench.json"
+    args = ["bench", "--model", str(tiny_ckpt), "--size", "32", "--repeats", "1"]
+    args += ["--psnr-images", "1", "--backends", "torch-cl,torch-bf16,onnxruntime-int8"]
+    args += ["--threads", "1", "--no-isolate", "--test-dir", str(tmp_path / "none")]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 1, result.output
+    rows = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+    assert rows["torch-bf16"]["error"] == "RuntimeError: bf16 unsupported"
+    assert rows["onnxruntime-int8"]["error"] == (
+        "building onnx-int8-static.onnx: RuntimeError: no int8 kernel here"
+    )
+    assert rows["torch-cl"]["images_per_s"] > 0 and "error" not in rows["torch-cl"]
+    assert "| torch-cl |" in result.output and "| torch-bf16 |" not in result.output
+    assert "failed: torch-bf16: RuntimeError: bf16 unsupported" in result.output
+
+    def broken_baseline(job: Job) -> dict:
+        raise RuntimeError("no memory")
+
+    monkeypatch.setattr(bench, "measure", broken_baseline)
+    with pytest.raises(DenoiseError, match=r"baseline every ratio needs, failed: RuntimeError"):
+        run_bench(
+            str(tiny_ckpt),
+            size=32,
+            repeats=1,
+            psnr_images=1,
+            test_dir=None,
+            val_dir=None,
+            backends=[BASELINE],
+            isolate=False,
+            progress=False,
+        )
+
+
 def test_perturbed_model_is_not_the_identity() -> None:
     noisy, _, source = psnr_pairs(None, 1, 32)
     assert "synthetic" in source and noisy.shape == (1, 32, 32, 3)
@@ -257,8 +307,13 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
     bf16_out = np.clip(clean.astype(int) + 4, 0, 255).astype(np.uint8)  # closer to clean
 
     def run(times: list[float], outputs: np.ndarray) -> dict:
-        return {"times_s": times, "outputs": list(outputs), "peak_rss_mb": 100.0,
-                "open_s": 0.1, "first_call_s": 0.2}  # fmt: skip
+        return {
+            "times_s": times,
+            "outputs": list(outputs),
+            "peak_rss_mb": 100.0,
+            "open_s": 0.1,
+            "first_call_s": 0.2,
+        }
 
     runs = {
         BASELINE: run([2.0, 4.0, 2.0], base_out),  # median 2 s

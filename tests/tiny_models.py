@@ -19,10 +19,13 @@ TINY = {
 }
 
 
-def tiny_model(name: str, scale: float = 0.02, seed: int = 0) -> torch.nn.Module:
-    """A tiny ``name`` network in eval mode, perturbed from init so it changes the image."""
+def tiny_model(
+    name: str, scale: float = 0.02, seed: int = 0, config: dict | None = None
+) -> torch.nn.Module:
+    """A tiny ``name`` network (or one of ``config``) in eval mode, perturbed from init so it
+    changes the image."""
     torch.manual_seed(seed)
-    model = build_model(name, TINY[name])
+    model = build_model(name, TINY[name] if config is None else config)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(scale * torch.randn_like(p))

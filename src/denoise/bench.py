@@ -11,7 +11,7 @@ torch, weights and activations in bf16, channels_last):
 - peak resident memory: each path runs in a fresh process (multiprocessing *spawn*), so
   ``ru_maxrss`` is that path's own peak (libraries + model + activations), not a mix,
 - the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
-  as a share of the machine's peak measured in the same run with a large matmul.
+  as a share of the machine's peak measured in the same run (:mod:`denoise.flops`).
 
 Paths that need CUDA (fp16, CUDA graphs, TensorRT) switch on by detection; ``*-compile``
 paths are opt-in because compiling takes tens of seconds.
@@ -20,15 +20,12 @@ paths are opt-in because compiling takes tens of seconds.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import multiprocessing
-import os
-import platform
 import resource
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +36,12 @@ from torch import nn
 from tqdm import tqdm
 
 from denoise.checkpoint import checkpoint_path, load_model, save_checkpoint
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
+from denoise.flops import count_macs, machine_info
 from denoise.metrics import psnr, to_batch, to_uint8
 from denoise.models.registry import build_model
 from denoise.paths import MODELS_DIR, SPLIT_DIR, TEST_DIR
+from denoise.quantize import quantize_int8
 
 # The paper-size networks (NAFNet-w32 SIDD config; DnCNN colour, 17 layers of 64 channels).
 PAPER_ARCH: dict[str, dict[str, Any]] = {
@@ -57,134 +56,6 @@ PAPER_ARCH: dict[str, dict[str, Any]] = {
 }
 PSNR_TOLERANCE_DB = 0.1  # a reduced-precision path is kept only within this of FP32
 BASELINE = "torch"
-
-
-# --- work and peak ---------------------------------------------------------------------------
-
-
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass on an input of ``input_shape`` (NCHW).
-
-    Counts every ``nn.Conv2d`` (``out elements x in_channels/groups x kh x kw``) and
-    ``nn.Linear`` (``out elements x in_features``) through forward hooks, so padding inside
-    the model and the real output sizes are taken into account. Elementwise work (norms,
-    gates, activations) is not counted: it is memory-bound and small in MACs.
-    """
-    total = 0
-
-    def conv_hook(mod: nn.Conv2d, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        kh, kw = mod.kernel_size
-        total += out.numel() * (mod.in_channels // mod.groups) * kh * kw
-
-    def linear_hook(mod: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * mod.in_features
-
-    handles = []
-    for mod in model.modules():
-        if isinstance(mod, nn.Conv2d):
-            handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.Linear):
-            handles.append(mod.register_forward_hook(linear_hook))
-    try:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        with torch.inference_mode():
-            model(torch.zeros(tuple(input_shape), device=device))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
-def _best_time(fn: Callable[[], Any], device: str, repeats: int) -> float:
-    """Best wall time of ``repeats`` calls after one warm-up call (allocation, kernel choice)."""
-    best = float("inf")
-    for i in range(repeats + 1):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i:
-            best = min(best, time.perf_counter() - t0)
-    return best
-
-
-def matmul_peak_gflops(
-    dtype: torch.dtype, device: str = "cpu", n: int | None = None, repeats: int = 5
-) -> float:
-    """GFLOP/s of the best of ``repeats`` ``n x n`` matmuls.
-
-    ``torch.int8`` uses ``torch._int_mm`` (int8 x int8 -> int32), the int8 GEMM peak.
-    """
-    n = n or (8192 if device.startswith("cuda") else 2048)
-    if dtype == torch.int8:
-        a = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
-        b = torch.randint(-128, 128, (n, n), dtype=dtype, device=device)
-        mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch._int_mm
-    else:
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
-        mm = torch.matmul
-    with torch.inference_mode():
-        return 2.0 * n**3 / _best_time(lambda: mm(a, b), device, repeats) / 1e9
-
-
-def conv_peak_gflops(
-    dtype: torch.dtype, device: str = "cpu", channels: int = 256, hw: int = 64, repeats: int = 5
-) -> float:
-    """GFLOP/s of a large 3x3 convolution (oneDNN/cuDNN implicit GEMM).
-
-    Measured beside the matmul because the two can use different kernels: on AMD CPUs
-    ``torch.matmul`` FP32 goes through an AVX2 GEMM at about half the AVX-512 FMA peak that
-    oneDNN's convolutions reach, so the matmul alone would understate the machine.
-    """
-    w = torch.randn(channels, channels, 3, 3, device=device).to(dtype)
-    x = torch.randn(1, channels, hw, hw, device=device).to(dtype)
-    with torch.inference_mode():
-        t = _best_time(lambda: torch.nn.functional.conv2d(x, w, padding=1), device, repeats)
-    return 2.0 * channels * channels * 9 * hw * hw / t / 1e9
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    """What the numbers were measured on, and the peaks of ``device``: per precision the
-    better of a large matmul and a large 3x3 convolution (both recorded)."""
-    import onnxruntime
-
-    info: dict[str, Any] = {
-        "cpu": _cpu_name(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "device": device,
-        "python": platform.python_version(),
-    }
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
-    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    if device.startswith("cuda"):
-        kinds["fp16"] = torch.float16
-    for kind, dtype in kinds.items():
-        mm = info[f"matmul_gflops_{kind}"] = round(matmul_peak_gflops(dtype, device), 1)
-        conv = info[f"conv3x3_gflops_{kind}"] = round(conv_peak_gflops(dtype, device), 1)
-        info[f"peak_gflops_{kind}"] = max(mm, conv)
-    with contextlib.suppress(RuntimeError):  # no int8 GEMM kernel for this device/build
-        info["peak_gops_int8"] = round(matmul_peak_gflops(torch.int8, device), 1)
-    return info
 
 
 # --- paths -----------------------------------------------------------------------------------
@@ -491,71 +362,6 @@ def calibration_batches(
     return [to_batch(n) for n in noisy]
 
 
-# --- int8 ONNX -------------------------------------------------------------------------------
-
-
-def quantize_int8(
-    onnx_path: str | Path, out_path: str | Path, *, calibration: Sequence[np.ndarray] | None = None
-) -> None:
-    """Quantise an FP32 ONNX model's convolutions to int8.
-
-    With ``calibration`` batches: static QDQ (per-channel int8 weights, uint8 activations whose
-    ranges come from the batches), the form onnxruntime runs with int8 convolution kernels.
-    Without: dynamic quantisation (ConvInteger; activation ranges computed at run time).
-    The first and last convolutions stay FP32: they touch the image itself, where 8-bit
-    activations would cost PSNR directly.
-    """
-    import onnx
-    from onnxruntime import quantization as q
-
-    src = Path(onnx_path)
-    convs = [
-        n.name
-        for n in onnx.load(str(src), load_external_data=False).graph.node
-        if n.op_type == "Conv"
-    ]
-    exclude = [convs[0], convs[-1]] if len(convs) > 2 else []
-    with tempfile.TemporaryDirectory(prefix="denoise-quant-") as tmp:
-        prepped = Path(tmp) / "prepped.onnx"
-        q.quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
-        if calibration is None:
-            q.quantize_dynamic(
-                str(prepped),
-                str(out_path),
-                weight_type=q.QuantType.QInt8,
-                op_types_to_quantize=["Conv"],
-                nodes_to_exclude=exclude,
-                per_channel=True,
-            )
-            return
-        reader = _Batches(calibration)
-        q.quantize_static(
-            str(prepped),
-            str(out_path),
-            reader,
-            quant_format=q.QuantFormat.QDQ,
-            activation_type=q.QuantType.QUInt8,
-            weight_type=q.QuantType.QInt8,
-            per_channel=True,
-            op_types_to_quantize=["Conv"],
-            nodes_to_exclude=exclude,
-            calibrate_method=q.CalibrationMethod.MinMax,
-        )
-
-
-class _Batches:
-    """onnxruntime's CalibrationDataReader protocol over a list of NCHW float batches."""
-
-    def __init__(self, batches: Sequence[np.ndarray]) -> None:
-        self._it: Iterator[np.ndarray] = iter(batches)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        from denoise import triton
-
-        batch = next(self._it, None)
-        return None if batch is None else {triton.INPUT_NAME: batch}
-
-
 # --- measuring one path ----------------------------------------------------------------------
 
 
@@ -694,28 +500,27 @@ def _model_files(
     size: int,
     batch: int,
 ) -> tuple[dict[str, str], dict[str, float]]:
-    """Export/quantise the files the chosen paths open; returns them and their build times."""
+    """Export/quantise the files the chosen paths open.
+
+    Returns the files, their build times and, per file that could not be built, why: the
+    paths that need it are reported as failed while the others are still measured.
+    """
     files = {"checkpoint": str(model.checkpoint)}
     build_s: dict[str, float] = {}
+    errors: dict[str, str] = {}
     kinds = {p.model_file for p in paths}
-    if kinds & {"onnx", "onnx-int8-static", "onnx-int8-dynamic", "trt-plan"}:
+
+    def export() -> None:
         from denoise.export import export_onnx
 
-        t0 = time.perf_counter()
-        net, _ = load_model(model.checkpoint)
-        files["onnx"] = str(workdir / "model.onnx")
-        export_onnx(net, files["onnx"])
-        build_s["onnx"] = time.perf_counter() - t0
-    for kind, calib in (("onnx-int8-static", True), ("onnx-int8-dynamic", False)):
-        if kind in kinds:
-            t0 = time.perf_counter()
-            files[kind] = str(workdir / f"{kind}.onnx")
-            quantize_int8(files["onnx"], files[kind], calibration=calibration() if calib else None)
-            build_s[kind] = time.perf_counter() - t0
-    if "trt-plan" in kinds:
+        export_onnx(load_model(model.checkpoint)[0], files["onnx"])
+
+    def quantize(kind: str, calibrated: bool) -> None:
+        quantize_int8(files["onnx"], files[kind], calibration=calibration() if calibrated else None)
+
+    def engine() -> None:
         from denoise.tensorrt import TrtSettings, build_engine
 
-        t0 = time.perf_counter()
         settings = TrtSettings(
             fp16=True,
             min_shape=(1, size, size),
@@ -728,10 +533,38 @@ def _model_files(
             min_psnr_vs_onnxruntime=0.0,
         )
         plan, _ = build_engine(files["onnx"], settings)
-        files["trt-plan"] = str(workdir / "model.plan")
         Path(files["trt-plan"]).write_bytes(plan)
-        build_s["trt-plan"] = time.perf_counter() - t0
-    return files, build_s
+
+    steps: list[tuple[str, str, Callable[[], None]]] = [
+        ("onnx", "model.onnx", export),
+        ("onnx-int8-static", "onnx-int8-static.onnx", lambda: quantize("onnx-int8-static", True)),
+        (
+            "onnx-int8-dynamic",
+            "onnx-int8-dynamic.onnx",
+            lambda: quantize("onnx-int8-dynamic", False),
+        ),
+        ("trt-plan", "model.plan", engine),
+    ]
+    needs_onnx = bool(kinds & {kind for kind, _, _ in steps})
+    for kind, name, build in steps:
+        if kind not in kinds and not (kind == "onnx" and needs_onnx):
+            continue
+        if kind != "onnx" and "onnx" in errors:
+            errors[kind] = errors["onnx"]
+            continue
+        files[kind] = str(workdir / name)
+        t0 = time.perf_counter()
+        try:
+            build()
+        except Exception as e:  # one file failing must not lose the other paths' results
+            errors[kind] = f"building {name}: {_describe(e)}"
+            continue
+        build_s[kind] = time.perf_counter() - t0
+    return files, build_s, errors
+
+
+def _describe(e: BaseException) -> str:
+    return first_line(e) if isinstance(e, DenoiseError) else f"{type(e).__name__}: {first_line(e)}"
 
 
 def run_bench(
@@ -773,19 +606,30 @@ def run_bench(
         macs = count_macs(net, (1, 3, size, size))
         params = sum(p.numel() for p in net.parameters())
         del net
-        files, build_s = _model_files(
+        files, build_s, errors = _model_files(
             paths, bench_model, workdir, lambda: calibration_batches(val_dir), size, batch
         )
         noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)
         noisy_chw = noisy.transpose(0, 3, 1, 2).copy()
         timing = np.repeat(noisy_chw[:1], batch, axis=0)
         machine = machine_info(device)
-        runs = {}
+        runs: dict[str, dict[str, Any]] = {}
         for path in tqdm(paths, desc="bench", unit="path", disable=not progress):
+            if path.model_file in errors:
+                runs[path.name] = {"error": errors[path.model_file]}
+                continue
             job = Job(
                 path, files[path.model_file], timing, noisy_chw, batch, repeats, warmup, threads
             )
-            runs[path.name] = (_measure_isolated if isolate else measure)(job)
+            try:
+                runs[path.name] = (_measure_isolated if isolate else measure)(job)
+            except Exception as e:  # also a crashed child process (BrokenProcessPool)
+                runs[path.name] = {"error": _describe(e)}
+            if path.name == BASELINE and "error" in runs[path.name]:
+                raise DenoiseError(
+                    f"torch eager FP32, the baseline every ratio needs, failed: "
+                    f"{runs[path.name]['error']}"
+                )
     results = _summarise(paths, runs, clean, macs, size, batch, machine, build_s)
     return {
         "machine": machine,
@@ -835,6 +679,17 @@ def _summarise(
     results = []
     for path in paths:
         run = runs[path.name]
+        if "error" in run:
+            results.append(
+                {
+                    "backend": path.backend,
+                    "path": path.name,
+                    "precision": path.precision,
+                    "description": path.description,
+                    "error": run["error"],
+                }
+            )
+            continue
         median = statistics.median(run["times_s"])
         rate = batch / median
         out_psnr = statistics.fmean(psnr(o, c) for o, c in zip(run["outputs"], clean, strict=True))
@@ -889,7 +744,8 @@ def format_table(report: dict[str, Any]) -> str:
         "| PSNR vs FP32 out | peak RSS MB | GFLOP/s | share of peak | first call s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["results"]:
+    measured = [r for r in report["results"] if "error" not in r]
+    for r in measured:
         flag = "" if r["within_psnr_tolerance"] else " ✗"
         vs = r["psnr_vs_fp32_output_db"]
         agree = "identical" if vs is None else f"{vs:.1f}"
@@ -902,6 +758,12 @@ def format_table(report: dict[str, Any]) -> str:
             f"{100 * r['share_of_peak']:.1f}% ({r['peak_compared_with']}) | "
             f"{r['first_call_s']:.2f} |"
         )
-    if not all(r["within_psnr_tolerance"] for r in report["results"]):
+    if not all(r["within_psnr_tolerance"] for r in measured):
         lines.append(f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB; not kept.")
+    lines += [f"\nfailed: {r['path']}: {r['error']}" for r in failed_paths(report)]
     return "\n".join(lines)
+
+
+def failed_paths(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The result rows of paths that could not be measured (each has an ``error``)."""
+    return [r for r in report["results"] if "error" in r]

@@ -1,9 +1,10 @@
 """The checkpoint format: weights plus everything needed to rebuild the network.
 
 ``{"params": state_dict, "model": name, "config": constructor kwargs, "meta": {...}}``.
-Weights sit under ``params`` as in the official NAFNet release, so those files load too
-(pass the model name and config when the file carries none). Files are always read with
-``torch.load(weights_only=True)``: a checkpoint is data, never code.
+Weights sit under ``params`` as in the official NAFNet release, so those files load too, as
+do bare state_dicts (KAIR's DnCNN releases); a file without a name and config gets them from
+its weights' layout (:func:`denoise.models.registry.infer_architecture`). Files are always
+read with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch import nn
 
 from denoise.errors import DenoiseError
 from denoise.fileio import write_bytes_atomic
-from denoise.models.registry import build_model
+from denoise.models.registry import build_model, infer_architecture
 from denoise.paths import MODELS_DIR
 
 
@@ -59,25 +60,65 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DenoiseError(
             f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]
         ) from None
-    if not isinstance(ckpt, dict) or "params" not in ckpt:
-        raise DenoiseError(f"{path}: not a denoise/NAFNet checkpoint (no 'params' key)")
+    if _is_state_dict(ckpt):
+        ckpt = {"params": ckpt}  # weights only, as KAIR releases its models
+    if not isinstance(ckpt, dict) or not _is_state_dict(ckpt.get("params")):
+        raise DenoiseError(
+            f"{path}: not a model checkpoint (neither weights under 'params' nor a state_dict)"
+        )
     return ckpt
+
+
+def _is_state_dict(obj: object) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def load_model(
     path: str | Path, model_name: str | None = None, config: dict[str, Any] | None = None
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network stored in ``path`` in eval mode; returns ``(model, checkpoint)``."""
+    """Rebuild the network stored in ``path`` in eval mode; returns ``(model, checkpoint)``.
+
+    A file without a model name or config (an official NAFNet or KAIR DnCNN release) gets
+    them from its weights' layout; the returned checkpoint then carries the inferred ones.
+    """
     ckpt = read_checkpoint(path)
     name = model_name or ckpt.get("model")
     cfg = config if config is not None else ckpt.get("config")
     if name is None or cfg is None:
-        raise DenoiseError(f"{path}: checkpoint has no model name/config; pass them explicitly")
+        try:
+            inferred_name, inferred_cfg = infer_architecture(ckpt["params"])
+        except DenoiseError as e:
+            raise DenoiseError(f"{path}: no model name/config stored and {e}") from None
+        name = name or inferred_name
+        cfg = cfg if cfg is not None else inferred_cfg
+        ckpt = {**ckpt, "model": name, "config": cfg}
     model = build_model(name, cfg)
-    try:
-        model.load_state_dict(ckpt["params"])
-    except RuntimeError as e:
-        raise DenoiseError(
-            f"{path}: weights do not match {name} {cfg}: {str(e).splitlines()[0]}"
-        ) from None
+    mismatch = _mismatch(model.state_dict(), ckpt["params"])
+    if mismatch:
+        raise DenoiseError(f"{path}: weights do not match {name} {cfg}: {mismatch}")
+    model.load_state_dict(ckpt["params"])
     return model.eval(), ckpt
+
+
+def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]) -> str:
+    """What keeps ``found`` from loading into a model with ``expected`` ('' when nothing)."""
+
+    def some(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    reshaped = [
+        f"{k} {tuple(found[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    return "; ".join(
+        f"{what} {some(keys)}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape", reshaped))
+        if keys
+    )

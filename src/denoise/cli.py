@@ -60,7 +60,10 @@ def score(
     pairs: Annotated[
         Path, typer.Option(help="DIR/noisy + DIR/clean (matched by name) or a SIDD-layout folder.")
     ],
-    model: Annotated[Path, typer.Option(help="A .pt checkpoint or an .onnx model.")],
+    model: Annotated[
+        Path,
+        typer.Option(help="A .pt checkpoint (or released NAFNet/KAIR .pth) or an .onnx model."),
+    ],
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the scores here as JSON.")
     ] = None,
@@ -92,8 +95,8 @@ def run(
     model: Annotated[
         str | None,
         typer.Option(
-            help="Checkpoint, ONNX or engine file, or the "
-            "served model's name for triton. Default: "
+            help="Checkpoint (ours, or released NAFNet/KAIR .pth), ONNX or engine file, or "
+            "the served model's name for triton. Default: "
             "models/<model>.pt, <model> from params.yaml."
         ),
     ] = None,
@@ -235,7 +238,7 @@ def bench(
 ) -> None:
     """Inference speed per backend and precision: images/s, ratio to eager FP32, PSNR change,
     peak memory and share of the machine's peak FLOP/s."""
-    from denoise.bench import available_paths, format_table, run_bench
+    from denoise.bench import available_paths, failed_paths, format_table, run_bench
     from denoise.fileio import write_json
 
     names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]
@@ -255,3 +258,5 @@ def bench(
     typer.echo(f"paths available here: {', '.join(available_paths(opt_in=True))}")
     if json_out is not None:
         write_json(json_out, report)
+    if failed_paths(report):
+        raise typer.Exit(1)  # the measured paths are reported above; the failures listed there

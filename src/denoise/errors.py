@@ -8,3 +8,10 @@ Anything else escaping is a bug and keeps its traceback.
 
 class DenoiseError(Exception):
     """A user-facing failure: bad input, missing data, failed verification."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line (its type name when it has no message):
+    the detail a one-line error carries from a library that raised something longer."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -24,7 +24,7 @@ from torch import nn
 
 from denoise import triton
 from denoise.checkpoint import load_model
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import OnnxRuntimeBackend
 from denoise.params import checked_section
@@ -89,7 +89,7 @@ def check_onnx(path: str | Path, *, require_layernorm: bool) -> dict[str, int]:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as e:  # onnx raises ValidationError and friends
-        raise DenoiseError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+        raise DenoiseError(f"{path}: onnx.checker failed: {first_line(e)}") from None
     graph = onnx.load(str(path), load_external_data=False).graph
     ops = collections.Counter(node.op_type for node in graph.node)
     if require_layernorm and ops["LayerNormalization"] == 0:

@@ -27,7 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from denoise.checkpoint import load_model
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, read_image, write_image
 from denoise.metrics import to_uint8
 
@@ -211,9 +211,7 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=list(providers))
         except Exception as e:  # onnxruntime raises its own exception types for bad files
-            raise DenoiseError(
-                f"{path}: not a loadable ONNX model ({str(e).splitlines()[0]})"
-            ) from None
+            raise DenoiseError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
 
@@ -223,7 +221,7 @@ class OnnxRuntimeBackend:
             (y,) = self.session.run(None, {self.input_name: x})[:1]
         except Exception as e:  # onnxruntime's own exception types (bad shape, out of memory)
             raise DenoiseError(
-                f"onnxruntime: inference on a {x.shape} batch failed ({str(e).splitlines()[0]})"
+                f"onnxruntime: inference on a {x.shape} batch failed ({first_line(e)})"
             ) from None
         return np.asarray(y, dtype=np.float32)
 

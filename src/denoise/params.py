@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.paths import PARAMS_FILE
 
 
@@ -36,7 +36,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise DenoiseError(f"{path}: not found (run from the project folder)") from None
     except yaml.YAMLError as e:
-        raise DenoiseError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise DenoiseError(f"{path}: not valid YAML ({first_line(e)})") from None
     if not isinstance(data, dict):
         raise DenoiseError(f"{path}: expected a mapping of sections at the top level")
     return Params(data, path)

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import OnnxRuntimeBackend, register_backend
 from denoise.params import checked_section
@@ -565,7 +565,7 @@ class TritonBackend:
             ready = self._client.is_model_ready(model_name)
         except Exception as e:
             raise DenoiseError(
-                f"{protocol}://{self.url}: Triton server not reachable ({_first_line(e)})"
+                f"{protocol}://{self.url}: Triton server not reachable ({first_line(e)})"
             ) from None
         if not ready:
             served = ", ".join(self._ready_models()) or "none"
@@ -577,7 +577,7 @@ class TritonBackend:
             config = self._client.get_model_config(model_name)
         except Exception as e:
             raise DenoiseError(
-                f"{protocol}://{self.url}: no config for {model_name!r} ({_first_line(e)})"
+                f"{protocol}://{self.url}: no config for {model_name!r} ({first_line(e)})"
             ) from None
         if protocol == "grpc":
             self.max_batch_size = int(config.config.max_batch_size)
@@ -614,7 +614,7 @@ class TritonBackend:
         except Exception as e:
             raise DenoiseError(
                 f"{self.protocol}://{self.url}: request to {self.model_name} "
-                f"failed: {_first_line(e)}"
+                f"failed: {first_line(e)}"
             ) from None
         y = result.as_numpy(OUTPUT_NAME)
         if y is None or y.shape != batch.shape:
@@ -628,11 +628,6 @@ class TritonBackend:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
 
 
 def _is_network_name(name: str) -> bool:

@@ -14,6 +14,10 @@ network is the identity (predicted noise 0) and training starts from the noisy i
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -51,6 +55,30 @@ class DnCNN(nn.Module):
                 nn.init.zeros_(conv.bias)
         nn.init.zeros_(convs[-1].weight)
         nn.init.zeros_(convs[-1].bias)
+
+    @staticmethod
+    def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+        """The constructor arguments that produced ``state_dict``; ``None`` if it is no DnCNN's.
+
+        KAIR releases its DnCNNs with BatchNorm merged into the convolutions (``act_mode='R'``,
+        e.g. ``dncnn_color_blind.pth``: ``nb=20``): that is ``batch_norm=False`` here, with the
+        same key names, so those files load as they are.
+        """
+        convs = sorted(
+            int(m[1])
+            for key, value in state_dict.items()
+            if (m := re.fullmatch(r"model\.(\d+)\.weight", key)) and value.ndim == 4
+        )
+        if not convs or convs[0] != 0 or any(not k.startswith("model.") for k in state_dict):
+            return None
+        first, last = state_dict["model.0.weight"], state_dict[f"model.{convs[-1]}.weight"]
+        return {
+            "in_nc": int(first.shape[1]),
+            "out_nc": int(last.shape[0]),
+            "nc": int(first.shape[0]),
+            "nb": len(convs),
+            "batch_norm": any(k.endswith(".running_mean") for k in state_dict),
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x - self.model(x)

@@ -14,7 +14,9 @@ visible in the weights:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +123,31 @@ class NAFNet(nn.Module):
             chan //= 2
             self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
         self.padder_size = 2 ** len(self.encoders)
+
+    @staticmethod
+    def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+        """The constructor arguments that produced ``state_dict``; ``None`` if it is no NAFNet's.
+
+        Read from the key names (blocks per level) and the intro convolution's shape (channels,
+        width), so the official release's files, which carry weights only, load as they are.
+        """
+        intro = state_dict.get("intro.weight")
+        if intro is None or intro.ndim != 4 or "ending.weight" not in state_dict:
+            return None
+        blocks: dict[str, dict[int, set[int]]] = {"encoders": {}, "decoders": {}}
+        levels: dict[str, set[int]] = {"downs": set(), "ups": set(), "middle_blks": set()}
+        for key in state_dict:
+            if m := re.match(r"(encoders|decoders)\.(\d+)\.(\d+)\.", key):
+                blocks[m[1]].setdefault(int(m[2]), set()).add(int(m[3]))
+            elif m := re.match(r"(downs|ups|middle_blks)\.(\d+)\.", key):
+                levels[m[1]].add(int(m[2]))
+        return {
+            "img_channel": int(intro.shape[1]),
+            "width": int(intro.shape[0]),
+            "middle_blk_num": len(levels["middle_blks"]),
+            "enc_blk_nums": [len(blocks["encoders"].get(i, ())) for i in sorted(levels["downs"])],
+            "dec_blk_nums": [len(blocks["decoders"].get(i, ())) for i in sorted(levels["ups"])],
+        }
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         _, _, h, w = inp.shape

@@ -6,9 +6,10 @@ class's constructor arguments, stored in every checkpoint so nothing downstream 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from denoise.errors import DenoiseError
@@ -24,13 +25,31 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return wrap
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate network ``name`` with constructor arguments ``config``."""
+def _register_all() -> None:
     from denoise.models import dncnn, nafnet  # noqa: F401  (importing registers them)
 
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate network ``name`` with constructor arguments ``config``."""
+    _register_all()
     if name not in MODELS:
         raise DenoiseError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     try:
         return MODELS[name](**(config or {}))
     except (TypeError, ValueError) as e:  # a misspelt or mistyped arch entry in params.yaml
         raise DenoiseError(f"model {name}: bad config {config}: {e}") from None
+
+
+def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+    """The network (name, constructor arguments) whose weights ``state_dict`` holds.
+
+    For files that carry weights only (the official NAFNet and KAIR releases); each network
+    reads its own key layout (``config_from_state_dict``). Loading the weights afterwards
+    (strictly) is what confirms the guess.
+    """
+    _register_all()
+    for name, cls in MODELS.items():
+        config = cls.config_from_state_dict(state_dict)  # type: ignore[attr-defined]
+        if config is not None:
+            return name, config
+    raise DenoiseError(f"weights of no known network ({', '.join(sorted(MODELS))})")

@@ -1,0 +1,132 @@
+"""Checkpoint files: our format, and released weights-only files (official NAFNet, KAIR DnCNN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from tiny_models import tiny_model
+from typer.testing import CliRunner
+
+from denoise.checkpoint import load_model, read_checkpoint, save_checkpoint
+from denoise.cli import app
+from denoise.errors import DenoiseError
+from denoise.models.registry import build_model, infer_architecture
+
+NAFNET_CONFIGS = [
+    # the SIDD release layout (width 32 is NAFNet-SIDD-width32.pth)
+    {"img_channel": 3, "width": 32, "middle_blk_num": 12, "enc_blk_nums": [2, 2, 4, 8],
+     "dec_blk_nums": [2, 2, 2, 2]},
+    # a level without blocks, fewer decoder levels than encoder levels, no middle blocks
+    {"img_channel": 1, "width": 8, "middle_blk_num": 0, "enc_blk_nums": [1, 0, 2],
+     "dec_blk_nums": [3, 1]},
+]  # fmt: skip
+DNCNN_CONFIGS = [
+    {"in_nc": 3, "out_nc": 3, "nc": 64, "nb": 17, "batch_norm": True},
+    {"in_nc": 3, "out_nc": 3, "nc": 64, "nb": 20, "batch_norm": False},  # dncnn_color_blind.pth
+    {"in_nc": 1, "out_nc": 1, "nc": 16, "nb": 2, "batch_norm": False},
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "config"),
+    [("nafnet", c) for c in NAFNET_CONFIGS] + [("dncnn", c) for c in DNCNN_CONFIGS],
+)
+def test_architecture_is_read_back_from_the_weights(name: str, config: dict) -> None:
+    with torch.device("meta"):  # shapes and key names only, no memory
+        state_dict = build_model(name, config).state_dict()
+    assert infer_architecture(state_dict) == (name, config)
+
+
+def test_kair_released_dncnn_key_layout() -> None:
+    """KAIR's act_mode='R' DnCNN: conv, ReLU pairs flattened into one Sequential, conv last."""
+    with torch.device("meta"):
+        keys = list(build_model("dncnn", DNCNN_CONFIGS[1]).state_dict())
+    assert keys == [f"model.{i}.{p}" for i in range(0, 40, 2) for p in ("weight", "bias")]
+
+
+@pytest.mark.parametrize(
+    ("name", "config", "layout"),
+    [
+        ("nafnet", NAFNET_CONFIGS[0] | {"width": 8}, "official NAFNet: weights under 'params'"),
+        ("dncnn", DNCNN_CONFIGS[1] | {"nc": 16}, "KAIR: a bare state_dict"),
+    ],
+)
+def test_released_weights_only_files_load_and_denoise_the_same(
+    tmp_path: Path, name: str, config: dict, layout: str
+) -> None:
+    model = tiny_model(name, config=config)
+    state_dict = model.state_dict()
+    path = tmp_path / "released.pth"
+    torch.save({"params": state_dict} if layout.startswith("official") else state_dict, path)
+
+    loaded, ckpt = load_model(path)
+    assert (ckpt["model"], ckpt["config"]) == (name, config)
+    x = torch.rand(1, 3, 37, 45)
+    with torch.no_grad():
+        expected = model(x)
+        assert not torch.allclose(expected, x, atol=1e-3)  # the weights really do something
+        torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
+
+    photo = tmp_path / "photo.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    cv2.imwrite(str(photo), rgb)
+    result = CliRunner().invoke(app, ["run", str(photo), "--model", str(path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "photo_denoised.png").is_file()
+
+
+def test_stored_name_and_config_win_over_the_layout(tmp_path: Path) -> None:
+    config = {"nc": 8, "nb": 3, "batch_norm": False}
+    model = build_model("dncnn", config)
+    save_checkpoint(tmp_path / "m.pt", "dncnn", config, model.state_dict(), {"iteration": 5})
+    _, ckpt = load_model(tmp_path / "m.pt")
+    assert ckpt["config"] == config and ckpt["meta"] == {"iteration": 5}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"fc.weight": torch.zeros(2, 2)}, r"no model name/config stored and weights of no known "
+         r"network \(dncnn, nafnet\)$"),
+        ([1, 2, 3], r"not a model checkpoint \(neither weights under 'params' nor a state_dict\)$"),
+        ({"params": {"intro.weight": 3}}, r"not a model checkpoint"),
+    ],
+)  # fmt: skip
+def test_foreign_files_are_one_clear_error(tmp_path: Path, content: object, message: str) -> None:
+    path = tmp_path / "foreign.pth"
+    torch.save(content, path)
+    with pytest.raises(DenoiseError, match=rf"^{path}: {message}"):
+        load_model(path)
+
+
+def test_weights_that_only_look_like_a_network_fail_on_loading(tmp_path: Path) -> None:
+    state_dict = build_model("nafnet", NAFNET_CONFIGS[1]).state_dict()
+    del state_dict["encoders.0.0.beta"]
+    path = tmp_path / "broken.pth"
+    torch.save({"params": state_dict}, path)
+    with pytest.raises(
+        DenoiseError,
+        match=rf"^{path}: weights do not match nafnet .*: "
+        r"missing encoders\.0\.0\.beta$",
+    ):
+        load_model(path)
+    assert read_checkpoint(path)["params"].keys() == state_dict.keys()
+
+
+def test_a_mismatch_names_the_keys(tmp_path: Path) -> None:
+    model = build_model("dncnn", {"nc": 8, "nb": 3, "batch_norm": False})
+    state_dict = model.state_dict()
+    state_dict["model.0.weight"] = torch.zeros(8, 1, 3, 3)
+    state_dict.update({f"extra.{i}": torch.zeros(1) for i in range(5)})
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, "dncnn", {"nc": 8, "nb": 3, "batch_norm": False}, state_dict)
+    with pytest.raises(DenoiseError) as info:
+        load_model(path)
+    assert str(info.value).endswith(
+        ": unexpected extra.0, extra.1, extra.2 and 2 more; "
+        "shape model.0.weight (8, 1, 3, 3) (expected (8, 3, 3, 3))"
+    )
