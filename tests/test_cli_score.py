@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -10,15 +11,16 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio
+from tiny_models import tiny_model
 from typer.testing import CliRunner
 
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import DEFAULT_OVERLAP, DEFAULT_TILE, app
+from denoise.data import sidd_blocks
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
 from denoise.fileio import read_rgb8, write_rgb8
 from denoise.infer import denoise_image, open_backend
 from denoise.metrics import psnr
-from denoise.models.registry import build_model
 
 CONFIG = {"nb": 4, "nc": 8}
 runner = CliRunner()
@@ -35,11 +37,7 @@ def pair(seed: int, h: int = 24, w: int = 30) -> tuple[np.ndarray, np.ndarray]:
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny DnCNN as a checkpoint and as ONNX, perturbed so it changes the image."""
     root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    model = build_model("dncnn", CONFIG).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.01 * torch.randn_like(p))
+    model = tiny_model("dncnn", 0.01, config=CONFIG)
     save_checkpoint(root / "dncnn.pt", "dncnn", CONFIG, model.state_dict())
     torch.onnx.export(
         model,
@@ -252,3 +250,70 @@ def test_python_dash_m_runs_the_same_command() -> None:
         [sys.executable, "-m", "denoise", "version"], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0 and proc.stdout.strip() == __version__
+
+
+def write_blocks(root: Path, images: int = 2, per_image: int = 3, size: int = 24) -> tuple:
+    """SIDD's validation-block files in miniature: (images, blocks, H, W, 3) uint8 each."""
+    from scipy.io import savemat
+
+    shape = (images, per_image, size, size, 3)
+    pairs = [pair(i, size, size) for i in range(images * per_image)]
+    noisy = np.stack([n for n, _ in pairs]).reshape(shape)
+    clean = np.stack([c for _, c in pairs]).reshape(shape)
+    root.mkdir(parents=True, exist_ok=True)
+    savemat(root / sidd_blocks.NOISY_MAT, {"ValidationNoisyBlocksSrgb": noisy})
+    savemat(root / sidd_blocks.GT_MAT, {"ValidationGtBlocksSrgb": clean})
+    return noisy, clean
+
+
+def test_score_sidd_validation_blocks(tmp_path: Path, model_files) -> None:
+    noisy, clean = write_blocks(tmp_path / "val")
+    out = tmp_path / "report.json"
+    cmd = ["score", "--pairs", str(tmp_path / "val"), "--model", str(model_files["pt"])]
+    result = runner.invoke(app, [*cmd, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert [r["name"] for r in report["images"]] == [
+        f"{i:02d}_{b:02d}" for i in range(2) for b in range(3)
+    ]
+    backend = open_backend("torch", model_files["pt"])
+    blocks = zip(noisy.reshape(-1, 24, 24, 3), clean.reshape(-1, 24, 24, 3), strict=True)
+    expected = []
+    for row, (n, c) in zip(report["images"], blocks, strict=True):
+        # 24-px blocks are smaller than the default tile: each is denoised whole
+        out = denoise_image(n, backend, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP)
+        expected.append(peak_signal_noise_ratio(c, out, data_range=255))
+        before = peak_signal_noise_ratio(c, n, data_range=255)
+        assert row["input_psnr"] == pytest.approx(before, abs=5e-5)
+        assert row["output_psnr"] == pytest.approx(expected[-1], abs=5e-5)
+    assert report["output"]["psnr"] == pytest.approx(np.mean(expected), abs=5e-5)
+
+
+@pytest.mark.parametrize("problem", ["one file", "dtype", "variable", "shapes"])
+def test_bad_validation_blocks_are_one_clear_error(
+    tmp_path: Path, model_files, problem: str
+) -> None:
+    from scipy.io import savemat
+
+    root = tmp_path / "val"
+    noisy, _ = write_blocks(root)
+    gt = root / sidd_blocks.GT_MAT
+    expected = {
+        "one file": rf"{gt}: missing \(the noisy and the GT block files go together\)",
+        "dtype": rf"{gt}: ValidationGtBlocksSrgb is float64 .*expected uint8",
+        "variable": rf"{gt}: has no variable 'ValidationGtBlocksSrgb'",
+        "shapes": rf"{root / sidd_blocks.NOISY_MAT}: shape \(2, 3, 24, 24, 3\) differs from",
+    }[problem]
+    if problem == "one file":
+        gt.unlink()
+    else:
+        value = {
+            "dtype": noisy.astype(np.float64),
+            "variable": noisy,
+            "shapes": noisy[:1],
+        }[problem]
+        savemat(gt, {"Other" if problem == "variable" else "ValidationGtBlocksSrgb": value})
+    cmd = ["score", "--pairs", str(root), "--model", str(model_files["pt"])]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 1
+    assert re.search(rf"^error: {expected}", result.output, re.M), result.output

@@ -10,6 +10,9 @@ Pair folders come in two layouts, found by :func:`find_pairs`:
 
     DIR/noisy/<name>.<ext> + DIR/clean/<name>.<ext>   matched by file stem (any image format)
     DIR[/Data]/<SIDD instance>/{NOISY,GT}_SRGB_010.PNG  the SIDD layout (with ISO, phone, ...)
+
+``denoise score`` also takes SIDD's validation blocks (:mod:`denoise.data.sidd_blocks`)
+through :func:`score_pairs`.
 """
 
 from __future__ import annotations
@@ -145,18 +148,33 @@ def tiled_denoiser(backend: Backend, *, tile: int, overlap: int) -> Denoiser:
 
 
 def score_folder(root: str | Path, denoiser: Denoiser, *, progress: bool = True) -> dict[str, Any]:
-    """Score ``denoiser`` on every pair under ``root``: the ``denoise score`` report.
+    """Score ``denoiser`` on every pair under ``root`` (read one at a time): see
+    :func:`score_pairs`."""
+    pairs = find_pairs(root)
+    named = ((pair.name, *read_pair(pair)) for pair in pairs)
+    return score_pairs(named, denoiser, total=len(pairs), progress=progress)
+
+
+def score_pairs(
+    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    denoiser: Denoiser,
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``denoiser`` on ``(name, noisy, clean)`` uint8 pairs: the ``denoise score`` report.
 
     ``{"input": {"psnr", "ssim"}, "output": {"psnr", "ssim"}, "images": [{"name",
     "input_psnr", "output_psnr", "input_ssim", "output_ssim"}, ...]}``, means over images.
     """
     rows = []
-    for pair in tqdm(find_pairs(root), desc="score", unit="image", disable=not progress):
-        noisy, clean = read_pair(pair)
+    for name, noisy, clean in tqdm(
+        pairs, total=total, desc="score", unit="image", disable=not progress
+    ):
         before, after = score_image(noisy, clean), score_image(denoiser(noisy), clean)
         rows.append(
             {
-                "name": pair.name,
+                "name": name,
                 "input_psnr": before.psnr,
                 "output_psnr": after.psnr,
                 "input_ssim": before.ssim,
