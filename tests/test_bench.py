@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,6 +51,14 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_bench_model("nafnet", TINY)
     save_checkpoint(path, "nafnet", TINY, model.state_dict())
     return path
+
+
+def _tiny_run(ckpt: Path, backends: list[str], *, isolate: bool = False, **options: Any) -> dict:
+    """``run_bench`` on the tiny checkpoint: 32 px, one repeat, one synthetic PSNR image."""
+    return run_bench(
+        str(ckpt), size=32, repeats=1, psnr_images=1, test_dir=None, val_dir=None,
+        backends=backends, isolate=isolate, progress=False, **options,
+    )  # fmt: skip
 
 
 def test_count_macs_of_known_layers() -> None:
@@ -214,17 +223,23 @@ def test_a_failing_path_is_reported_and_the_others_still_measured(
 
     monkeypatch.setattr(bench, "measure", broken_baseline)
     with pytest.raises(DenoiseError, match=r"baseline every ratio needs, failed: RuntimeError"):
-        run_bench(
-            str(tiny_ckpt),
-            size=32,
-            repeats=1,
-            psnr_images=1,
-            test_dir=None,
-            val_dir=None,
-            backends=[BASELINE],
-            isolate=False,
-            progress=False,
-        )
+        _tiny_run(tiny_ckpt, [BASELINE])
+
+
+def test_a_failed_export_fails_every_path_built_on_it(
+    tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import denoise.export
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("export broke")
+
+    monkeypatch.setattr(denoise.export, "export_onnx", broken)
+    report = _tiny_run(tiny_ckpt, ["onnxruntime", "onnxruntime-int8"])
+    rows = {r["path"]: r for r in report["results"]}
+    assert rows["torch"]["images_per_s"] > 0
+    for name in ("onnxruntime", "onnxruntime-int8"):
+        assert rows[name]["error"] == "building model.onnx: ValueError: export broke"
 
 
 def test_perturbed_model_is_not_the_identity() -> None:
@@ -237,18 +252,7 @@ def test_perturbed_model_is_not_the_identity() -> None:
 
 
 def test_measure_in_a_fresh_process_reports_its_own_peak(tiny_ckpt: Path) -> None:
-    report = run_bench(
-        str(tiny_ckpt),
-        size=32,
-        repeats=1,
-        psnr_images=1,
-        test_dir=None,
-        backends=[BASELINE],
-        val_dir=None,
-        threads=1,
-        progress=False,
-        isolate=True,
-    )
+    report = _tiny_run(tiny_ckpt, [BASELINE], threads=1, isolate=True)
     (row,) = report["results"]
     assert report["inputs"]["isolated_processes"] is True
     assert row["peak_rss_mb"] > 50  # a process that imported torch

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from denoise.checkpoint import load_model, read_checkpoint, save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
+from denoise.models.dncnn import DnCNN
 from denoise.models.registry import build_model, infer_architecture
 
 NAFNET_CONFIGS = [
@@ -90,17 +91,72 @@ def test_stored_name_and_config_win_over_the_layout(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"fc.weight": torch.zeros(2, 2)}, r"no model name/config stored and weights of no known "
-         r"network \(dncnn, nafnet\)$"),
-        ([1, 2, 3], r"not a model checkpoint \(neither weights under 'params' nor a state_dict\)$"),
+        ({"fc.weight": torch.zeros(2, 2)}, r"no model name/config stored, and the weights fit "
+         r"no known network \(dncnn, nafnet\)$"),
+        ([1, 2, 3], r"not a model checkpoint \(no weights under 'params' or 'params_ema', and "
+         r"not a state_dict\)$"),
         ({"params": {"intro.weight": 3}}, r"not a model checkpoint"),
+        # FFDNet/SRMD-style: the same key layout, but not a residual x - n network
+        ({f"model.{i}.weight": torch.zeros(8, 4 if i == 0 else 8, 3, 3) for i in (0, 2)}
+         | {"model.4.weight": torch.zeros(3, 8, 3, 3)},
+         r"no model name/config stored, and the weights fit no known network"),
     ],
+    ids=["foreign", "list", "non-tensor", "in-out-channels-differ"],
 )  # fmt: skip
 def test_foreign_files_are_one_clear_error(tmp_path: Path, content: object, message: str) -> None:
     path = tmp_path / "foreign.pth"
     torch.save(content, path)
     with pytest.raises(DenoiseError, match=rf"^{path}: {message}"):
         load_model(path)
+
+
+def test_a_grey_release_is_refused_in_one_line(tmp_path: Path) -> None:
+    """KAIR's dncnn_25.pth and dncnn_gray_blind.pth are 1-channel: not for RGB photos."""
+    path = tmp_path / "dncnn_gray_blind.pth"
+    torch.save(DnCNN(in_nc=1, out_nc=1, nc=8, nb=3, batch_norm=False).state_dict(), path)
+    photo = tmp_path / "photo.png"
+    cv2.imwrite(str(photo), np.zeros((8, 8, 3), np.uint8))
+    result = CliRunner().invoke(app, ["run", str(photo), "--model", str(path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"error: {path}: a dncnn for 1-channel input and 1-channel output; "
+        "denoise works on RGB photos (3 channels in and out)"
+    )
+    assert not (tmp_path / "photo_denoised.png").exists()
+
+
+@pytest.mark.parametrize("wrapping", ["ddp-prefix", "params_ema-only", "bn-without-counter"])
+def test_common_variants_of_released_files_load(tmp_path: Path, wrapping: str) -> None:
+    config = {"in_nc": 3, "out_nc": 3, "nc": 8, "nb": 3, "batch_norm": True}
+    model = tiny_model("dncnn", config=config)
+    state_dict = model.state_dict()
+    content: object = {
+        "ddp-prefix": {f"module.{k}": v for k, v in state_dict.items()},
+        "params_ema-only": {"params_ema": state_dict},
+        "bn-without-counter": {
+            k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")
+        },
+    }[wrapping]
+    path = tmp_path / "release.pth"
+    torch.save(content, path)
+    loaded, ckpt = load_model(path)
+    assert ckpt["config"] == config
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_a_given_name_is_the_only_network_tried(tmp_path: Path) -> None:
+    path = tmp_path / "nafnet.pth"
+    torch.save({"params": build_model("nafnet", NAFNET_CONFIGS[1]).state_dict()}, path)
+    with pytest.raises(
+        DenoiseError,
+        match=rf"^{path}: no model name/config stored, and the weights fit no known network "
+        r"\(dncnn\)$",
+    ):
+        load_model(path, model_name="dncnn")
+    with pytest.raises(DenoiseError, match=rf"^{path}: unknown model 'unet'"):
+        load_model(path, model_name="unet", config={})
 
 
 def test_weights_that_only_look_like_a_network_fail_on_loading(tmp_path: Path) -> None:

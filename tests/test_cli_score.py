@@ -289,7 +289,9 @@ def test_score_sidd_validation_blocks(tmp_path: Path, model_files) -> None:
     assert report["output"]["psnr"] == pytest.approx(np.mean(expected), abs=5e-5)
 
 
-@pytest.mark.parametrize("problem", ["one file", "dtype", "variable", "shapes"])
+@pytest.mark.parametrize(
+    "problem", ["one file", "dtype", "variable", "shapes", "empty file", "mixed"]
+)
 def test_bad_validation_blocks_are_one_clear_error(
     tmp_path: Path, model_files, problem: str
 ) -> None:
@@ -300,12 +302,21 @@ def test_bad_validation_blocks_are_one_clear_error(
     gt = root / sidd_blocks.GT_MAT
     expected = {
         "one file": rf"{gt}: missing \(the noisy and the GT block files go together\)",
-        "dtype": rf"{gt}: ValidationGtBlocksSrgb is float64 .*expected uint8",
+        "dtype": rf"{gt}: ValidationGtBlocksSrgb is float64 \(2, 3, 24, 24, 3\); expected uint8 "
+        r"\(images, blocks, height, width, 3\), not empty",
         "variable": rf"{gt}: has no variable 'ValidationGtBlocksSrgb'",
-        "shapes": rf"{root / sidd_blocks.NOISY_MAT}: shape \(2, 3, 24, 24, 3\) differs from",
+        "shapes": rf"{root / sidd_blocks.NOISY_MAT}: shape \(2, 3, 24, 24, 3\) differs from "
+        rf"{gt} \(\(1, 3, 24, 24, 3\)\)",
+        "empty file": rf"{gt}: not a readable MATLAB file \(.+\)$",
+        "mixed": rf"{root}: holds SIDD validation blocks \(\*\.mat\) and noisy/ folders; point "
+        "--pairs at a folder with one of them$",
     }[problem]
     if problem == "one file":
         gt.unlink()
+    elif problem == "empty file":
+        gt.write_bytes(b"")
+    elif problem == "mixed":
+        (root / "noisy").mkdir()
     else:
         value = {
             "dtype": noisy.astype(np.float64),
@@ -316,4 +327,4 @@ def test_bad_validation_blocks_are_one_clear_error(
     cmd = ["score", "--pairs", str(root), "--model", str(model_files["pt"])]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 1
-    assert re.search(rf"^error: {expected}", result.output, re.M), result.output
+    assert re.fullmatch(rf"error: {expected}", result.output.strip()), result.output

@@ -499,7 +499,7 @@ def _model_files(
     calibration: Callable[[], list[np.ndarray]],
     size: int,
     batch: int,
-) -> tuple[dict[str, str], dict[str, float]]:
+) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
     """Export/quantise the files the chosen paths open.
 
     Returns the files, their build times and, per file that could not be built, why: the
@@ -760,7 +760,9 @@ def format_table(report: dict[str, Any]) -> str:
         )
     if not all(r["within_psnr_tolerance"] for r in measured):
         lines.append(f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB; not kept.")
-    lines += [f"\nfailed: {r['path']}: {r['error']}" for r in failed_paths(report)]
+    failed = failed_paths(report)
+    if failed:
+        lines += ["", *(f"failed: {r['path']}: {r['error']}" for r in failed)]
     return "\n".join(lines)
 
 

@@ -50,6 +50,9 @@ def save_checkpoint(
     write_bytes_atomic(path, buf.getvalue())
 
 
+DDP_PREFIX = "module."
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -62,10 +65,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if _is_state_dict(ckpt):
         ckpt = {"params": ckpt}  # weights only, as KAIR releases its models
+    if isinstance(ckpt, dict) and "params" not in ckpt and _is_state_dict(ckpt.get("params_ema")):
+        ckpt = {**ckpt, "params": ckpt["params_ema"]}  # BasicSR files with only EMA weights
     if not isinstance(ckpt, dict) or not _is_state_dict(ckpt.get("params")):
         raise DenoiseError(
-            f"{path}: not a model checkpoint (neither weights under 'params' nor a state_dict)"
+            f"{path}: not a model checkpoint "
+            "(no weights under 'params' or 'params_ema', and not a state_dict)"
         )
+    params = ckpt["params"]
+    if all(k.startswith(DDP_PREFIX) for k in params):  # saved from a DDP/DataParallel wrapper
+        ckpt = {**ckpt, "params": {k[len(DDP_PREFIX) :]: v for k, v in params.items()}}
     return ckpt
 
 
@@ -90,16 +99,25 @@ def load_model(
     cfg = config if config is not None else ckpt.get("config")
     if name is None or cfg is None:
         try:
-            inferred_name, inferred_cfg = infer_architecture(ckpt["params"])
+            inferred_name, inferred_cfg = infer_architecture(ckpt["params"], name)
         except DenoiseError as e:
-            raise DenoiseError(f"{path}: no model name/config stored and {e}") from None
+            raise DenoiseError(f"{path}: no model name/config stored, and {e}") from None
         name = name or inferred_name
         cfg = cfg if cfg is not None else inferred_cfg
         ckpt = {**ckpt, "model": name, "config": cfg}
-    model = build_model(name, cfg)
+    try:
+        model = build_model(name, cfg)
+    except DenoiseError as e:
+        raise DenoiseError(f"{path}: {e}") from None
     mismatch = _mismatch(model.state_dict(), ckpt["params"])
     if mismatch:
         raise DenoiseError(f"{path}: weights do not match {name} {cfg}: {mismatch}")
+    channels = getattr(model, "channels", (3, 3))
+    if channels != (3, 3):
+        raise DenoiseError(
+            f"{path}: a {name} for {channels[0]}-channel input and {channels[1]}-channel "
+            "output; denoise works on RGB photos (3 channels in and out)"
+        )
     model.load_state_dict(ckpt["params"])
     return model.eval(), ckpt
 
@@ -110,7 +128,8 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
     def some(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
-    missing = [k for k in expected if k not in found]
+    # Files older than BatchNorm's counter lack num_batches_tracked; load_state_dict adds it.
+    missing = [k for k in expected if k not in found and not k.endswith(".num_batches_tracked")]
     unexpected = [k for k in found if k not in expected]
     reshaped = [
         f"{k} {tuple(found[k].shape)} (expected {tuple(v.shape)})"

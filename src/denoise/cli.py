@@ -75,18 +75,14 @@ def score(
     overlap: OverlapOpt = DEFAULT_OVERLAP,
 ) -> None:
     """Score a model on noisy/clean pairs: PSNR and SSIM of input and output per image."""
-    from denoise.data import sidd_blocks
-    from denoise.evaluate import format_score_table, score_folder, score_pairs, tiled_denoiser
+    from denoise.evaluate import format_score_table, pairs_to_score, score_pairs, tiled_denoiser
     from denoise.fileio import write_json
     from denoise.infer import backend_for_file, open_backend
 
+    count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
     backend = open_backend(backend_for_file(model), model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
-    if sidd_blocks.has_blocks(pairs):  # the papers' protocol: 1,280 blocks, each denoised whole
-        names, noisy, clean = sidd_blocks.read_blocks(pairs)
-        report = score_pairs(zip(names, noisy, clean, strict=True), denoiser, total=len(names))
-    else:
-        report = score_folder(pairs, denoiser)
+    report = score_pairs(named_pairs, denoiser, total=count)
     typer.echo(format_score_table(report))
     if json_out is not None:
         write_json(json_out, report)

@@ -11,8 +11,8 @@ Pair folders come in two layouts, found by :func:`find_pairs`:
     DIR/noisy/<name>.<ext> + DIR/clean/<name>.<ext>   matched by file stem (any image format)
     DIR[/Data]/<SIDD instance>/{NOISY,GT}_SRGB_010.PNG  the SIDD layout (with ISO, phone, ...)
 
-``denoise score`` also takes SIDD's validation blocks (:mod:`denoise.data.sidd_blocks`)
-through :func:`score_pairs`.
+``denoise score`` also takes SIDD's validation blocks (:mod:`denoise.data.sidd_blocks`), see
+:func:`pairs_to_score`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import itertools
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from denoise.data import sidd_layout
+from denoise.data import sidd_blocks, sidd_layout
 from denoise.data.patch_store import read_patch_store
 from denoise.errors import DenoiseError
 from denoise.fileio import IMAGE_SUFFIXES, atomic_path, read_rgb8, write_bytes_atomic, write_json
@@ -147,12 +147,21 @@ def tiled_denoiser(backend: Backend, *, tile: int, overlap: int) -> Denoiser:
     return partial(denoise_image, backend=backend, tile=tile, overlap=overlap)
 
 
-def score_folder(root: str | Path, denoiser: Denoiser, *, progress: bool = True) -> dict[str, Any]:
-    """Score ``denoiser`` on every pair under ``root`` (read one at a time): see
-    :func:`score_pairs`."""
+def pairs_to_score(root: str | Path) -> tuple[int, Iterator[tuple[str, np.ndarray, np.ndarray]]]:
+    """What ``denoise score`` scores under ``root``: ``(count, iterator of (name, noisy,
+    clean))``. SIDD's validation blocks, or the pairs of :func:`find_pairs` read one at a
+    time. Every file is found and checked before the first pair comes out."""
+    root = Path(root)
+    if sidd_blocks.has_blocks(root):
+        mixed = [d for d in (NOISY_DIR, CLEAN_DIR) if (root / d).is_dir()]
+        if mixed:
+            raise DenoiseError(
+                f"{root}: holds SIDD validation blocks (*.mat) and {'/'.join(mixed)}/ folders; "
+                "point --pairs at a folder with one of them"
+            )
+        return sidd_blocks.read_blocks(root)
     pairs = find_pairs(root)
-    named = ((pair.name, *read_pair(pair)) for pair in pairs)
-    return score_pairs(named, denoiser, total=len(pairs), progress=progress)
+    return len(pairs), ((pair.name, *read_pair(pair)) for pair in pairs)
 
 
 def score_pairs(

@@ -8,16 +8,18 @@ variable named like the file::
     ValidationGtBlocksSrgb.mat      variable ValidationGtBlocksSrgb
 
 A paper's figure (NAFNet-w32: 39.97 dB) is the mean PSNR over the 1,280 blocks, each block
-denoised whole. ``denoise score --pairs DIR`` scores them when DIR holds both files.
+denoised whole. ``denoise score --pairs DIR`` scores them when DIR holds these files (and no
+``noisy/``/``clean/`` folders, which would make it ambiguous).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 
 NOISY_MAT = "ValidationNoisyBlocksSrgb.mat"
 GT_MAT = "ValidationGtBlocksSrgb.mat"
@@ -31,6 +33,7 @@ def has_blocks(root: str | Path) -> bool:
 
 def _read_mat(path: Path) -> np.ndarray:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
     if not path.is_file():
         raise DenoiseError(f"{path}: missing (the noisy and the GT block files go together)")
@@ -39,22 +42,24 @@ def _read_mat(path: Path) -> np.ndarray:
         blocks = loadmat(str(path), variable_names=[variable]).get(variable)
     except NotImplementedError:  # scipy raises this for MATLAB v7.3 (HDF5) files
         raise DenoiseError(f"{path}: MATLAB v7.3 file; expected the v5 file SIDD ships") from None
-    except (OSError, ValueError, TypeError) as e:
-        raise DenoiseError(f"{path}: not a readable MATLAB file ({e})") from None
+    except (MatReadError, OSError, ValueError, TypeError) as e:
+        raise DenoiseError(f"{path}: not a readable MATLAB file ({first_line(e)})") from None
     if blocks is None:
         raise DenoiseError(f"{path}: has no variable {variable!r}")
-    if blocks.dtype != np.uint8 or blocks.ndim != 5 or blocks.shape[-1] != 3:
+    if blocks.dtype != np.uint8 or blocks.ndim != 5 or blocks.shape[-1] != 3 or not blocks.size:
         raise DenoiseError(
             f"{path}: {variable} is {blocks.dtype} {blocks.shape}; "
-            "expected uint8 (images, blocks, height, width, 3)"
+            "expected uint8 (images, blocks, height, width, 3), not empty"
         )
     return blocks
 
 
-def read_blocks(root: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """The blocks as ``(names, noisy, clean)``: ``(N, H, W, 3)`` uint8 arrays, N = 40 x 32.
+def read_blocks(root: str | Path) -> tuple[int, Iterator[tuple[str, np.ndarray, np.ndarray]]]:
+    """The blocks as ``(count, iterator of (name, noisy, clean))``, uint8 ``(H, W, 3)`` each.
 
-    Names are ``<image>_<block>``, zero-based as in the arrays (``"07_31"``).
+    Both files are read and checked before anything is returned; blocks are then handed out
+    one at a time (loadmat's arrays are column-major, and reshaping all of them at once would
+    copy both). Names are ``<image>_<block>``, zero-based as in the arrays (``"07_31"``).
     """
     root = Path(root)
     noisy, clean = _read_mat(root / NOISY_MAT), _read_mat(root / GT_MAT)
@@ -63,5 +68,9 @@ def read_blocks(root: str | Path) -> tuple[list[str], np.ndarray, np.ndarray]:
             f"{root / NOISY_MAT}: shape {noisy.shape} differs from {root / GT_MAT} ({clean.shape})"
         )
     images, per_image = noisy.shape[:2]
-    names = [f"{i:02d}_{b:02d}" for i in range(images) for b in range(per_image)]
-    return names, noisy.reshape(-1, *noisy.shape[2:]), clean.reshape(-1, *clean.shape[2:])
+    blocks = (
+        (f"{i:02d}_{b:02d}", np.ascontiguousarray(noisy[i, b]), np.ascontiguousarray(clean[i, b]))
+        for i in range(images)
+        for b in range(per_image)
+    )
+    return images * per_image, blocks

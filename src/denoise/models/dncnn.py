@@ -56,6 +56,12 @@ class DnCNN(nn.Module):
         nn.init.zeros_(convs[-1].weight)
         nn.init.zeros_(convs[-1].bias)
 
+    @property
+    def channels(self) -> tuple[int, int]:
+        """Image channels in and out."""
+        convs = [m for m in self.model if isinstance(m, nn.Conv2d)]
+        return convs[0].in_channels, convs[-1].out_channels
+
     @staticmethod
     def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
         """The constructor arguments that produced ``state_dict``; ``None`` if it is no DnCNN's.
@@ -72,6 +78,8 @@ class DnCNN(nn.Module):
         if not convs or convs[0] != 0 or any(not k.startswith("model.") for k in state_dict):
             return None
         first, last = state_dict["model.0.weight"], state_dict[f"model.{convs[-1]}.weight"]
+        if first.shape[1] != last.shape[0]:
+            return None  # a residual x - n needs as many channels out as in (not FFDNet/SRMD)
         return {
             "in_nc": int(first.shape[1]),
             "out_nc": int(last.shape[0]),

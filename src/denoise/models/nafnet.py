@@ -124,6 +124,11 @@ class NAFNet(nn.Module):
             self.decoders.append(nn.Sequential(*[NAFBlock(chan) for _ in range(num)]))
         self.padder_size = 2 ** len(self.encoders)
 
+    @property
+    def channels(self) -> tuple[int, int]:
+        """Image channels in and out."""
+        return self.intro.in_channels, self.ending.out_channels
+
     @staticmethod
     def config_from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
         """The constructor arguments that produced ``state_dict``; ``None`` if it is no NAFNet's.

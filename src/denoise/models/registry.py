@@ -29,27 +29,37 @@ def _register_all() -> None:
     from denoise.models import dncnn, nafnet  # noqa: F401  (importing registers them)
 
 
-def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
-    """Instantiate network ``name`` with constructor arguments ``config``."""
+def _model_class(name: str) -> type[nn.Module]:
     _register_all()
     if name not in MODELS:
         raise DenoiseError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return MODELS[name]
+
+
+def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate network ``name`` with constructor arguments ``config``."""
+    cls = _model_class(name)
     try:
-        return MODELS[name](**(config or {}))
+        return cls(**(config or {}))
     except (TypeError, ValueError) as e:  # a misspelt or mistyped arch entry in params.yaml
         raise DenoiseError(f"model {name}: bad config {config}: {e}") from None
 
 
-def infer_architecture(state_dict: Mapping[str, torch.Tensor]) -> tuple[str, dict[str, Any]]:
+def infer_architecture(
+    state_dict: Mapping[str, torch.Tensor], name: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """The network (name, constructor arguments) whose weights ``state_dict`` holds.
 
     For files that carry weights only (the official NAFNet and KAIR releases); each network
-    reads its own key layout (``config_from_state_dict``). Loading the weights afterwards
-    (strictly) is what confirms the guess.
+    reads its own key layout (``config_from_state_dict``), only network ``name`` if given.
+    Loading the weights afterwards (strictly) is what confirms the guess. What weights cannot
+    show is not recovered: a KAIR IRCNN (dilated convolutions) would read as a DnCNN.
     """
     _register_all()
-    for name, cls in MODELS.items():
+    candidates = [name] if name is not None else list(MODELS)
+    for candidate in candidates:
+        cls = _model_class(candidate)
         config = cls.config_from_state_dict(state_dict)  # type: ignore[attr-defined]
         if config is not None:
-            return name, config
-    raise DenoiseError(f"weights of no known network ({', '.join(sorted(MODELS))})")
+            return candidate, config
+    raise DenoiseError(f"the weights fit no known network ({', '.join(sorted(candidates))})")
