@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner, Result
 
+import denoise.flops
 from denoise.bench import (
     BASELINE,
     PATHS,
@@ -27,7 +28,7 @@ from denoise.bench import (
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
-from denoise.flops import count_macs
+from denoise.flops import count_macs, cpu_features, cpu_name
 from denoise.infer import TorchBackend, open_backend
 from denoise.metrics import psnr, to_uint8
 
@@ -73,6 +74,18 @@ def test_count_macs_of_known_layers() -> None:
     assert count_macs(mlp, (3, 3, 2, 2)) == 3 * (12 * 5 + 5 * 2)
     # hooks are removed afterwards: a second count is the same, not doubled
     assert count_macs(conv, (1, 3, 10, 10)) == 8 * 10 * 10 * 3 * 9
+
+
+def test_cpu_name_and_the_features_that_pick_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [
+        "model name\t: Intel(R) Xeon(R) Processor",
+        "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_fp16 amx_bf16 amx_tile",
+    ]
+    monkeypatch.setattr(denoise.flops, "_cpuinfo_lines", lambda: lines)
+    assert cpu_name() == "Intel(R) Xeon(R) Processor"
+    assert cpu_features() == ["amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f"]
+    monkeypatch.setattr(denoise.flops, "_cpuinfo_lines", lambda: [])
+    assert cpu_features() == [] and cpu_name()  # not Linux: the platform's own name
 
 
 def test_count_macs_scales_with_pixels_on_nafnet() -> None:

@@ -106,14 +106,29 @@ def conv_peak_gflops(
     return 2.0 * channels * channels * 9 * hw * hw / t / 1e9
 
 
-def _cpu_name() -> str:
+def _cpuinfo_lines() -> list[str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux
+        return []
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo_lines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
+
+
+def cpu_features() -> list[str]:
+    """The vector and matrix extensions that decide which kernels oneDNN and inductor pick
+    (AVX-512 and its bf16/fp16 forms, AMX); empty where /proc/cpuinfo is missing."""
+    flags = next(
+        (ln.split(":", 1)[1].split() for ln in _cpuinfo_lines() if ln.startswith("flags")), []
+    )
+    return sorted(
+        f for f in flags if f.startswith(("avx512f", "avx512_bf16", "avx512_fp16", "amx"))
+    )
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -122,7 +137,8 @@ def machine_info(device: str) -> dict[str, Any]:
     import onnxruntime
 
     info: dict[str, Any] = {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
+        "cpu_features": cpu_features(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
