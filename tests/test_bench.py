@@ -20,6 +20,7 @@ from denoise.bench import (
     _fit,
     _summarise,
     build_bench_model,
+    format_table,
     measure,
     psnr_pairs,
     run_bench,
@@ -255,6 +256,29 @@ def test_a_failed_export_fails_every_path_built_on_it(
         assert rows[name]["error"] == "building model.onnx: ValueError: export broke"
 
 
+def test_a_path_that_returns_nan_is_flagged_not_scored_as_merely_worse(
+    tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As torch.compile of bf16 NAFNet-w32 did on an AVX-512 Xeon: every output NaN."""
+    import denoise.infer
+
+    real_open = denoise.infer.open_backend
+
+    def open_backend(name: str, model: str, **options: Any) -> Any:
+        backend = real_open(name, model, **options)
+        if options.get("precision") != "bf16":
+            return backend
+        return lambda x: np.where(np.arange(x.size).reshape(x.shape) % 4 == 0, np.nan, backend(x))
+
+    monkeypatch.setattr(denoise.infer, "open_backend", open_backend)
+    report = _tiny_run(tiny_ckpt, ["torch-bf16"])
+    rows = {r["path"]: r for r in report["results"]}
+    assert rows["torch"]["nonfinite_fraction"] == 0.0
+    assert rows["torch-bf16"]["nonfinite_fraction"] == pytest.approx(0.25, abs=0.01)
+    assert rows["torch-bf16"]["within_psnr_tolerance"] is False
+    assert "| torch-bf16 |" in format_table(report) and "(25% NaN/inf)" in format_table(report)
+
+
 def test_perturbed_model_is_not_the_identity() -> None:
     noisy, _, source = psnr_pairs(None, 1, 32)
     assert "synthetic" in source and noisy.shape == (1, 32, 32, 3)
@@ -328,6 +352,7 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
             "times_s": times,
             "outputs": list(outputs),
             "peak_rss_mb": 100.0,
+            "nonfinite_fraction": 0.0,
             "open_s": 0.1,
             "first_call_s": 0.2,
         }

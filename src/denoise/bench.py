@@ -403,7 +403,7 @@ def measure(job: Job) -> dict[str, Any]:
         t0 = time.perf_counter()
         backend(x)
         times.append(time.perf_counter() - t0)
-    outputs = []
+    outputs, nonfinite = [], 0
     imgs = job.psnr_inputs
     for i in range(0, len(imgs), job.batch):
         group = imgs[i : i + job.batch]
@@ -411,12 +411,16 @@ def measure(job: Job) -> dict[str, Any]:
         if pad:
             group = np.concatenate([group, np.repeat(group[-1:], pad, axis=0)])
         out = backend(group.astype(np.float32) / 255.0)[: job.batch - pad]
-        outputs += [to_uint8(o.transpose(1, 2, 0)) for o in out]
+        finite = np.isfinite(out)
+        nonfinite += int(finite.size - np.count_nonzero(finite))
+        outputs += [to_uint8(o.transpose(1, 2, 0)) for o in np.where(finite, out, 0.0)]
     result: dict[str, Any] = {
         "times_s": times,
         "open_s": open_s,
         "first_call_s": first_call_s,
         "outputs": np.stack(outputs),
+        # A miscompiled kernel returns NaN: the PSNR alone would call that merely "worse".
+        "nonfinite_fraction": nonfinite / max(1, sum(o.size for o in outputs)),
         "peak_rss_mb": peak_rss_mb(),
     }
     if torch.cuda.is_available():
@@ -712,7 +716,9 @@ def _summarise(
             "psnr_db": round(out_psnr, 3),
             "psnr_delta_db": round(delta, 3),
             "psnr_vs_fp32_output_db": None if vs_fp32 == float("inf") else round(vs_fp32, 2),
-            "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB,
+            "nonfinite_fraction": round(run["nonfinite_fraction"], 4),
+            "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB
+            and not run["nonfinite_fraction"],
             "peak_rss_mb": round(run["peak_rss_mb"], 1),
             "gflops": round(gflops, 2),
             "share_of_peak": round(gflops / peak, 4),
@@ -747,6 +753,8 @@ def format_table(report: dict[str, Any]) -> str:
     measured = [r for r in report["results"] if "error" not in r]
     for r in measured:
         flag = "" if r["within_psnr_tolerance"] else " ✗"
+        if r.get("nonfinite_fraction"):
+            flag += f" ({100 * r['nonfinite_fraction']:.0f}% NaN/inf)"
         vs = r["psnr_vs_fp32_output_db"]
         agree = "identical" if vs is None else f"{vs:.1f}"
         lines.append(
