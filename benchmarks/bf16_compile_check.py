@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,10 @@ def compare(config: dict[str, Any], patch: dict[str, Any], size: int = 64) -> di
         eager = model(x).float()
         torch._dynamo.reset()
         compiled = torch.compile(model)(x).float()
-    nan = compiled.isnan()
+    bad = ~compiled.isfinite()
     return {
-        "nan_fraction": round(float(nan.float().mean()), 4),
-        "max_abs_diff": None if nan.any() else float((eager - compiled).abs().max()),
+        "nonfinite_fraction": float(bad.float().mean()),
+        "max_abs_diff": None if bad.any() else float((eager - compiled).abs().max()),
     }
 
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/bf16_compile_check.json"))
     args = ap.parse_args()
+    start = time.perf_counter()
     trained = load_params()["train"]["nafnet"]["arch"]
     networks = {
         "nafnet-w32 (paper SIDD)": PAPER_ARCH["nafnet"],
@@ -61,10 +63,11 @@ def main() -> None:
             print(row, flush=True)
             results.append(row)
     report = {
-        "machine": {"cpu": cpu_name(), "features": cpu_features(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_name(), "cpu_features": cpu_features(), "torch": torch.__version__,
                     "python": platform.python_version()},
         "input": "1x3x64x64 uniform random, bf16 weights (perturbed random init, seed 0)",
         "results": results,
+        "elapsed_s": round(time.perf_counter() - start, 1),
     }  # fmt: skip
     write_json(args.json, report)
     print(f"wrote {args.json}")

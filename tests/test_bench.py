@@ -80,11 +80,11 @@ def test_count_macs_of_known_layers() -> None:
 def test_cpu_name_and_the_features_that_pick_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [
         "model name\t: Intel(R) Xeon(R) Processor",
-        "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_fp16 amx_bf16 amx_tile",
+        "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_fp16 avx_vnni amx_bf16",
     ]
     monkeypatch.setattr(denoise.flops, "_cpuinfo_lines", lambda: lines)
     assert cpu_name() == "Intel(R) Xeon(R) Processor"
-    assert cpu_features() == ["amx_bf16", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512f"]
+    assert cpu_features() == ["amx_bf16", "avx512_bf16", "avx512_fp16", "avx512f", "avx_vnni"]
     monkeypatch.setattr(denoise.flops, "_cpuinfo_lines", lambda: [])
     assert cpu_features() == [] and cpu_name()  # not Linux: the platform's own name
 
@@ -347,12 +347,12 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
     base_out = np.clip(clean.astype(int) + 8, 0, 255).astype(np.uint8)  # a fixed error
     bf16_out = np.clip(clean.astype(int) + 4, 0, 255).astype(np.uint8)  # closer to clean
 
-    def run(times: list[float], outputs: np.ndarray) -> dict:
+    def run(times: list[float], outputs: np.ndarray, nonfinite: float = 0.0) -> dict:
         return {
             "times_s": times,
             "outputs": list(outputs),
             "peak_rss_mb": 100.0,
-            "nonfinite_fraction": 0.0,
+            "nonfinite_fraction": nonfinite,
             "open_s": 0.1,
             "first_call_s": 0.2,
         }
@@ -361,11 +361,17 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
         BASELINE: run([2.0, 4.0, 2.0], base_out),  # median 2 s
         "torch-cl": run([0.5, 0.5, 9.0], base_out),  # median 0.5 s, same output
         "torch-bf16": run([0.25, 0.25, 0.25], bf16_out),
+        # Scored like the baseline once its one NaN became 0, yet not within tolerance:
+        "torch-compile": run([1.0, 1.0, 1.0], base_out, nonfinite=1e-6),
     }
     machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
     paths = [PATHS[n] for n in runs]
     rows = {r["path"]: r for r in _summarise(paths, runs, clean, 10**9, 64, 1, machine, {})}
-    assert [rows[n]["ratio_vs_torch_eager"] for n in runs] == [1.0, 4.0, 8.0]
+    assert [rows[n]["ratio_vs_torch_eager"] for n in runs] == [1.0, 4.0, 8.0, 2.0]
+    assert rows["torch-compile"]["psnr_delta_db"] == 0.0
+    assert rows["torch-compile"]["within_psnr_tolerance"] is False
+    assert rows["torch-compile"]["nonfinite_fraction"] == 1e-6
+    assert rows["torch-cl"]["within_psnr_tolerance"] is True
     assert rows["torch-cl"]["psnr_delta_db"] == 0.0
     assert rows["torch-cl"]["psnr_vs_fp32_output_db"] is None  # identical to the baseline
     triples = zip(bf16_out, base_out, clean, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -106,7 +107,7 @@ def test_stored_name_and_config_win_over_the_layout(tmp_path: Path) -> None:
 def test_foreign_files_are_one_clear_error(tmp_path: Path, content: object, message: str) -> None:
     path = tmp_path / "foreign.pth"
     torch.save(content, path)
-    with pytest.raises(DenoiseError, match=rf"^{path}: {message}"):
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(path))}: {message}"):
         load_model(path)
 
 
@@ -151,11 +152,11 @@ def test_a_given_name_is_the_only_network_tried(tmp_path: Path) -> None:
     torch.save({"params": build_model("nafnet", NAFNET_CONFIGS[1]).state_dict()}, path)
     with pytest.raises(
         DenoiseError,
-        match=rf"^{path}: no model name/config stored, and the weights fit no known network "
-        r"\(dncnn\)$",
+        match=rf"^{re.escape(str(path))}: no model config stored, and the weights are not a "
+        r"dncnn's$",
     ):
         load_model(path, model_name="dncnn")
-    with pytest.raises(DenoiseError, match=rf"^{path}: unknown model 'unet'"):
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(path))}: unknown model 'unet'"):
         load_model(path, model_name="unet", config={})
 
 
@@ -166,7 +167,7 @@ def test_weights_that_only_look_like_a_network_fail_on_loading(tmp_path: Path) -
     torch.save({"params": state_dict}, path)
     with pytest.raises(
         DenoiseError,
-        match=rf"^{path}: weights do not match nafnet .*: "
+        match=rf"^{re.escape(str(path))}: weights do not match nafnet .*: "
         r"missing encoders\.0\.0\.beta$",
     ):
         load_model(path)

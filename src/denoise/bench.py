@@ -716,7 +716,7 @@ def _summarise(
             "psnr_db": round(out_psnr, 3),
             "psnr_delta_db": round(delta, 3),
             "psnr_vs_fp32_output_db": None if vs_fp32 == float("inf") else round(vs_fp32, 2),
-            "nonfinite_fraction": round(run["nonfinite_fraction"], 4),
+            "nonfinite_fraction": run["nonfinite_fraction"],  # unrounded: one NaN counts
             "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB
             and not run["nonfinite_fraction"],
             "peak_rss_mb": round(run["peak_rss_mb"], 1),
@@ -754,7 +754,8 @@ def format_table(report: dict[str, Any]) -> str:
     for r in measured:
         flag = "" if r["within_psnr_tolerance"] else " ✗"
         if r.get("nonfinite_fraction"):
-            flag += f" ({100 * r['nonfinite_fraction']:.0f}% NaN/inf)"
+            share = 100 * r["nonfinite_fraction"]
+            flag += f" ({share:.0f}% NaN/inf)" if share >= 1 else " (<1% NaN/inf)"
         vs = r["psnr_vs_fp32_output_db"]
         agree = "identical" if vs is None else f"{vs:.1f}"
         lines.append(
@@ -767,7 +768,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['first_call_s']:.2f} |"
         )
     if not all(r["within_psnr_tolerance"] for r in measured):
-        lines.append(f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB; not kept.")
+        lines.append(
+            f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB, or the output "
+            "holds NaN/inf; not kept."
+        )
     failed = failed_paths(report)
     if failed:
         lines += ["", *(f"failed: {r['path']}: {r['error']}" for r in failed)]

@@ -101,7 +101,8 @@ def load_model(
         try:
             inferred_name, inferred_cfg = infer_architecture(ckpt["params"], name)
         except DenoiseError as e:
-            raise DenoiseError(f"{path}: no model name/config stored, and {e}") from None
+            stored = "model config" if name is not None else "model name/config"
+            raise DenoiseError(f"{path}: no {stored} stored, and {e}") from None
         name = name or inferred_name
         cfg = cfg if cfg is not None else inferred_cfg
         ckpt = {**ckpt, "model": name, "config": cfg}

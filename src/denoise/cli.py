@@ -79,8 +79,11 @@ def score(
     from denoise.fileio import write_json
     from denoise.infer import backend_for_file, open_backend
 
+    kind = backend_for_file(model)
+    if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
+        raise DenoiseError(f"{model}: model file not found")
     count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
-    backend = open_backend(backend_for_file(model), model)
+    backend = open_backend(kind, model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
     report = score_pairs(named_pairs, denoiser, total=count)
     typer.echo(format_score_table(report))

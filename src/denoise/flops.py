@@ -120,15 +120,17 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+KERNEL_FEATURES = ("avx512f", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni", "amx")
+
+
 def cpu_features() -> list[str]:
     """The vector and matrix extensions that decide which kernels oneDNN and inductor pick
-    (AVX-512 and its bf16/fp16 forms, AMX); empty where /proc/cpuinfo is missing."""
+    (AVX-512 and its bf16/fp16 forms, VNNI for int8, AMX); empty where /proc/cpuinfo is
+    missing."""
     flags = next(
         (ln.split(":", 1)[1].split() for ln in _cpuinfo_lines() if ln.startswith("flags")), []
     )
-    return sorted(
-        f for f in flags if f.startswith(("avx512f", "avx512_bf16", "avx512_fp16", "amx"))
-    )
+    return sorted(f for f in flags if f.startswith(KERNEL_FEATURES))
 
 
 def machine_info(device: str) -> dict[str, Any]:

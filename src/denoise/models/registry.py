@@ -62,4 +62,6 @@ def infer_architecture(
         config = cls.config_from_state_dict(state_dict)  # type: ignore[attr-defined]
         if config is not None:
             return candidate, config
-    raise DenoiseError(f"the weights fit no known network ({', '.join(sorted(candidates))})")
+    if name is not None:
+        raise DenoiseError(f"the weights are not a {name}'s")
+    raise DenoiseError(f"the weights fit no known network ({', '.join(sorted(MODELS))})")
