@@ -414,13 +414,14 @@ def measure(job: Job) -> dict[str, Any]:
         finite = np.isfinite(out)
         nonfinite += int(finite.size - np.count_nonzero(finite))
         outputs += [to_uint8(o.transpose(1, 2, 0)) for o in np.where(finite, out, 0.0)]
+    stacked = np.stack(outputs)
     result: dict[str, Any] = {
         "times_s": times,
         "open_s": open_s,
         "first_call_s": first_call_s,
-        "outputs": np.stack(outputs),
+        "outputs": stacked,
         # A miscompiled kernel returns NaN: the PSNR alone would call that merely "worse".
-        "nonfinite_fraction": nonfinite / max(1, sum(o.size for o in outputs)),
+        "nonfinite_fraction": nonfinite / stacked.size,
         "peak_rss_mb": peak_rss_mb(),
     }
     if torch.cuda.is_available():
