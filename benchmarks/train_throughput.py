@@ -27,6 +27,7 @@ from common import load_params  # noqa: E402
 
 from denoise.data.patch_store import RandomCropDataset  # noqa: E402
 from denoise.models.registry import build_model  # noqa: E402
+from denoise.train import amp_context  # noqa: E402
 from denoise.training.config import TrainConfig  # noqa: E402
 from denoise.training.distributed import pick_device  # noqa: E402
 from denoise.training.recipe import LOSSES, build_optimizer  # noqa: E402
@@ -44,6 +45,9 @@ def measure(
     """Time ``iters`` training steps (after ``warmup`` untimed ones) of one model and crop."""
     device = pick_device(cfg.device, 0)
     batch = batch_size or cfg.batch_size
+    amp = cfg.amp and device.type == "cuda"  # as in training: bf16 autocast, else fp16 + scaler
+    fp16 = amp and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.arch).to(device).train()
     optimizer = build_optimizer(cfg, model)
@@ -62,12 +66,16 @@ def measure(
         noisy, clean = next(batches)
         noisy, clean = noisy.to(device), clean.to(device)
         t1 = time.perf_counter()
-        loss = loss_fn(model(noisy).float(), clean)
+        with amp_context(device, amp):
+            out = model(noisy)
+        loss = loss_fn(out.float(), clean)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -80,6 +88,7 @@ def measure(
         "crop": crop,
         "batch": batch,
         "device": str(device),
+        "amp": ("fp16" if fp16 else "bf16") if amp else "off",
         "samples_per_s": round(iters * batch / total, 2),
         "step_s": round(total / iters, 4),
         "data_wait_pct": round(100 * wait / total, 2),
@@ -118,7 +127,7 @@ def main() -> None:
             print(
                 f"{r['model']:>7} crop {r['crop']:>4} batch {r['batch']:>3}  "
                 f"{r['samples_per_s']:>8.2f} samples/s  {r['step_s']:>7.3f} s/step  "
-                f"data wait {r['data_wait_pct']:>5.2f}%  ({r['device']})",
+                f"data wait {r['data_wait_pct']:>5.2f}%  ({r['device']}, amp {r['amp']})",
                 flush=True,
             )
     worst = max(float(r["data_wait_pct"]) for r in rows)

@@ -382,3 +382,45 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
     assert rows["torch"]["gflops"] == 1.0 and rows["torch-cl"]["share_of_peak"] == 0.04
     assert rows["torch-bf16"]["peak_compared_with"] == "bf16"
     assert rows["torch-bf16"]["share_of_peak"] == pytest.approx(8.0 / 400.0)
+
+
+def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
+    """CUDA rows carry the network-alone rate beside the end-to-end one; CPU rows do not."""
+    clean = np.zeros((1, 8, 8, 3), np.uint8)
+    out = [np.ones((8, 8, 3), np.uint8)]
+    common = {"outputs": out, "peak_rss_mb": 1.0, "nonfinite_fraction": 0.0}
+    common |= {"open_s": 0.0, "first_call_s": 0.0}
+    runs = {
+        BASELINE: {"times_s": [1.0], "device_times_s": [0.5, 0.25, 0.5], **common},
+        "torch-cl": {"times_s": [0.5], **common},
+    }
+    machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
+    paths = [PATHS[n] for n in runs]
+    rows = _summarise(paths, runs, clean, 10**9, 64, 4, machine, {})
+    assert rows[0]["images_per_s"] == 4.0 and rows[0]["images_per_s_on_device"] == 8.0
+    assert rows[0]["latency_ms_on_device"] == 500.0
+    assert rows[0]["share_of_peak_on_device"] == pytest.approx(16.0 / 100.0)  # 8 img/s x 2 GFLOP
+    assert "images_per_s_on_device" not in rows[1]
+    report = {
+        "machine": {**machine, "cpu": "x", "cores": 1, "device": "cuda", "gpu": "GPU-X",
+                    "torch": "t", "onnxruntime": "o"},
+        "model": {"name": "nafnet", "source": "s", "parameters": 1, "gmacs_per_image": 1.0},
+        "inputs": {"size": 64, "batch": 4, "repeats": 1, "psnr_images": "p"},
+        "results": rows,
+    }  # fmt: skip
+    table = format_table(report)
+    assert "cuda (GPU-X)" in table and "on-GPU images/s |" in table
+    assert "| 8.0 |" in table.splitlines()[-2] and table.endswith("| - |")
+    report["results"] = [r for r in rows if "images_per_s_on_device" not in r]
+    assert "on-GPU" not in format_table(report)
+
+
+def test_torch_backend_forward_stays_on_the_device_and_matches_call(tiny_ckpt: Path) -> None:
+    from denoise.bench import _device_times
+
+    backend = open_backend("torch", tiny_ckpt, device="cpu", channels_last=True)
+    x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    y = backend.forward(backend.prepare(x))
+    assert isinstance(y, torch.Tensor) and y.is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_array_equal(y.numpy(), backend(x))
+    assert _device_times(backend, x, 3) == []  # the network-alone timing is for CUDA only

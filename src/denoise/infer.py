@@ -145,7 +145,11 @@ class TorchBackend:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.amp:
-            with torch.autocast(self.device.type, dtype=self.dtype):
+            # Autocast's cache of cast weights must stay off inside a CUDA graph: the cached
+            # copies would live in the graph's private memory pool and be freed after capture.
+            with torch.autocast(
+                self.device.type, dtype=self.dtype, cache_enabled=not self.cuda_graph
+            ):
                 return self._run(x)
         return self._run(x)
 
@@ -169,15 +173,26 @@ class TorchBackend:
         graph.replay()
         return static_out
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def prepare(self, batch: np.ndarray) -> torch.Tensor:
+        """The host batch on the device, in the input dtype and memory format the model runs."""
         x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         if not self.amp:
             x = x.to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a :meth:`prepare`-d batch; the result stays on the device.
+
+        With ``cuda_graph`` the returned tensor is the graph's static output: it is
+        overwritten by the next call, so copy it before calling again.
+        """
         with torch.inference_mode():
-            y = self._replay(x) if self.cuda_graph else self._forward(x)
-            return y.float().cpu().numpy()
+            return self._replay(x) if self.cuda_graph else self._forward(x)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.forward(self.prepare(batch)).float().cpu().numpy()
 
 
 @register_backend("torch")

@@ -56,7 +56,7 @@ class Validation:
     strip: np.ndarray  # noisy | denoised | clean of the first validation patch, HWC uint8
 
 
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+def amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast where the GPU supports it, else fp16 (with a GradScaler); off on CPU."""
     if not enabled or device.type != "cuda":
         return contextlib.nullcontext()
@@ -84,7 +84,7 @@ def validate(
         pairs = [dataset[j] for j in indices[i : i + batch]]
         noisy = torch.stack([p[0] for p in pairs]).to(device)
         clean = torch.stack([p[1] for p in pairs]).to(device)
-        with _autocast(device, amp):
+        with amp_context(device, amp):
             out = model(noisy).float()
         psnrs += psnr_batch(out, clean).tolist()
         inputs += psnr_batch(noisy, clean).tolist()
@@ -259,7 +259,7 @@ def _train(
         noisy, clean = next(batches)
         noisy = noisy.to(d.device, non_blocking=True)
         clean = clean.to(d.device, non_blocking=True)
-        with _autocast(d.device, use_amp):
+        with amp_context(d.device, use_amp):
             out = net(noisy)
         loss = loss_fn(out.float(), clean)
         loss_value = float(distributed.all_mean(loss.detach(), d))

@@ -1,0 +1,137 @@
+"""The benchmark scripts' own logic: the speed verdicts and the GPU check's helpers."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from denoise.data.patch_store import read_patch_store, write_patch_store
+from denoise.params import load_params
+from denoise.training.config import TrainConfig
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+inference_speed = _script("inference_speed")
+gpu_check = _script("gpu_check")
+
+
+def _row(path: str, precision: str, ratio: float, **extra: Any) -> dict[str, Any]:
+    return {
+        "path": path,
+        "precision": precision,
+        "ratio_vs_torch_eager": ratio,
+        "images_per_s": 10.0 * ratio,
+        "latency_ms_median": 100.0 / ratio,
+        "psnr_delta_db": 0.0,
+        "share_of_peak": 0.1,
+        "peak_compared_with": precision,
+        "within_psnr_tolerance": True,
+        **extra,
+    }
+
+
+def _report(rows: list[dict[str, Any]], device: str = "cpu") -> dict[str, Any]:
+    return {
+        "machine": {"device": device, "gpu": "GPU-X"},
+        "inputs": {"size": 512, "batch": 8},
+        "results": rows,
+    }
+
+
+def test_cpu_verdict_counts_only_paths_within_tolerance() -> None:
+    rows = [
+        _row("torch", "fp32", 1.0),
+        _row("torch-compile", "fp32", 2.0, within_psnr_tolerance=False),  # fast but NaN
+        _row("torch-cl", "fp32", 1.7),
+        _row("torch-bf16", "bf16", 3.5),
+    ]
+    lines = inference_speed.verdict(_report(rows))
+    assert "target 1.6x met: best torch-cl 1.70x" in lines[0]
+    assert "target 3.0x met: best torch-bf16 3.50x" in lines[1]
+    assert len(lines) == 2  # no GPU line on a CPU machine
+
+
+def test_gpu_verdict_judges_the_on_gpu_rate_of_a_right_path() -> None:
+    rows = [
+        _row("torch", "fp32", 1.0, images_per_s_on_device=85.0, share_of_peak_on_device=0.1),
+        _row(
+            "torch-fp16-compile",
+            "fp16",
+            4.0,
+            images_per_s_on_device=900.0,
+            share_of_peak_on_device=0.1,
+            within_psnr_tolerance=False,
+        ),
+        _row("torch-bf16-compile", "bf16", 4.4, images_per_s_on_device=454.0,
+             share_of_peak_on_device=0.075),
+    ]  # fmt: skip
+    line = inference_speed.verdict(_report(rows, "cuda"))[-1]
+    assert "target > 500 images/s NOT met on GPU-X" in line
+    assert "best torch-bf16-compile 454 images/s on the GPU (44 with host copies)" in line
+    rows[2]["images_per_s_on_device"] = 501.0
+    assert "500 images/s met" in inference_speed.verdict(_report(rows, "cuda"))[-1]
+
+
+def test_training_workdir_overrides_the_recipe_and_links_the_data(tmp_path: Path) -> None:
+    split = tmp_path / "split"
+    split.mkdir()
+    work = gpu_check.train_workdir(tmp_path, split, "run", "dncnn", {"iters": 7, "amp": False})
+    assert (work / "data" / "split").resolve() == split.resolve()
+    params = load_params(work / "params.yaml")
+    cfg = TrainConfig.from_params(params["train"], "dncnn")
+    assert cfg.iters == 7 and cfg.amp is False
+    assert TrainConfig.from_params(params["train"], "nafnet").iters != 7
+
+
+def test_subset_keeps_evenly_spaced_patches_and_the_test_images(tmp_path: Path) -> None:
+    src = tmp_path / "split"
+    for split, n in (("train", 10), ("val", 3)):
+        patches = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(
+            (1, 4, 4, 3), np.uint8
+        )
+        write_patch_store(src / split, patches, patches)
+    (src / "test").mkdir()
+    (src / "test" / "a.png").write_bytes(b"png")
+    gpu_check.make_subset(src, tmp_path / "small", train=4, val=5)
+    noisy, _ = read_patch_store(tmp_path / "small" / "train")
+    assert noisy[:, 0, 0, 0].tolist() == [0, 3, 6, 9]
+    assert len(read_patch_store(tmp_path / "small" / "val")[0]) == 3
+    assert (tmp_path / "small" / "test" / "a.png").read_bytes() == b"png"
+
+
+def test_runner_logs_each_step_and_keeps_going(tmp_path: Path) -> None:
+    runner = gpu_check.Runner(tmp_path, budget_s=60, steps={"versions", "train"})
+    assert runner.run("versions", [sys.executable, "-c", "print('hi')"], 30) == "hi\n"
+    assert runner.run("train-x", ["/nonexistent/nvidia-smi"], 30) is None
+    assert runner.run("train-y", [sys.executable, "-c", "raise SystemExit(3)"], 30) is None
+    assert runner.run("inference", [sys.executable, "-c", "print()"], 30) is None  # not asked
+    assert runner.summary[0].startswith("versions: rc 0")
+    assert runner.summary[1].startswith("train-x: rc not started")
+    assert runner.summary[2].startswith("train-y: rc 3") and len(runner.summary) == 3
+    runner.deadline = 0.0
+    assert runner.run("train-z", [sys.executable, "-c", "print()"], 30) is None
+    assert runner.summary[-1].startswith("train-z: not run")
+    log = (tmp_path / "gpu_check.log").read_text()
+    assert "== versions" in log and "hi" in log and "== train-y: rc 3" in log
+
+
+@pytest.mark.parametrize("steps", [None, {"train"}])
+def test_runner_wants(tmp_path: Path, steps: set[str] | None) -> None:
+    runner = gpu_check.Runner(tmp_path, budget_s=1, steps=steps)
+    assert runner.wants("train-nafnet-fp32")
+    assert runner.wants("compile-fp16") is (steps is None)
