@@ -6,7 +6,7 @@
 Steps, most important first, each in its own process with its own time limit (cut to what is
 left of ``--budget``), so a step that fails or runs over keeps the others' results:
 
-1. ``machine``: nvidia-smi, torch and CUDA versions.
+1. ``machine`` and ``versions``: nvidia-smi; torch, CUDA, cuDNN and numpy versions.
 2. ``inference``: ``benchmarks/inference_speed.py`` on paper-size NAFNet-w32, 512x512, batch 8:
    torch eager FP32, channels_last, bf16 and fp16 autocast, fp16 in a CUDA graph.
 3. ``train-*``: the training stage (``stages/train.py``, params.yaml's recipe with fewer
@@ -53,7 +53,6 @@ class Runner:
     """Runs the steps one after another inside a total time budget, logging everything."""
 
     def __init__(self, out: Path, budget_s: float, steps: set[str] | None = None) -> None:
-        self.out = out
         self.steps = steps
         self.log = (out / "gpu_check.log").open("a")
         self.deadline = time.monotonic() + budget_s
@@ -121,7 +120,7 @@ def train_workdir(
 
 
 def read_run(work: Path, model: str) -> dict[str, object]:
-    """Validation curve, best PSNR and config of a finished training run in ``work``."""
+    """Validation PSNR curve and DVCLive metrics (best PSNR/SSIM) of a training run in ``work``."""
     live = work / DVCLIVE_DIR / model
     curve_file = live / "plots" / "metrics" / "val" / "psnr.tsv"
     if not curve_file.is_file():

@@ -435,10 +435,10 @@ def measure(job: Job) -> dict[str, Any]:
 def _device_times(backend: Any, x: np.ndarray, repeats: int) -> list[float]:
     """On CUDA, the network alone: ``repeats`` timed forwards of a batch already on the GPU.
 
-    The end-to-end times above also copy the batch to the GPU and the result back (pageable
-    host memory; about as long as the network itself for NAFNet at batch 8 on an H100-class
-    GPU), which is what a caller holding numpy arrays pays but not what the GPU can do fed by
-    a pipelined loader. Empty where the backend is not a torch module on CUDA.
+    The end-to-end times above also copy the batch to the GPU and the result back from
+    pageable host memory (on an H200 that added 28% to compiled bf16 NAFNet-w32 at batch 8):
+    what a caller holding numpy arrays pays, not what the GPU does when a pipelined loader
+    feeds it. Empty where the backend is not a torch module on CUDA.
     """
     device = getattr(backend, "device", None)
     if not (isinstance(device, torch.device) and device.type == "cuda"):
