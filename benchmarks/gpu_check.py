@@ -24,11 +24,13 @@ needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -73,12 +75,7 @@ class Runner:
         limit = min(limit_s, left)
         t0 = time.monotonic()
         try:
-            done = subprocess.run(
-                cmd, cwd=cwd, capture_output=True, text=True, timeout=limit, check=False
-            )
-            rc, output = done.returncode, done.stdout + done.stderr
-        except subprocess.TimeoutExpired as e:
-            rc, output = "timeout", _text(e.stdout) + _text(e.stderr)
+            rc, output = _run_in_own_group(cmd, cwd, limit)
         except OSError as e:  # the program is missing (nvidia-smi on a CPU machine)
             rc, output = "not started", f"{e}\n"
         self.log.write(f"\n== {name} (limit {limit:.0f} s): {' '.join(cmd)}\n{output}")
@@ -88,19 +85,40 @@ class Runner:
         return output if rc == 0 else None
 
 
-def _text(data: bytes | str | None) -> str:
-    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+def _run_in_own_group(cmd: list[str], cwd: Path, limit: float) -> tuple[int | str, str]:
+    """``(return code or "timeout", output)``. On a timeout the whole process group is killed:
+    the bench's spawned measuring processes would otherwise keep the GPU busy for the next
+    step. (torchrun starts its workers in sessions of their own; a timed-out training step
+    can leave those running.)"""
+    with subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        try:
+            output, _ = proc.communicate(timeout=limit)
+            return proc.returncode, output
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            return "timeout", output
 
 
 def make_subset(src: Path, dst: Path, train: int = 48, val: int = 16) -> None:
     """A small copy of a data/split folder: ``train``/``val`` patches evenly spaced, all test
     images. The real patch store is hundreds of MB; a device call carries 64 MiB."""
+    kept = {}
     for split, count in (("train", train), ("val", val)):
         noisy, clean = read_patch_store(src / split)
         idx = np.linspace(0, len(noisy) - 1, min(count, len(noisy))).round().astype(int)
         write_patch_store(dst / split, np.asarray(noisy[idx]), np.asarray(clean[idx]))
+        kept[split] = len(idx)
     shutil.copytree(src / "test", dst / "test")
-    print(f"wrote {dst}: {train} train and {val} val patches, the test images")
+    print(f"wrote {dst}: {kept['train']} train and {kept['val']} val patches, the test images")
 
 
 def train_workdir(

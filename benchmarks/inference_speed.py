@@ -67,20 +67,30 @@ def verdict(report: dict[str, Any]) -> list[str]:
 
 
 def cuda_verdict(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The GPU throughput target, judged on the fastest right path's on-GPU rate."""
-    timed = [r for r in rows if "images_per_s_on_device" in r]
-    if not timed:
-        return "- GPU throughput: no path was timed on the GPU"
-    best = max(timed, key=lambda r: r["images_per_s_on_device"])
-    rate = best["images_per_s_on_device"]
+    """The GPU throughput target, judged on the fastest right path.
+
+    A torch path counts with the network alone on the GPU; a path that is not timed that way
+    (TensorRT, onnxruntime) with its end-to-end rate, which includes the host copies.
+    """
+
+    def rate(r: dict[str, Any]) -> float:
+        return r.get("images_per_s_on_device", r["images_per_s"])
+
+    best = max(rows, key=rate)
+    on_gpu = "images_per_s_on_device" in best
     inp, gpu = report["inputs"], report["machine"].get("gpu", "GPU")
-    met = "met" if rate > CUDA_TARGET_IMAGES_PER_S else "NOT met"
+    met = "met" if rate(best) > CUDA_TARGET_IMAGES_PER_S else "NOT met"
     caveat = "" if inp["batch"] == 8 and inp["size"] == 512 else " (target is for 512 px, batch 8)"
+    how = (
+        f"on the GPU ({best['images_per_s']:.0f} with host copies), "
+        f"{100 * best['share_of_peak_on_device']:.0f}% of the {best['peak_compared_with']} peak"
+        if on_gpu
+        else "end to end, host copies included"
+    )
     return (
         f"- GPU throughput: target > {CUDA_TARGET_IMAGES_PER_S} images/s {met}{caveat} on {gpu}: "
-        f"best {best['path']} {rate:.0f} images/s on the GPU "
-        f"({best['images_per_s']:.0f} with host copies), ΔPSNR {best['psnr_delta_db']:+.3f} dB, "
-        f"{100 * best['share_of_peak_on_device']:.0f}% of the {best['peak_compared_with']} peak"
+        f"best {best['path']} {rate(best):.0f} images/s {how}, "
+        f"ΔPSNR {best['psnr_delta_db']:+.3f} dB"
     )
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ from common import load_params  # noqa: E402
 
 from denoise.data.patch_store import RandomCropDataset  # noqa: E402
 from denoise.models.registry import build_model  # noqa: E402
-from denoise.train import amp_context  # noqa: E402
+from denoise.train import amp_context, amp_precision, optimizer_step  # noqa: E402
 from denoise.training.config import TrainConfig  # noqa: E402
 from denoise.training.distributed import pick_device  # noqa: E402
 from denoise.training.recipe import LOSSES, build_optimizer  # noqa: E402
@@ -45,9 +44,8 @@ def measure(
     """Time ``iters`` training steps (after ``warmup`` untimed ones) of one model and crop."""
     device = pick_device(cfg.device, 0)
     batch = batch_size or cfg.batch_size
-    amp = cfg.amp and device.type == "cuda"  # as in training: bf16 autocast, else fp16 + scaler
-    fp16 = amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    amp = amp_precision(device, cfg.amp)  # as in training
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.arch).to(device).train()
     optimizer = build_optimizer(cfg, model)
@@ -66,16 +64,9 @@ def measure(
         noisy, clean = next(batches)
         noisy, clean = noisy.to(device), clean.to(device)
         t1 = time.perf_counter()
-        with amp_context(device, amp):
+        with amp_context(amp):
             out = model(noisy)
-        loss = loss_fn(out.float(), clean)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss_fn(out.float(), clean), model, optimizer, scaler, cfg.grad_clip)
         if device.type == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
@@ -88,7 +79,7 @@ def measure(
         "crop": crop,
         "batch": batch,
         "device": str(device),
-        "amp": ("fp16" if fp16 else "bf16") if amp else "off",
+        "amp": amp,
         "samples_per_s": round(iters * batch / total, 2),
         "step_s": round(total / iters, 4),
         "data_wait_pct": round(100 * wait / total, 2),

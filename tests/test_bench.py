@@ -393,6 +393,7 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
     runs = {
         BASELINE: {"times_s": [1.0], "device_times_s": [0.5, 0.25, 0.5], **common},
         "torch-cl": {"times_s": [0.5], **common},
+        "torch-bf16": {"times_s": [0.5], "device_times_s": [0.25], **common},
     }
     machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
     paths = [PATHS[n] for n in runs]
@@ -401,6 +402,9 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
     assert rows[0]["latency_ms_on_device"] == 500.0
     assert rows[0]["share_of_peak_on_device"] == pytest.approx(16.0 / 100.0)  # 8 img/s x 2 GFLOP
     assert "images_per_s_on_device" not in rows[1]
+    assert rows[0]["ratio_vs_torch_eager_on_device"] == 1.0
+    assert rows[2]["ratio_vs_torch_eager_on_device"] == 2.0  # 16 vs 8 images/s on the GPU
+    assert rows[2]["ratio_vs_torch_eager"] == 2.0  # 8 vs 4 end to end
     report = {
         "machine": {**machine, "cpu": "x", "cores": 1, "device": "cuda", "gpu": "GPU-X",
                     "torch": "t", "onnxruntime": "o"},
@@ -410,7 +414,7 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
     }  # fmt: skip
     table = format_table(report)
     assert "cuda (GPU-X)" in table and "on-GPU images/s |" in table
-    assert "| 8.0 |" in table.splitlines()[-2] and table.endswith("| - |")
+    assert "| 8.0 |" in table.splitlines()[-3] and table.splitlines()[-2].endswith("| - |")
     report["results"] = [r for r in rows if "images_per_s_on_device" not in r]
     assert "on-GPU" not in format_table(report)
 

@@ -87,6 +87,20 @@ def test_gpu_verdict_judges_the_on_gpu_rate_of_a_right_path() -> None:
     assert "500 images/s met" in inference_speed.verdict(_report(rows, "cuda"))[-1]
 
 
+def test_gpu_verdict_counts_a_path_without_on_gpu_times_end_to_end() -> None:
+    """A TensorRT engine is timed only end to end (numpy in, numpy out): it still competes."""
+    rows = [
+        _row("torch-bf16-compile", "bf16", 4.4, images_per_s_on_device=454.0,
+             share_of_peak_on_device=0.075),
+        _row("tensorrt", "fp16", 60.0),  # 600 images/s with the copies
+    ]  # fmt: skip
+    report = _report(rows, "cuda")
+    line = inference_speed.verdict(report)[-1]
+    assert "met on GPU-X: best tensorrt 600 images/s end to end" in line
+    report["inputs"]["batch"] = 1
+    assert "(target is for 512 px, batch 8)" in inference_speed.verdict(report)[-1]
+
+
 def test_training_workdir_overrides_the_recipe_and_links_the_data(tmp_path: Path) -> None:
     split = tmp_path / "split"
     split.mkdir()

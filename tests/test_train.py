@@ -255,3 +255,39 @@ def read_init(key: str) -> torch.Tensor:
     from denoise.models.registry import build_model
 
     return build_model("nafnet", TINY_ARCH["nafnet"]).state_dict()[key]
+
+
+def test_amp_precision_is_bf16_where_the_gpu_has_it_else_fp16(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from denoise.train import amp_context, amp_precision
+
+    cuda = torch.device("cuda", 0)  # only the object: nothing runs on it
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert amp_precision(cuda, True) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert amp_precision(cuda, True) == "fp16"  # the one that needs a GradScaler
+    assert amp_precision(cuda, False) == "off"
+    assert amp_precision(torch.device("cpu"), True) == "off"
+    with amp_context("off"):
+        assert not torch.is_autocast_enabled()
+
+
+def test_optimizer_step_clips_like_a_plain_step() -> None:
+    from denoise.train import optimizer_step
+
+    def step(use_helper: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        loss = net(torch.ones(3, 4)).pow(2).sum() * 100  # large gradients: clipping bites
+        if use_helper:
+            optimizer_step(loss, net, opt, torch.amp.GradScaler("cuda", enabled=False), 0.1)
+        else:
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.1)
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    torch.testing.assert_close(step(True), step(False), rtol=0, atol=0)

@@ -707,6 +707,8 @@ def _summarise(
     base_out = base["outputs"]
     base_psnr = statistics.fmean(psnr(o, c) for o, c in zip(base_out, clean, strict=True))
     base_rate = batch / statistics.median(base["times_s"])
+    base_device_times = base.get("device_times_s")
+    base_device_rate = batch / statistics.median(base_device_times) if base_device_times else None
     results = []
     for path in paths:
         run = runs[path.name]
@@ -758,6 +760,10 @@ def _summarise(
         if "device_times_s" in run:
             on_device = statistics.median(run["device_times_s"])
             row["images_per_s_on_device"] = round(batch / on_device, 3)
+            if base_device_rate:
+                row["ratio_vs_torch_eager_on_device"] = round(
+                    batch / on_device / base_device_rate, 3
+                )
             row["latency_ms_on_device"] = round(1000 * on_device, 2)
             row["share_of_peak_on_device"] = round(2.0 * macs * batch / on_device / 1e9 / peak, 4)
         if "peak_cuda_mb" in run:

@@ -56,12 +56,37 @@ class Validation:
     strip: np.ndarray  # noisy | denoised | clean of the first validation patch, HWC uint8
 
 
-def amp_context(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast where the GPU supports it, else fp16 (with a GradScaler); off on CPU."""
+def amp_precision(device: torch.device, enabled: bool) -> str:
+    """The mixed precision a training step runs in: ``bf16`` on a GPU that has it, else
+    ``fp16`` (which needs a GradScaler); ``off`` on CPU or when ``enabled`` is false."""
     if not enabled or device.type != "cuda":
+        return "off"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def amp_context(precision: str) -> contextlib.AbstractContextManager:
+    """CUDA autocast in ``precision`` (from :func:`amp_precision`); nothing for ``off``."""
+    if precision == "off":
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> None:
+    """Backward and one optimiser step; with fp16 AMP the loss is scaled and the gradients are
+    unscaled before clipping (a disabled scaler passes everything through)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
 
 
 @torch.no_grad()
@@ -71,7 +96,7 @@ def validate(
     indices: list[int],
     device: torch.device,
     batch: int,
-    amp: bool = False,
+    amp: str = "off",
 ) -> Validation:
     """Mean per-image PSNR/SSIM (clamped, uint8) of ``model`` on the given patches."""
     was_training = model.training
@@ -84,7 +109,7 @@ def validate(
         pairs = [dataset[j] for j in indices[i : i + batch]]
         noisy = torch.stack([p[0] for p in pairs]).to(device)
         clean = torch.stack([p[1] for p in pairs]).to(device)
-        with amp_context(device, amp):
+        with amp_context(amp):
             out = model(noisy).float()
         psnrs += psnr_batch(out, clean).tolist()
         inputs += psnr_batch(noisy, clean).tolist()
@@ -181,8 +206,7 @@ def _train(
         if len(ds) == 0:
             raise DenoiseError(f"{where}: the {split} split has no patches (see crop_split params)")
     val_idx = _val_indices(len(val_ds), cfg.val_patches)
-    use_amp = cfg.amp and d.device.type == "cuda"
-    fp16 = use_amp and not torch.cuda.is_bf16_supported()
+    amp = amp_precision(d.device, cfg.amp)
     # The resolved device is part of the identity: a CPU state has no GPU run's AMP scaler.
     fp = fingerprint(
         cfg.fingerprint_fields(),
@@ -190,14 +214,14 @@ def _train(
             "train": _data_identity(train_ds),
             "val": _data_identity(val_ds),
             "device": d.device.type,
-            "fp16": fp16,
+            "fp16": amp == "fp16",
         },
     )
 
     model = build_model(cfg.model, cfg.arch).to(d.device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
     loss_fn = LOSSES[cfg.loss]
 
     start = 0
@@ -259,7 +283,7 @@ def _train(
         noisy, clean = next(batches)
         noisy = noisy.to(d.device, non_blocking=True)
         clean = clean.to(d.device, non_blocking=True)
-        with amp_context(d.device, use_amp):
+        with amp_context(amp):
             out = net(noisy)
         loss = loss_fn(out.float(), clean)
         loss_value = float(distributed.all_mean(loss.detach(), d))
@@ -268,13 +292,7 @@ def _train(
                 f"train {cfg.model}: non-finite loss ({loss_value}) at "
                 f"iteration {it}; no model written (lower train.{cfg.model}.lr?)"
             )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(loss, net, optimizer, scaler, cfg.grad_clip)
         scheduler.step()
         step_time += time.perf_counter() - t0
         steps += 1
@@ -290,7 +308,7 @@ def _train(
             window.clear()
         if it % cfg.val_every == 0 or it == cfg.iters:
             if d.main:
-                v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, use_amp)
+                v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp)
                 if math.isnan(v.psnr):
                     raise DenoiseError(
                         f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
