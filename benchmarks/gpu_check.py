@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from denoise.bench import available_paths  # noqa: E402
 from denoise.data.patch_store import read_patch_store, write_patch_store  # noqa: E402
-from denoise.paths import DVCLIVE_DIR, MODELS_DIR, SPLIT_DIR  # noqa: E402
+from denoise.paths import DVCLIVE_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR  # noqa: E402
 
 EAGER_PATHS = ["torch", "torch-cl", "torch-bf16", "torch-fp16", "torch-fp16-cudagraph"]
 COMPILE_PATHS = ["torch-fp16-compile", "torch-bf16-compile", "torch-compile"]
@@ -129,11 +129,11 @@ def train_workdir(
     work = root / label
     (work / "data").mkdir(parents=True)
     (work / SPLIT_DIR).symlink_to(split)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / PARAMS_FILE).read_text())
     for key, value in overrides.items():
         section = params["train"] if key in ("amp", "device") else params["train"][model]
         section[key] = value
-    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    (work / PARAMS_FILE).write_text(yaml.safe_dump(params))
     return work
 
 
