@@ -16,6 +16,15 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 4. ``compile-fp16``: torch.compile reduce-overhead (inductor kernels in CUDA graphs) of fp16.
 5. ``throughput``: ``benchmarks/train_throughput.py`` (samples/s and data wait, AMP on).
 6. ``compile``: torch.compile of the bf16 and FP32 paths.
+7. ``cast``: the model cast to bf16 (no autocast), compiled by default and with
+   reduce-overhead, beside the compiled bf16 autocast path.
+8. ``autotune``: that cast model under inductor's max-autotune, 1x1 convolutions as matmuls.
+
+Steps 1-6 fill one device call's budget, so the last two are for calls of their own: a cold
+H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
+
+    python benchmarks/gpu_check.py OUT_DIR --steps versions cast --budget 560
+    python benchmarks/gpu_check.py OUT_DIR --steps autotune --budget 560
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -49,6 +58,9 @@ from denoise.paths import DVCLIVE_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR  # noq
 
 EAGER_PATHS = ["torch", "torch-cl", "torch-bf16", "torch-fp16", "torch-fp16-cudagraph"]
 COMPILE_PATHS = ["torch-fp16-compile", "torch-bf16-compile", "torch-compile"]
+# torch-bf16-compile again (it is in COMPILE_PATHS): cast against autocast in one process.
+CAST_PATHS = ["torch-bf16-compile", "torch-bf16-cast-compile", "torch-bf16-cast-graphs"]
+AUTOTUNE_PATHS = ["torch-bf16-cast-autotune"]
 
 
 class Runner:
@@ -167,7 +179,16 @@ def main() -> None:
     ap.add_argument(
         "--steps",
         nargs="+",
-        choices=["machine", "versions", "inference", "train", "compile", "throughput"],
+        choices=[
+            "machine",
+            "versions",
+            "inference",
+            "train",
+            "compile",
+            "throughput",
+            "cast",
+            "autotune",
+        ],
         help="only these steps (default: all)",
     )
     ap.add_argument("--iters", type=int, default=1000, help="training iterations per run")
@@ -265,6 +286,8 @@ def main() -> None:
     compile_step("compile-fp16", COMPILE_PATHS[:1], 180)
     runner.run("throughput", throughput, 90)
     compile_step("compile", COMPILE_PATHS[1:], 240)
+    compile_step("cast", CAST_PATHS, 360)
+    compile_step("autotune", AUTOTUNE_PATHS, 540)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

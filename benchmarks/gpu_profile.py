@@ -1,17 +1,20 @@
 """Where the GPU time of NAFNet inference goes: the top kernels of eager and compiled bf16.
 
-    python benchmarks/gpu_profile.py [--size 512] [--batch 8] [--json out.json]
+    python benchmarks/gpu_profile.py [--paths torch-bf16 ...] [--size 512] [--batch 8]
+                                     [--json out.json]
 
 Profiles (torch.profiler, CUDA activity) a few forwards of paper-size NAFNet-w32 through the
-``torch`` backend as ``denoise bench`` runs it (bf16 autocast, channels_last), eager and
-``torch.compile``-d, and groups kernel time by kernel name: it says whether the time is in
-the convolutions (tensor-core GEMMs), the depthwise convolutions or the element-wise work.
-On a CPU machine it profiles CPU operators instead (a dry run).
+``torch`` backend with the options of each ``denoise bench`` path named (by default bf16
+autocast eager, its torch.compile, and the compiled model cast to bf16), and groups kernel time
+by kernel name: it says whether the time is in the convolutions (tensor-core GEMMs), the
+depthwise convolutions or the element-wise work. On a CPU machine it profiles CPU operators of
+the paths available there instead (a dry run).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from collections import defaultdict
 from typing import Any
@@ -20,7 +23,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from denoise.bench import PAPER_ARCH, build_bench_model
+from denoise.bench import PAPER_ARCH, PATHS, available_paths, build_bench_model
 from denoise.fileio import write_json
 from denoise.infer import TorchBackend
 
@@ -76,12 +79,22 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--top", type=int, default=12)
+    ap.add_argument(
+        "--paths",
+        nargs="+",
+        choices=sorted(n for n, p in PATHS.items() if p.backend == "torch"),
+        default=["torch-bf16", "torch-bf16-compile", "torch-bf16-cast-compile"],
+    )
     ap.add_argument("--json", default="benchmarks/results/gpu_profile.json")
     args = ap.parse_args()
     net = build_bench_model("nafnet", PAPER_ARCH["nafnet"])
     report: dict[str, Any] = {"size": args.size, "batch": args.batch}
-    for label, compiled in (("bf16-eager", False), ("bf16-compile", True)):
-        backend = TorchBackend(net, channels_last=True, precision="bf16", compile=compiled)
+    possible = available_paths(opt_in=True)
+    for label in [n for n in args.paths if n in possible]:
+        path = PATHS[label]
+        backend = TorchBackend(  # a copy: casting to bf16 would change ``net`` in place
+            copy.deepcopy(net), precision=path.precision, cudnn_benchmark=True, **path.options
+        )
         x = backend.prepare(torch.rand(args.batch, 3, args.size, args.size).numpy())
         report[label] = res = top_kernels(backend, x, args.steps, args.top)
         print(

@@ -14,6 +14,7 @@ from typer.testing import CliRunner, Result
 
 import denoise.flops
 from denoise.bench import (
+    AUTOTUNE_OPTIONS,
     BASELINE,
     PATHS,
     Job,
@@ -22,6 +23,7 @@ from denoise.bench import (
     build_bench_model,
     format_table,
     measure,
+    progress_line,
     psnr_pairs,
     run_bench,
     select_paths,
@@ -55,11 +57,18 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _tiny_run(ckpt: Path, backends: list[str], *, isolate: bool = False, **options: Any) -> dict:
+def _tiny_run(
+    ckpt: Path,
+    backends: list[str],
+    *,
+    isolate: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> dict:
     """``run_bench`` on the tiny checkpoint: 32 px, one repeat, one synthetic PSNR image."""
     return run_bench(
         str(ckpt), size=32, repeats=1, psnr_images=1, test_dir=None, val_dir=None,
-        backends=backends, isolate=isolate, progress=False, **options,
+        backends=backends, isolate=isolate, progress=progress, **options,
     )  # fmt: skip
 
 
@@ -139,6 +148,46 @@ def test_baseline_always_first_and_defaults_skip_opt_in() -> None:
     default = [p.name for p in select_paths(None, "cpu")]
     assert default[0] == BASELINE and "onnxruntime" in default
     assert not any("compile" in n or "fp16" in n for n in default)
+
+
+def test_bf16_cast_paths_cast_the_model_and_need_cuda() -> None:
+    cast = [p for p in PATHS.values() if "cast" in p.name]
+    assert {p.name for p in cast} == {
+        "torch-bf16-cast-compile",
+        "torch-bf16-cast-graphs",
+        "torch-bf16-cast-autotune",
+    }
+    for path in cast:
+        assert path.precision == "bf16" and path.options["amp"] is False
+        assert path.needs_cuda and path.opt_in
+        with pytest.raises(DenoiseError, match="not available on this machine"):
+            select_paths([path.name], "cpu")
+    assert PATHS["torch-bf16-cast-graphs"].options["compile"] == "reduce-overhead"
+
+
+def test_autotune_options_are_inductor_settings() -> None:
+    """A misspelt key would only fail once compiling on a GPU machine."""
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    assert set(AUTOTUNE_OPTIONS) <= set(known)
+    assert AUTOTUNE_OPTIONS["conv_1x1_as_mm"] and AUTOTUNE_OPTIONS["max_autotune"]
+
+
+def test_progress_line_gives_each_path_as_it_finishes() -> None:
+    run = {"times_s": [0.5, 0.4, 0.6], "first_call_s": 12.34}
+    assert progress_line("torch", run, 8) == "torch: 16.0 images/s (first call 12.3 s)"
+    gpu = {**run, "device_times_s": [0.02, 0.02, 0.03]}
+    assert progress_line("p", gpu, 8) == "p: 16.0 images/s, 400.0 on the GPU (first call 12.3 s)"
+    assert progress_line("p", {"error": "boom"}, 8) == "p: failed: boom"
+
+
+def test_bench_prints_each_path_when_measured(
+    tiny_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _tiny_run(tiny_ckpt, ["torch", "torch-cl"], progress=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines if "images/s" in line] == ["torch", "torch-cl"]
 
 
 def test_fit_crops_and_pads_to_size() -> None:

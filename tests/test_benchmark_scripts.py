@@ -144,6 +144,14 @@ def test_runner_logs_each_step_and_keeps_going(tmp_path: Path) -> None:
     assert "== versions" in log and "hi" in log and "== train-y: rc 3" in log
 
 
+def test_gpu_check_names_only_known_paths() -> None:
+    """A misspelt name would be dropped silently as "not available on this machine"."""
+    from denoise.bench import PATHS
+
+    lists = [gpu_check.EAGER_PATHS, gpu_check.COMPILE_PATHS, gpu_check.CAST_PATHS]
+    assert set().union(*lists, gpu_check.AUTOTUNE_PATHS) <= set(PATHS)
+
+
 @pytest.mark.parametrize("steps", [None, {"train"}])
 def test_runner_wants(tmp_path: Path, steps: set[str] | None) -> None:
     runner = gpu_check.Runner(tmp_path, budget_s=1, steps=steps)

@@ -195,6 +195,38 @@ def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:
     assert np.abs(by_torch(batch) - batch).max() > 1e-3
 
 
+@pytest.mark.parametrize(
+    ("compile_option", "expected"),
+    [
+        (True, {}),
+        ("reduce-overhead", {"mode": "reduce-overhead"}),
+        ({"conv_1x1_as_mm": True}, {"options": {"conv_1x1_as_mm": True}}),
+        (False, None),
+        ("", None),
+        ({}, None),
+    ],
+)
+def test_compile_option_reaches_torch_compile(
+    monkeypatch: pytest.MonkeyPatch, compile_option: object, expected: dict[str, object] | None
+) -> None:
+    calls: list[dict[str, object]] = []
+
+    def fake_compile(module: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+        calls.append(kwargs)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    backend = TorchBackend(tiny_model("nafnet"), device="cpu", compile=compile_option)
+    assert calls == ([] if expected is None else [expected])
+    assert backend(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 3, 16, 16)
+
+
+def test_cudnn_benchmark_is_left_alone_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    TorchBackend(tiny_model("nafnet"), device="cpu", cudnn_benchmark=True)
+    assert torch.backends.cudnn.benchmark is False
+
+
 def test_backend_registry(tmp_path: Path) -> None:
     @register_backend("test-double")
     def _open(model, scale: float = 1.0):

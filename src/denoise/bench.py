@@ -13,8 +13,9 @@ torch, weights and activations in bf16, channels_last):
 - the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
   as a share of the machine's peak measured in the same run (:mod:`denoise.flops`).
 
-Paths that need CUDA (fp16, CUDA graphs, TensorRT) switch on by detection; ``*-compile``
-paths are opt-in because compiling takes tens of seconds.
+Paths that need CUDA (fp16, CUDA graphs, the ``torch-bf16-cast-*`` paths, TensorRT) switch on
+by detection; the compiled paths are opt-in because compiling takes tens of seconds (minutes
+for ``torch-bf16-cast-autotune``). Torch paths run with ``cudnn_benchmark`` on.
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class BenchPath:
     opt_in: bool = False
     description: str = ""
 
+
+# Inductor's max-autotune (Triton GEMM templates timed against cuBLAS, coordinate-descent
+# tuning, CUDA graphs) with every 1x1 convolution lowered to a matmul, which lets the templates
+# take in the element-wise work around it: NAFNet is mostly 1x1 convolutions. The other
+# convolutions stay with cuDNN: on an H100 inductor's Triton candidates for the depthwise 3x3
+# convolutions ran about 70x slower than cuDNN, and timing them took much of a compile that
+# was still running after 283 s.
+AUTOTUNE_OPTIONS: dict[str, Any] = {
+    "max_autotune": True,
+    "coordinate_descent_tuning": True,
+    "triton.cudagraphs": True,
+    "conv_1x1_as_mm": True,
+    "max_autotune_conv_backends": "ATEN",
+}
 
 _PATHS = [
     BenchPath("torch", "torch", "fp32", description="eager FP32 (the baseline)"),
@@ -177,6 +192,36 @@ _PATHS = [
         needs_cuda=True,
         opt_in=True,
         description="torch.compile reduce-overhead (inductor kernels in CUDA graphs) of torch-fp16",
+    ),
+    # On CUDA ``torch-bf16`` is autocast: the convolutions' outputs are bf16, but LayerNorm's
+    # outputs and the element-wise work after them are FP32, twice the bytes. These cast the
+    # model itself to bf16 (LayerNorm still keeps its statistics in FP32 inside the kernel).
+    BenchPath(
+        "torch-bf16-cast-compile",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": False, "compile": True},
+        needs_cuda=True,
+        opt_in=True,
+        description="torch.compile of the model cast to bf16 (no autocast)",
+    ),
+    BenchPath(
+        "torch-bf16-cast-graphs",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": False, "compile": "reduce-overhead"},
+        needs_cuda=True,
+        opt_in=True,
+        description="torch-bf16-cast-compile, reduce-overhead (in CUDA graphs)",
+    ),
+    BenchPath(
+        "torch-bf16-cast-autotune",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": False, "compile": AUTOTUNE_OPTIONS},
+        needs_cuda=True,
+        opt_in=True,
+        description="torch-bf16-cast-compile, max-autotune with 1x1 convolutions as matmuls",
     ),
     BenchPath(
         "tensorrt",
@@ -386,7 +431,8 @@ def measure(job: Job) -> dict[str, Any]:
     torch.set_num_threads(job.threads)
     options = dict(job.path.options)
     if job.path.backend == "torch":
-        options["precision"] = job.path.precision
+        # Every timed batch has one shape: let cuDNN pick its fastest algorithms (CUDA only).
+        options |= {"precision": job.path.precision, "cudnn_benchmark": True}
     elif job.path.backend == "onnxruntime":
         options["threads"] = job.threads
     t0 = time.perf_counter()
@@ -656,6 +702,8 @@ def run_bench(
                 runs[path.name] = (_measure_isolated if isolate else measure)(job)
             except Exception as e:  # also a crashed child process (BrokenProcessPool)
                 runs[path.name] = {"error": _describe(e)}
+            if progress:  # a run cut short (a device call's time limit) keeps these lines
+                tqdm.write(progress_line(path.name, runs[path.name], batch))
             if path.name == BASELINE and "error" in runs[path.name]:
                 raise DenoiseError(
                     f"torch eager FP32, the baseline every ratio needs, failed: "
@@ -691,6 +739,16 @@ def _peak_for(precision: str, machine: dict[str, Any]) -> tuple[float, str]:
     if key and key in machine:
         return machine[key], precision
     return machine["peak_gflops_fp32"], "fp32"
+
+
+def progress_line(name: str, run: dict[str, Any], batch: int) -> str:
+    """One path's speed as soon as it is measured (the table waits for every path)."""
+    if "error" in run:
+        return f"{name}: failed: {run['error']}"
+    line = f"{name}: {batch / statistics.median(run['times_s']):.1f} images/s"
+    if run.get("device_times_s"):
+        line += f", {batch / statistics.median(run['device_times_s']):.1f} on the GPU"
+    return f"{line} (first call {run['first_call_s']:.1f} s)"
 
 
 def _summarise(

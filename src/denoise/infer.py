@@ -97,10 +97,15 @@ class TorchBackend:
       input are cast (fastest on CPU); with ``amp=True`` ``torch.autocast`` runs convolutions
       and matmuls in that precision and keeps reductions such as LayerNorm in FP32. ``amp``
       defaults to True on CUDA (FP16 LayerNorm overflows) and False on CPU.
-    - ``compile``: ``torch.compile`` the module (True, or a mode such as
-      ``"max-autotune-no-cudagraphs"``); the first call of every new input shape compiles.
+    - ``compile``: ``torch.compile`` the module: True, a mode such as ``"reduce-overhead"``,
+      or a dict of inductor options (``{"max_autotune": True, "conv_1x1_as_mm": True}``).
+      The first call of every new input shape compiles.
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
+    - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
+      process): cuDNN times its algorithms on each new input shape and keeps the fastest. It
+      pays when one shape repeats (the bench) and costs a timing pass per new shape; the
+      choice depends on timings, so results are not bit-reproducible between runs.
 
     The output is always float32 on the host.
     """
@@ -115,8 +120,9 @@ class TorchBackend:
         channels_last: bool = False,
         precision: str = "fp32",
         amp: bool | None = None,
-        compile: bool | str = False,
+        compile: bool | str | dict[str, Any] = False,
         cuda_graph: bool = False,
+        cudnn_benchmark: bool = False,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -131,6 +137,8 @@ class TorchBackend:
         self.amp = (self.device.type == "cuda") if amp is None else amp
         if self.dtype == torch.float32:
             self.amp = False
+        if cudnn_benchmark and self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         self.module = module.eval().to(self.device)
         if not self.amp:
             self.module = self.module.to(self.dtype)
@@ -138,8 +146,12 @@ class TorchBackend:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.module
         if compile:
-            mode = compile if isinstance(compile, str) else None
-            self._run = torch.compile(self.module, mode=mode)
+            how: dict[str, Any] = {}
+            if isinstance(compile, dict):
+                how = {"options": compile}
+            elif isinstance(compile, str):
+                how = {"mode": compile}
+            self._run = torch.compile(self.module, **how)
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
