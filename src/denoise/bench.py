@@ -196,32 +196,21 @@ _PATHS = [
     # On CUDA ``torch-bf16`` is autocast: the convolutions' outputs are bf16, but LayerNorm's
     # outputs and the element-wise work after them are FP32, twice the bytes. These cast the
     # model itself to bf16 (LayerNorm still keeps its statistics in FP32 inside the kernel).
-    BenchPath(
-        "torch-bf16-cast-compile",
-        "torch",
-        "bf16",
-        {"channels_last": True, "amp": False, "compile": True},
-        needs_cuda=True,
-        opt_in=True,
-        description="torch.compile of the model cast to bf16 (no autocast)",
-    ),
-    BenchPath(
-        "torch-bf16-cast-graphs",
-        "torch",
-        "bf16",
-        {"channels_last": True, "amp": False, "compile": "reduce-overhead"},
-        needs_cuda=True,
-        opt_in=True,
-        description="torch-bf16-cast-compile, reduce-overhead (in CUDA graphs)",
-    ),
-    BenchPath(
-        "torch-bf16-cast-autotune",
-        "torch",
-        "bf16",
-        {"channels_last": True, "amp": False, "compile": AUTOTUNE_OPTIONS},
-        needs_cuda=True,
-        opt_in=True,
-        description="torch-bf16-cast-compile, max-autotune with 1x1 convolutions as matmuls",
+    *(
+        BenchPath(
+            f"torch-bf16-cast-{suffix}",
+            "torch",
+            "bf16",
+            {"channels_last": True, "amp": False, "compile": how},
+            needs_cuda=True,
+            opt_in=True,
+            description=description,
+        )
+        for suffix, how, description in (
+            ("compile", True, "torch.compile of the model cast to bf16 (no autocast)"),
+            ("graphs", "reduce-overhead", "torch-bf16-cast-compile in CUDA graphs"),
+            ("autotune", AUTOTUNE_OPTIONS, "torch-bf16-cast-compile, max-autotune, 1x1 conv as mm"),
+        )
     ),
     BenchPath(
         "tensorrt",
