@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch._inductor.config as inductor_config
 
-from denoise.bench import PAPER_ARCH, build_bench_model
+from denoise.bench.inputs import PAPER_ARCH, build_bench_model
 from denoise.fileio import write_json
 from denoise.flops import cpu_features, cpu_name
 from denoise.params import load_params

@@ -52,7 +52,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from denoise.bench import available_paths  # noqa: E402
+from denoise.bench.paths import available_paths  # noqa: E402
 from denoise.data.patch_store import read_patch_store, write_patch_store  # noqa: E402
 from denoise.paths import DVCLIVE_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR  # noqa: E402
 

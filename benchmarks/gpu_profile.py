@@ -23,7 +23,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from denoise.bench import PAPER_ARCH, PATHS, available_paths, build_bench_model
+from denoise.bench.inputs import PAPER_ARCH, build_bench_model
+from denoise.bench.paths import PATHS, available_paths
 from denoise.fileio import write_json
 from denoise.infer import TorchBackend
 

@@ -18,14 +18,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from denoise.bench import (
-    PATHS,
-    PSNR_TOLERANCE_DB,
-    available_paths,
-    failed_paths,
-    format_table,
-    run_bench,
-)
+from denoise.bench import run_bench
+from denoise.bench.paths import PATHS, available_paths
+from denoise.bench.report import PSNR_TOLERANCE_DB, failed_paths, format_table
 from denoise.cli import user_errors
 from denoise.fileio import write_json
 

@@ -13,21 +13,11 @@ from torch import nn
 from typer.testing import CliRunner, Result
 
 import denoise.flops
-from denoise.bench import (
-    AUTOTUNE_OPTIONS,
-    BASELINE,
-    PATHS,
-    Job,
-    _fit,
-    _summarise,
-    build_bench_model,
-    format_table,
-    measure,
-    progress_line,
-    psnr_pairs,
-    run_bench,
-    select_paths,
-)
+from denoise.bench import run_bench
+from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs
+from denoise.bench.measure import Job, measure
+from denoise.bench.paths import AUTOTUNE_OPTIONS, BASELINE, PATHS, select_paths
+from denoise.bench.report import format_table, progress_line, summarise
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
@@ -253,6 +243,7 @@ def test_a_failing_path_is_reported_and_the_others_still_measured(
     tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from denoise import bench
+    from denoise.bench import inputs
 
     def no_int8(*args: object, **kwargs: object) -> None:
         raise RuntimeError("no int8 kernel here\nsecond line")
@@ -264,7 +255,7 @@ def test_a_failing_path_is_reported_and_the_others_still_measured(
             raise RuntimeError("bf16 unsupported")
         return real_measure(job)
 
-    monkeypatch.setattr(bench, "quantize_int8", no_int8)
+    monkeypatch.setattr(inputs, "quantize_int8", no_int8)
     monkeypatch.setattr(bench, "measure", measure)
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(tiny_ckpt), "--size", "32", "--repeats", "1"]
@@ -347,7 +338,7 @@ def test_measure_in_a_fresh_process_reports_its_own_peak(tiny_ckpt: Path) -> Non
 
 def test_measure_keeps_one_input_shape(tiny_ckpt: Path) -> None:
     """Odd image counts are padded to full batches (compiled and CUDA graphs see one shape)."""
-    from denoise.bench import PATHS
+    from denoise.bench.paths import PATHS
 
     seen: list[tuple[int, ...]] = []
     imgs = np.zeros((3, 3, 16, 16), np.uint8)
@@ -415,7 +406,7 @@ def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:
     }
     machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
     paths = [PATHS[n] for n in runs]
-    rows = {r["path"]: r for r in _summarise(paths, runs, clean, 10**9, 64, 1, machine, {})}
+    rows = {r["path"]: r for r in summarise(paths, runs, clean, 10**9, 64, 1, machine, {})}
     assert [rows[n]["ratio_vs_torch_eager"] for n in runs] == [1.0, 4.0, 8.0, 2.0]
     assert rows["torch-compile"]["psnr_delta_db"] == 0.0
     assert rows["torch-compile"]["within_psnr_tolerance"] is False
@@ -446,7 +437,7 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
     }
     machine = {"peak_gflops_fp32": 100.0, "peak_gflops_bf16": 400.0}
     paths = [PATHS[n] for n in runs]
-    rows = _summarise(paths, runs, clean, 10**9, 64, 4, machine, {})
+    rows = summarise(paths, runs, clean, 10**9, 64, 4, machine, {})
     assert rows[0]["images_per_s"] == 4.0 and rows[0]["images_per_s_on_device"] == 8.0
     assert rows[0]["latency_ms_on_device"] == 500.0
     assert rows[0]["share_of_peak_on_device"] == pytest.approx(16.0 / 100.0)  # 8 img/s x 2 GFLOP
@@ -469,7 +460,7 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
 
 
 def test_torch_backend_forward_stays_on_the_device_and_matches_call(tiny_ckpt: Path) -> None:
-    from denoise.bench import _device_times
+    from denoise.bench.measure import _device_times
 
     backend = open_backend("torch", tiny_ckpt, device="cpu", channels_last=True)
     x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)

@@ -146,7 +146,7 @@ def test_runner_logs_each_step_and_keeps_going(tmp_path: Path) -> None:
 
 def test_gpu_check_names_only_known_paths() -> None:
     """A misspelt name would be dropped silently as "not available on this machine"."""
-    from denoise.bench import PATHS
+    from denoise.bench.paths import PATHS
 
     lists = [gpu_check.EAGER_PATHS, gpu_check.COMPILE_PATHS, gpu_check.CAST_PATHS]
     assert set().union(*lists, gpu_check.AUTOTUNE_PATHS) <= set(PATHS)

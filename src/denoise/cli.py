@@ -247,7 +247,9 @@ def bench(
 ) -> None:
     """Inference speed per backend and precision: images/s, ratio to eager FP32, PSNR change,
     peak memory and share of the machine's peak FLOP/s."""
-    from denoise.bench import available_paths, failed_paths, format_table, run_bench
+    from denoise.bench import run_bench
+    from denoise.bench.paths import available_paths
+    from denoise.bench.report import failed_paths, format_table
     from denoise.fileio import write_json
 
     names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]

@@ -1,0 +1,132 @@
+"""Inference speed of every backend and precision, side by side on one machine: `denoise bench`.
+
+One run measures, for each *path* (a backend with its speed options, e.g. ``torch-bf16`` =
+torch, weights and activations in bf16, channels_last):
+
+- images/s and megapixels/s on a ``(batch, 3, size, size)`` input (median of ``repeats`` timed
+  calls after warm-up; the first call, which includes any compilation, is reported apart),
+- the ratio to torch eager FP32 (the baseline, always measured first),
+- the PSNR change against that baseline on test images (centre crops of ``size`` from
+  ``data/split/test``; deterministic synthetic camera pairs when there is no test split),
+- peak resident memory: each path runs in a fresh process (multiprocessing *spawn*), so
+  ``ru_maxrss`` is that path's own peak (libraries + model + activations), not a mix,
+- the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
+  as a share of the machine's peak measured in the same run (:mod:`denoise.flops`).
+
+Paths that need CUDA (fp16, CUDA graphs, the ``torch-bf16-cast-*`` paths, TensorRT) switch on
+by detection; the compiled paths are opt-in because compiling takes tens of seconds (minutes
+for ``torch-bf16-cast-autotune``). Torch paths run with ``cudnn_benchmark`` on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from denoise.bench.inputs import (
+    build_model_files,
+    calibration_batches,
+    describe_error,
+    prepare_model,
+    psnr_pairs,
+)
+from denoise.bench.measure import Job, measure, measure_isolated
+from denoise.bench.paths import BASELINE, bench_device, select_paths
+from denoise.bench.report import progress_line, summarise
+from denoise.checkpoint import load_model
+from denoise.errors import DenoiseError
+from denoise.flops import count_macs, machine_info
+from denoise.paths import SPLIT_DIR, TEST_DIR
+
+
+def run_bench(
+    model: str = "nafnet",
+    *,
+    arch: str = "checkpoint",
+    size: int = 512,
+    batch: int = 1,
+    backends: Sequence[str] | None = None,
+    repeats: int = 5,
+    warmup: int = 1,
+    psnr_images: int = 10,
+    test_dir: str | Path | None = TEST_DIR,
+    val_dir: str | Path | None = SPLIT_DIR / "val",
+    isolate: bool = True,
+    threads: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure every selected path; returns ``{"machine", "model", "inputs", "results"}``.
+
+    ``isolate`` runs each path in its own spawned process (honest peak RSS, no state shared
+    between paths); without it everything runs here and ``peak_rss_mb`` is this process's
+    running peak.
+    """
+    if size < 16 or batch < 1 or repeats < 1 or psnr_images < 1:
+        raise DenoiseError(
+            f"need size >= 16, batch, repeats and psnr images >= 1 (got size "
+            f"{size}, batch {batch}, repeats {repeats}, images {psnr_images})"
+        )
+    device = bench_device()
+    paths = select_paths(backends, device)
+    threads = threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
+        workdir = Path(tmp)
+        bench_model = prepare_model(model, arch, workdir, seed=seed)
+        net, ckpt = load_model(bench_model.checkpoint)
+        macs = count_macs(net, (1, 3, size, size))
+        params = sum(p.numel() for p in net.parameters())
+        del net
+        files, build_s, errors = build_model_files(
+            paths, bench_model, workdir, lambda: calibration_batches(val_dir), size, batch
+        )
+        noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)
+        noisy_chw = noisy.transpose(0, 3, 1, 2).copy()
+        timing = np.repeat(noisy_chw[:1], batch, axis=0)
+        machine = machine_info(device)
+        runs: dict[str, dict[str, Any]] = {}
+        for path in tqdm(paths, desc="bench", unit="path", disable=not progress):
+            if path.model_file in errors:
+                runs[path.name] = {"error": errors[path.model_file]}
+                continue
+            job = Job(
+                path, files[path.model_file], timing, noisy_chw, batch, repeats, warmup, threads
+            )
+            try:
+                runs[path.name] = (measure_isolated if isolate else measure)(job)
+            except Exception as e:  # also a crashed child process (BrokenProcessPool)
+                runs[path.name] = {"error": describe_error(e)}
+            if progress:  # a run cut short (a device call's time limit) keeps these lines
+                tqdm.write(progress_line(path.name, runs[path.name], batch))
+            if path.name == BASELINE and "error" in runs[path.name]:
+                raise DenoiseError(
+                    f"torch eager FP32, the baseline every ratio needs, failed: "
+                    f"{runs[path.name]['error']}"
+                )
+    results = summarise(paths, runs, clean, macs, size, batch, machine, build_s)
+    return {
+        "machine": machine,
+        "model": {
+            "name": ckpt["model"],
+            "config": ckpt["config"],
+            "source": bench_model.label,
+            "parameters": params,
+            "gmacs_per_image": round(macs / 1e9, 3),
+        },
+        "inputs": {
+            "size": size,
+            "batch": batch,
+            "repeats": repeats,
+            "warmup": warmup,
+            "psnr_images": source,
+            "isolated_processes": isolate,
+        },
+        "results": results,
+    }

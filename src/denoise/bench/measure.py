@@ -1,0 +1,131 @@
+"""Measuring one path: timing, on-GPU timing, PSNR outputs, peak memory, in its own process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from denoise.bench.paths import BenchPath
+from denoise.metrics import to_uint8
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a (possibly separate) process needs to measure one path."""
+
+    path: BenchPath
+    model_file: str
+    timing_input: np.ndarray  # (batch, 3, size, size) uint8
+    psnr_inputs: np.ndarray  # (count, 3, size, size) uint8
+    batch: int
+    repeats: int
+    warmup: int
+    threads: int
+
+
+def measure(job: Job) -> dict[str, Any]:
+    """Open the backend, time it and run it over the PSNR images; returns raw measurements."""
+    from denoise.infer import open_backend
+
+    torch.set_num_threads(job.threads)
+    options = dict(job.path.options)
+    if job.path.backend == "torch":
+        # Every timed batch has one shape: let cuDNN pick its fastest algorithms (CUDA only).
+        options |= {"precision": job.path.precision, "cudnn_benchmark": True}
+    elif job.path.backend == "onnxruntime":
+        options["threads"] = job.threads
+    t0 = time.perf_counter()
+    backend = open_backend(job.path.backend, job.model_file, **options)
+    open_s = time.perf_counter() - t0
+    x = job.timing_input.astype(np.float32) / 255.0
+    t0 = time.perf_counter()
+    backend(x)
+    first_call_s = time.perf_counter() - t0
+    for _ in range(job.warmup):
+        backend(x)
+    times = []
+    for _ in range(job.repeats):
+        t0 = time.perf_counter()
+        backend(x)
+        times.append(time.perf_counter() - t0)
+    device_times = _device_times(backend, x, job.repeats)
+    outputs, nonfinite = [], 0
+    imgs = job.psnr_inputs
+    for i in range(0, len(imgs), job.batch):
+        group = imgs[i : i + job.batch]
+        pad = job.batch - len(group)  # keep one input shape (compiled graphs, CUDA graphs)
+        if pad:
+            group = np.concatenate([group, np.repeat(group[-1:], pad, axis=0)])
+        out = backend(group.astype(np.float32) / 255.0)[: job.batch - pad]
+        finite = np.isfinite(out)
+        nonfinite += int(finite.size - np.count_nonzero(finite))
+        outputs += [to_uint8(o.transpose(1, 2, 0)) for o in np.where(finite, out, 0.0)]
+    stacked = np.stack(outputs)
+    result: dict[str, Any] = {
+        "times_s": times,
+        "open_s": open_s,
+        "first_call_s": first_call_s,
+        "outputs": stacked,
+        # A miscompiled kernel returns NaN: the PSNR alone would call that merely "worse".
+        "nonfinite_fraction": nonfinite / stacked.size,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if device_times:
+        result["device_times_s"] = device_times
+    if torch.cuda.is_available():
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def _device_times(backend: Any, x: np.ndarray, repeats: int) -> list[float]:
+    """On CUDA, the network alone: ``repeats`` timed forwards of a batch already on the GPU.
+
+    The end-to-end times above also copy the batch to the GPU and the result back from
+    pageable host memory (on an H200 that added 28% to compiled bf16 NAFNet-w32 at batch 8):
+    what a caller holding numpy arrays pays, not what the GPU does when a pipelined loader
+    feeds it. Empty where the backend is not a torch module on CUDA.
+    """
+    device = getattr(backend, "device", None)
+    if not (isinstance(device, torch.device) and device.type == "cuda"):
+        return []
+    x_dev = backend.prepare(x)
+    backend.forward(x_dev)
+    times = []
+    for _ in range(repeats):
+        torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        backend.forward(x_dev)
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (MB).
+
+    ``VmHWM`` from /proc where there is one: ``ru_maxrss`` of a spawned child starts at the
+    parent's resident size at fork time (Linux keeps it across exec), so it would report the
+    parent's peak rather than the child's own.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure_isolated(job: Job) -> dict[str, Any]:
+    """:func:`measure` in a fresh spawned process, so its peak RSS is its own."""
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        return pool.submit(measure, job).result()
