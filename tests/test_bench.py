@@ -132,6 +132,27 @@ def test_unknown_names_are_clear_errors(tiny_ckpt: Path) -> None:
     assert "error: unknown bench backend 'nope'" in result.output
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--threads", "-1"], "error: threads -1 must be >= 0"),
+        (["--model", "m/1/model.onnx"], "error: m/1/model.onnx: the bench needs a .pt"),
+    ],
+)
+def test_bad_bench_options_are_one_line(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "--size", "32", *args])
+    assert result.exit_code == 1
+    assert result.output.startswith(message) and result.output.count("\n") == 1
+
+
+def test_a_checkpoint_suffix_in_capitals_is_a_file(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from denoise.bench.inputs import prepare_model
+
+    upper = tmp_path / "Model.PT"
+    upper.write_bytes(tiny_ckpt.read_bytes())
+    assert prepare_model(str(upper), "checkpoint", tmp_path).checkpoint == upper
+
+
 def test_baseline_always_first_and_defaults_skip_opt_in() -> None:
     names = [p.name for p in select_paths(["torch-bf16", "torch-cl"], "cpu")]
     assert names == [BASELINE, "torch-bf16", "torch-cl"]
@@ -354,6 +375,21 @@ def test_measure_keeps_one_input_shape(tiny_ckpt: Path) -> None:
         result = measure(job)
     assert set(seen) == {(2, 3, 16, 16)}
     assert result["outputs"].shape == (3, 16, 16, 3)
+
+
+def test_run_command_reports_empty_folders_and_bad_out_dirs(
+    tiny_ckpt: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("x")
+    runner = CliRunner()
+    result = runner.invoke(app, ["run", str(tmp_path / "empty"), "--model", str(tiny_ckpt)])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"error: {tmp_path / 'empty'}: no photos (.png")
+    args = ["run", str(tmp_path / "empty"), "--model", str(tiny_ckpt)]
+    result = runner.invoke(app, [*args, "-o", str(tmp_path / "afile")])
+    assert result.exit_code == 1
+    assert result.output == f"error: {tmp_path / 'afile'}: output folder is a file\n"
 
 
 def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) -> None:

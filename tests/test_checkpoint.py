@@ -111,6 +111,15 @@ def test_foreign_files_are_one_clear_error(tmp_path: Path, content: object, mess
         load_model(path)
 
 
+def test_a_corrupt_file_is_refused_without_unsafe_advice(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.pt"
+    path.write_bytes(b"\x80\x02garbage that is no pickle" * 4)
+    with pytest.raises(DenoiseError) as e:
+        load_model(path)
+    assert str(e.value).startswith(f"{path}: not a ")
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
 def test_a_grey_release_is_refused_in_one_line(tmp_path: Path) -> None:
     """KAIR's dncnn_25.pth and dncnn_gray_blind.pth are 1-channel: not for RGB photos."""
     path = tmp_path / "dncnn_gray_blind.pth"

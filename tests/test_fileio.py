@@ -91,3 +91,32 @@ def test_replacing_a_folder_swaps_it_whole(tmp_path: Path) -> None:
         (tmp / "new.txt").write_text("new")
     assert [p.name for p in target.iterdir()] == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no temporary left behind
+
+
+def test_a_truncated_jpeg_is_refused_by_name(tmp_path: Path) -> None:
+    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), img)
+    data = whole.read_bytes()
+    assert read_rgb8(whole).shape == (64, 64, 3)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DenoiseError, match=r"cut\.jpg: truncated JPEG"):
+        read_rgb8(cut)
+    (tmp_path / "padded.jpg").write_bytes(data + b"\x00" * 16)  # bytes after the end are fine
+    assert read_rgb8(tmp_path / "padded.jpg").shape == (64, 64, 3)
+
+
+def test_a_file_output_never_replaces_a_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    (folder / "old").mkdir(parents=True)
+    (folder / "old" / "run1.json").write_text("{}")
+    with pytest.raises(DenoiseError, match=r"results: is a folder; not replaced by a file"):
+        write_json(folder, {"a": 1})
+    assert (folder / "old" / "run1.json").read_text() == "{}"
+
+
+def test_an_unwritable_output_is_one_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(DenoiseError, match=r"afile/s\.json: cannot write"):
+        write_json(tmp_path / "afile" / "s.json", {"a": 1})

@@ -19,6 +19,7 @@ from denoise.fileio import read_image, write_image
 from denoise.infer import (
     BACKENDS,
     TorchBackend,
+    check_tiling,
     denoise_files,
     denoise_image,
     expand_inputs,
@@ -350,10 +351,67 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
     # Two inputs with one output name: the second is refused, the first kept.
     assert run(a, tmp_path / "b" / "x.png", out="out2") == [tmp_path / "out2" / "x_denoised.png"]
     assert len(errors) == 1 and "same output" in errors[0][1] and "a/x.png" in errors[0][1]
-    # An output that cannot be written is one error naming it, and the run goes on.
+    # An output folder that cannot hold outputs fails before any work.
+    with pytest.raises(DenoiseError, match="blocked: output folder is a file"):
+        run(a, out="blocked")
+    # An output that cannot be written (a folder in its place, kept whole even with
+    # --overwrite) is one error naming it, and the run goes on.
     errors.clear()
-    assert run(a, out="blocked") == []
-    assert len(errors) == 1 and "blocked" in errors[0][1]
+    (tmp_path / "out3" / "x_denoised.png").mkdir(parents=True)
+    (tmp_path / "out3" / "x_denoised.png" / "keep.txt").write_text("keep")
+    outputs = denoise_files(
+        [a], Recorder(), tile=0, overlap=0, out_dir=tmp_path / "out3", overwrite=True,
+        progress=False, on_error=lambda p, m: errors.append((p, m)),
+    )  # fmt: skip
+    assert outputs == [] and len(errors) == 1
+    assert errors[0][1].endswith("x_denoised.png: is a folder; not replaced by a file")
+    assert (tmp_path / "out3" / "x_denoised.png" / "keep.txt").read_text() == "keep"
+
+
+def test_an_input_is_never_overwritten_by_another_inputs_output(tmp_path: Path) -> None:
+    x, x_out = tmp_path / "x.png", tmp_path / "x_denoised.png"
+    write_image(x, np.zeros((8, 8, 3), np.uint8))
+    write_image(x_out, np.full((5, 5, 3), 7, np.uint8))
+    before = x_out.read_bytes()
+    errors: list[str] = []
+    written = denoise_files(
+        [x, x_out], Recorder(), tile=0, overlap=0, overwrite=True, progress=False,
+        on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [tmp_path / "x_denoised_denoised.png"]
+    assert errors == [f"{x_out}: is an input of this run; not overwritten"]
+    assert x_out.read_bytes() == before
+
+
+def test_a_folder_without_photos_is_an_error_the_others_still_run(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a photo")
+    write_image(tmp_path / "good" / "y.png", np.zeros((8, 8, 3), np.uint8))
+    errors: list[tuple[Path, str]] = []
+    folders = [tmp_path / "empty", tmp_path / "notes", tmp_path / "good"]
+    written = denoise_files(
+        folders, Recorder(), tile=0, overlap=0, progress=False,
+        on_error=lambda p, m: errors.append((p, m)),
+    )  # fmt: skip
+    assert written == [tmp_path / "good" / "y_denoised.png"]
+    assert [p for p, _ in errors] == folders[:2]
+    assert all(": no photos (.png" in m for _, m in errors)
+    with pytest.raises(DenoiseError, match="empty: no photos"):
+        expand_inputs([tmp_path / "empty"])
+
+
+@pytest.mark.parametrize(
+    ("tile", "overlap", "message"),
+    [
+        (-5, 0, "tile -5 must be >= 0"),
+        (0, -1, "overlap -1 must be >= 0"),
+        (64, 64, "overlap 64 must be smaller than tile 64"),
+    ],
+)
+def test_bad_tiling_is_named(tile: int, overlap: int, message: str) -> None:
+    with pytest.raises(DenoiseError, match=message):
+        check_tiling(tile, overlap)
 
 
 def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:

@@ -10,13 +10,14 @@ read with ``torch.load(weights_only=True)``: a checkpoint is data, never code.
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import write_bytes_atomic
 from denoise.models.registry import build_model, infer_architecture
 from denoise.paths import MODELS_DIR
@@ -59,9 +60,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise DenoiseError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
+    except pickle.UnpicklingError:  # torch's own message suggests weights_only=False: unsafe
         raise DenoiseError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})".splitlines()[0]
+            f"{path}: not a checkpoint that loads safely (corrupt, or it holds objects other "
+            "than tensors and plain values)"
+        ) from None
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        detail = f"{type(e).__name__}: {first_line(e)}"
+        raise DenoiseError(
+            f"{path}: not a readable checkpoint (cut short, corrupt or not a PyTorch file; "
+            f"{detail if len(detail) <= 80 else detail[:77] + '...'})"
         ) from None
     if _is_state_dict(ckpt):
         ckpt = {"params": ckpt}  # weights only, as KAIR releases its models

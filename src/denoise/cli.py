@@ -166,6 +166,7 @@ def run(
         tile=tile,
         overlap=overlap,
         overwrite=overwrite,
+        progress=sys.stderr.isatty(),  # bars in a log file would bury the error lines
         on_error=report,
     )
     for path in written:

@@ -44,8 +44,16 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    """Write a file atomically. A folder in its place is an error, never replaced; so is a
+    place that cannot be written (a file as parent, no permission)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DenoiseError(f"{path}: is a folder; not replaced by a file")
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+    except OSError as e:
+        raise DenoiseError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def _json_safe(obj: Any) -> Any:
@@ -102,6 +110,15 @@ def exif_orientation(path: str | Path) -> int:
     return value if isinstance(value, int) and value in _ORIENT else 1
 
 
+def is_truncated_jpeg(data: bytes) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it: cut off mid-download.
+
+    Inside a scan 0xFF bytes are stuffed (0xFF00), so 0xFFD9 after the last start-of-scan
+    (0xFFDA) can only be the real end; an EXIF thumbnail's markers all come before it.
+    """
+    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
     """Read an image as an ``(H, W, 3)`` RGB array: uint8, or uint16 for 16-bit files if ``keep16``.
 
@@ -115,8 +132,11 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
     path = Path(path)
     if not path.is_file():
         raise DenoiseError(f"{path}: file not found")
+    data = path.read_bytes()
+    if is_truncated_jpeg(data):  # libjpeg would decode it, greying out what is missing
+        raise DenoiseError(f"{path}: truncated JPEG (the image data stops before its end)")
     try:
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as e:
         raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
     if img is None:
@@ -163,10 +183,7 @@ def write_image(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) ->
         ok = False
     if not ok:
         raise DenoiseError(f"{path}: cannot write a {suffix} image (use .png, .jpg or .tif)")
-    try:
-        write_bytes_atomic(path, buf.tobytes())
-    except OSError as e:
-        raise DenoiseError(f"{path}: cannot write ({e.strerror or e})") from None
+    write_bytes_atomic(path, buf.tobytes())
 
 
 def write_rgb8(path: str | Path, img: np.ndarray) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -323,9 +324,13 @@ def _axis_plan(
 
 
 def check_tiling(tile: int, overlap: int) -> None:
-    """Refuse an overlap that is negative or not smaller than the tile."""
-    if overlap < 0 or (tile > 0 and overlap >= tile):
-        raise DenoiseError(f"overlap {overlap} must be >= 0 and smaller than tile {tile}")
+    """Refuse a negative tile or overlap, and an overlap not smaller than the tile."""
+    if tile < 0:
+        raise DenoiseError(f"tile {tile} must be >= 0 (0: the whole image at once)")
+    if overlap < 0:
+        raise DenoiseError(f"overlap {overlap} must be >= 0")
+    if tile > 0 and overlap >= tile:
+        raise DenoiseError(f"overlap {overlap} must be smaller than tile {tile}")
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -402,12 +407,18 @@ def output_path(src: str | Path, out_dir: str | Path | None = None) -> Path:
     return parent / f"{src.stem}_denoised{src.suffix}"
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given; a folder contributes its photos (not earlier ``*_denoised`` outputs)."""
+def expand_inputs(
+    inputs: Sequence[str | Path], on_empty: Callable[[Path, str], None] | None = None
+) -> list[Path]:
+    """Files as given; a folder contributes its photos (not earlier ``*_denoised`` outputs).
+
+    A folder with no photo goes to ``on_empty(folder, message)`` (default: a
+    :class:`DenoiseError`).
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += [
+            photos = [
                 p
                 for p in sorted(item.iterdir())
                 if p.is_file()
@@ -415,10 +426,28 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
                 and not p.stem.endswith("_denoised")
                 and not p.name.startswith(".")
             ]
+            if not photos:
+                message = f"{item}: no photos ({', '.join(IMAGE_SUFFIXES)})"
+                if on_empty is None:
+                    raise DenoiseError(message)
+                on_empty(item, message)
+            files += photos
         else:
             files.append(item)
     # The same file named twice (alone and through its folder) is denoised once.
     return list({p.resolve(): p for p in files}.values())
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` if needed; a :class:`DenoiseError` if it cannot hold outputs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DenoiseError(f"{out_dir}: output folder is a file")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DenoiseError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise DenoiseError(f"{out_dir}: output folder is not writable")
 
 
 def denoise_files(
@@ -435,20 +464,26 @@ def denoise_files(
     """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written.
 
     A file that fails (unreadable, output exists without ``overwrite``, output not writable)
-    is passed to ``on_error(path, message)`` and skipped; the rest still run. An existing
-    file, input or earlier output, is never replaced unless ``overwrite``, and two inputs
-    that map to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged.
+    is passed to ``on_error(path, message)`` and skipped; the rest still run, and so does a
+    folder with no photo. An existing file, input or earlier output, is never replaced unless
+    ``overwrite``; an input of this same run never, and neither is a folder. Two inputs that
+    map to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged. An ``out_dir``
+    that cannot hold outputs is a :class:`DenoiseError` before any work.
     """
     check_tiling(tile, overlap)
-    files = expand_inputs(inputs)
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
+    files = expand_inputs(inputs, on_empty=on_error)
     written: list[Path] = []
-    sources: dict[Path, Path] = {}  # output -> the input it was made from, in this run
+    sources: dict[Path, Path] = {p.resolve(): p for p in files}  # output or input -> input
     many = len(files) > 1
     for src in tqdm(files, desc="denoise", unit="photo", disable=not (progress and many)):
         dst = output_path(src, out_dir)
         try:
             first = sources.setdefault(dst.resolve(), src)
             if first is not src:
+                if first.resolve() == dst.resolve():
+                    raise DenoiseError(f"{dst}: is an input of this run; not overwritten")
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")

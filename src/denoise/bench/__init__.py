@@ -73,6 +73,8 @@ def run_bench(
             f"need size >= 16, batch, repeats and psnr images >= 1 (got size "
             f"{size}, batch {batch}, repeats {repeats}, images {psnr_images})"
         )
+    if threads is not None and threads < 0:
+        raise DenoiseError(f"threads {threads} must be >= 0 (0: torch's default)")
     device = bench_device()
     paths = select_paths(backends, device)
     threads = threads or torch.get_num_threads()

@@ -192,7 +192,10 @@ def prepare_model(
         return BenchModel(path, f"{model} paper size, perturbed random weights (seed {seed})")
     if arch != "checkpoint":
         raise DenoiseError(f"unknown --arch {arch!r}; known: checkpoint, paper")
-    path = Path(model) if model.endswith((".pt", ".pth")) else checkpoint_path(model, models_dir)
+    suffix = Path(model).suffix.lower()
+    if suffix and suffix not in (".pt", ".pth"):
+        raise DenoiseError(f"{model}: the bench needs a .pt/.pth checkpoint (it exports the rest)")
+    path = Path(model) if suffix else checkpoint_path(model, models_dir)
     if not path.is_file():
         raise DenoiseError(
             f"{path}: checkpoint not found (train it with `dvc repro`, pass a "
