@@ -8,7 +8,7 @@ from pathlib import Path
 from common import load_params, run_stage
 
 from denoise.paths import REPOSITORY, TEST_DIR
-from denoise.triton import SmokeSettings, smoke_test
+from denoise.triton.smoke import SmokeSettings, smoke_test
 
 METRICS = Path("metrics/triton_smoke.json")
 

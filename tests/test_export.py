@@ -12,9 +12,10 @@ import torch
 from tiny_models import TINY, save_tiny
 from torch import nn
 
-from denoise import export, triton
+from denoise import export
 from denoise.errors import DenoiseError
 from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
+from denoise.triton.repository import INPUT_NAME, ONNX_MODEL, PYTHON_MODEL, PYTHON_MODEL_TEMPLATE
 
 SETTINGS = ExportSettings(
     opset=17,
@@ -44,18 +45,16 @@ def test_export_checkpoint_writes_verified_routes(tmp_path: Path, name: str) -> 
     assert json.loads(metrics.read_text()) == report
     if name == "nafnet":
         assert report["layernorm_nodes"] == 2 * (1 + 1 + 1 + 1 + 1)  # two per NAFBlock
-    for model_name in (triton.ONNX_MODEL, triton.PYTHON_MODEL):
+    for model_name in (ONNX_MODEL, PYTHON_MODEL):
         assert (repo / model_name / "config.pbtxt").is_file()
         assert (repo / model_name / "1" / "model.onnx").is_file()
-    assert (
-        repo / triton.PYTHON_MODEL / "1" / "model.py"
-    ).read_text() == triton.PYTHON_MODEL_TEMPLATE.read_text()
+    assert (repo / PYTHON_MODEL / "1" / "model.py").read_text() == PYTHON_MODEL_TEMPLATE.read_text()
     # The published file itself, on a size and batch the parity check did not use.
     x = np.random.default_rng(1).random((3, 3, 23, 41), dtype=np.float32)
     sess = ort.InferenceSession(
-        str(repo / triton.ONNX_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        str(repo / ONNX_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    (y,) = sess.run(None, {triton.INPUT_NAME: x})
+    (y,) = sess.run(None, {INPUT_NAME: x})
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert y.shape == ref.shape
@@ -68,14 +67,14 @@ def test_failed_parity_leaves_repository_untouched(
 ) -> None:
     ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
     repo, metrics = tmp_path / "repo", tmp_path / "export.json"
-    old = repo / triton.ONNX_MODEL / "config.pbtxt"
+    old = repo / ONNX_MODEL / "config.pbtxt"
     old.parent.mkdir(parents=True)
     old.write_text("previous model\n")
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"32x32": 0.5, "17x51": 2e-5})
     with pytest.raises(DenoiseError, match=r"differs from PyTorch by 0\.5"):
         export_checkpoint(ckpt, repo, metrics, SETTINGS)
     assert old.read_text() == "previous model\n"
-    assert not (repo / triton.PYTHON_MODEL).exists()
+    assert not (repo / PYTHON_MODEL).exists()
     assert json.loads(metrics.read_text())["passed"] is False
 
 

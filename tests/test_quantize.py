@@ -13,7 +13,7 @@ from tiny_models import tiny_model
 from denoise.export import export_onnx
 from denoise.metrics import psnr, to_uint8
 from denoise.quantize import quantize_int8
-from denoise.triton import INPUT_NAME
+from denoise.triton.repository import INPUT_NAME
 
 
 def _run(path: Path, x: np.ndarray) -> np.ndarray:

@@ -11,10 +11,11 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from denoise import tensorrt, triton
+from denoise import tensorrt
 from denoise.errors import DenoiseError
 from denoise.infer import open_backend
 from denoise.tensorrt import TrtSettings, build_trt, tensorrt_status
+from denoise.triton.repository import TRT_MODEL
 
 PARAMS = {
     "fp16": True,
@@ -69,7 +70,7 @@ def test_skipped_build_records_why_and_writes_no_engine(
     no_tensorrt: None, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     repo = tmp_path / "model_repository"
-    stale = repo / triton.TRT_MODEL / "1" / "model.plan"  # from an earlier ONNX
+    stale = repo / TRT_MODEL / "1" / "model.plan"  # from an earlier ONNX
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"engine of another model")
     metrics = tmp_path / "metrics" / "build_trt.json"
@@ -77,7 +78,7 @@ def test_skipped_build_records_why_and_writes_no_engine(
     record = json.loads(metrics.read_text())
     assert record["status"] == "skipped" and "TensorRT is not installed" in record["reason"]
     assert report == record
-    assert not (repo / triton.TRT_MODEL).exists()
+    assert not (repo / TRT_MODEL).exists()
     assert not list(tmp_path.rglob("*.plan")) and not list(tmp_path.rglob("*.engine"))
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("build-trt: skipped: TensorRT is not installed")

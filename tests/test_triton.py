@@ -25,12 +25,36 @@ from tiny_models import tiny_model
 from tritonclient.grpc import model_config_pb2
 from typer.testing import CliRunner
 
-from denoise import triton
 from denoise.cli import app
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_rgb8, write_rgb8
 from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
+from denoise.triton import server as server_module
+from denoise.triton import smoke as smoke_module
+from denoise.triton.client import TritonBackend
+from denoise.triton.repository import (
+    INPUT_NAME,
+    ONNX_MODEL,
+    ONNX_ROUTES,
+    OUTPUT_NAME,
+    PYTHON_MODEL,
+    PYTHON_MODEL_TEMPLATE,
+    TRT_MODEL,
+    model_config,
+    write_model,
+    write_onnx_route,
+)
+from denoise.triton.server import (
+    HOST,
+    ServerBinary,
+    TritonServer,
+    _pytriton_root,
+    find_server,
+    port_in_use,
+    servable_models,
+)
+from denoise.triton.smoke import SmokeSettings, smoke_test
 
 
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
@@ -40,15 +64,15 @@ def parse_config(text: str) -> model_config_pb2.ModelConfig:
 
 def free_port() -> int:
     with socket.socket() as s:
-        s.bind((triton.HOST, 0))
+        s.bind((HOST, 0))
         return s.getsockname()[1]
 
 
-def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> triton.SmokeSettings:
+def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> SmokeSettings:
     """Settings for the bundled server and the python route; tests override what they vary."""
     base: dict = dict(
         binary="",
-        models=(triton.PYTHON_MODEL,),
+        models=(PYTHON_MODEL,),
         http_port=http_port,
         grpc_port=grpc_port,
         startup_timeout_s=60,
@@ -58,7 +82,7 @@ def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> trito
         warmup=0,
         tolerance=1e-3,
     )
-    return triton.SmokeSettings(**{**base, **overrides})
+    return SmokeSettings(**{**base, **overrides})
 
 
 def process_gone(pid: int) -> bool:
@@ -77,27 +101,27 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_path = tmp / "model.onnx"
     export_onnx(model, onnx_path)
     repo = tmp / "model_repository"
-    for route in triton.ONNX_ROUTES:
-        triton.write_onnx_route(repo, route, onnx_path, max_batch_size=2, python_threads=1)
+    for route in ONNX_ROUTES:
+        write_onnx_route(repo, route, onnx_path, max_batch_size=2, python_threads=1)
     return repo
 
 
 def local_onnxruntime(repo: Path, x: np.ndarray) -> np.ndarray:
     sess = ort.InferenceSession(
-        str(repo / triton.PYTHON_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+        str(repo / PYTHON_MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    return sess.run(None, {triton.INPUT_NAME: x})[0]
+    return sess.run(None, {INPUT_NAME: x})[0]
 
 
 # --------------------------------------------------------------------------- configs
 
 
 def test_python_route_config(repository: Path) -> None:
-    cfg = parse_config((repository / triton.PYTHON_MODEL / "config.pbtxt").read_text())
-    assert cfg.name == triton.PYTHON_MODEL and cfg.backend == "python" and not cfg.platform
+    cfg = parse_config((repository / PYTHON_MODEL / "config.pbtxt").read_text())
+    assert cfg.name == PYTHON_MODEL and cfg.backend == "python" and not cfg.platform
     assert cfg.max_batch_size == 2
     (inp,), (out,) = cfg.input, cfg.output
-    assert (inp.name, out.name) == (triton.INPUT_NAME, triton.OUTPUT_NAME)
+    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
     for t in (inp, out):
         assert t.data_type == model_config_pb2.TYPE_FP32
         assert list(t.dims) == [3, -1, -1]
@@ -106,20 +130,18 @@ def test_python_route_config(repository: Path) -> None:
 
 
 def test_onnx_and_tensorrt_configs() -> None:
-    cfg = parse_config(
-        triton.model_config(triton.ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=8)
-    )
+    cfg = parse_config(model_config(ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=8))
     assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("onnxruntime_onnx", "", 8)
     assert not cfg.instance_group  # Triton picks GPU when there is one, else CPU
     cfg = parse_config(
-        triton.model_config(
-            triton.TRT_MODEL, platform="tensorrt_plan", max_batch_size=4, instance_kind="KIND_GPU"
+        model_config(
+            TRT_MODEL, platform="tensorrt_plan", max_batch_size=4, instance_kind="KIND_GPU"
         )
     )
     assert cfg.platform == "tensorrt_plan" and list(cfg.input[0].dims) == [3, -1, -1]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     with pytest.raises(DenoiseError, match="max_batch_size must be > 0"):
-        triton.model_config("m", platform="onnxruntime_onnx", max_batch_size=0)
+        model_config("m", platform="onnxruntime_onnx", max_batch_size=0)
 
 
 def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
@@ -128,7 +150,7 @@ def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
     stale = tmp_path / "repo" / "m" / "1" / "old.plan"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"old")
-    triton.write_model(tmp_path / "repo", "m", 'name: "m"\n', {"model.onnx": src})
+    write_model(tmp_path / "repo", "m", 'name: "m"\n', {"model.onnx": src})
     assert not stale.exists()
     assert (tmp_path / "repo" / "m" / "1" / "model.onnx").read_bytes() == b"new"
 
@@ -138,47 +160,45 @@ def test_write_model_replaces_the_whole_folder(tmp_path: Path) -> None:
 
 def test_missing_binary_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(DenoiseError, match=r"nope/tritonserver: tritonserver binary not found"):
-        triton.find_server(tmp_path / "nope" / "tritonserver")
-    monkeypatch.setattr(triton.shutil, "which", lambda name: None)
-    monkeypatch.setattr(triton, "_pytriton_root", lambda: None)
+        find_server(tmp_path / "nope" / "tritonserver")
+    monkeypatch.setattr(server_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(server_module, "_pytriton_root", lambda: None)
     with pytest.raises(DenoiseError, match="tritonserver binary not found: none on PATH"):
-        triton.find_server()
+        find_server()
 
 
 def test_bundled_server_is_found() -> None:
-    server = triton.find_server(triton._pytriton_root() / "bin" / "tritonserver")
+    server = find_server(_pytriton_root() / "bin" / "tritonserver")
     assert server.bundled and os.access(server.path, os.X_OK)
 
 
 def test_servable_models_depend_on_the_server(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    for name in (triton.TRT_MODEL, triton.ONNX_MODEL, triton.PYTHON_MODEL):
+    for name in (TRT_MODEL, ONNX_MODEL, PYTHON_MODEL):
         (repo / name).mkdir(parents=True)
         (repo / name / "config.pbtxt").write_text(f'name: "{name}"\n')
     (repo / "half_written" / "1").mkdir(parents=True)  # no config.pbtxt: not a model
     binary = tmp_path / "tritonserver"
-    full = triton.ServerBinary(binary, bundled=False)
-    bundled = triton.ServerBinary(binary, bundled=True)
-    assert triton.servable_models(repo, full) == [
-        triton.ONNX_MODEL,
-        triton.PYTHON_MODEL,
-        triton.TRT_MODEL,
+    full = ServerBinary(binary, bundled=False)
+    bundled = ServerBinary(binary, bundled=True)
+    assert servable_models(repo, full) == [
+        ONNX_MODEL,
+        PYTHON_MODEL,
+        TRT_MODEL,
     ]
-    assert triton.servable_models(repo, bundled) == [triton.PYTHON_MODEL]
-    (repo / triton.PYTHON_MODEL / "config.pbtxt").unlink()
+    assert servable_models(repo, bundled) == [PYTHON_MODEL]
+    (repo / PYTHON_MODEL / "config.pbtxt").unlink()
     with pytest.raises(DenoiseError, match=rf"^{re.escape(str(repo))}: no model this tritonserver"):
-        triton.servable_models(repo, bundled)
-    assert triton.servable_models(repo, full) == [triton.ONNX_MODEL, triton.TRT_MODEL]
+        servable_models(repo, bundled)
+    assert servable_models(repo, full) == [ONNX_MODEL, TRT_MODEL]
 
 
 def test_busy_port_is_refused_before_start(repository: Path) -> None:
     with socket.socket() as busy:
-        busy.bind((triton.HOST, 0))
+        busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = triton.TritonServer(
-            repository, [triton.PYTHON_MODEL], http_port=free_port(), grpc_port=port
-        )
+        server = TritonServer(repository, [PYTHON_MODEL], http_port=free_port(), grpc_port=port)
         with pytest.raises(
             DenoiseError,
             match=rf"127\.0\.0\.1:{port}: port already in use "
@@ -195,17 +215,17 @@ def test_request_to_a_stopped_server(repository: Path) -> None:
         match=rf"http://127\.0\.0\.1:{port}: Triton server not "
         "reachable",
     ):
-        open_backend("triton", triton.PYTHON_MODEL, url=f"127.0.0.1:{port}")
+        open_backend("triton", PYTHON_MODEL, url=f"127.0.0.1:{port}")
 
 
 # --------------------------------------------------------------------------- real server
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[triton.TritonServer]:
-    with triton.TritonServer(
+def server(repository: Path) -> Iterator[TritonServer]:
+    with TritonServer(
         repository,
-        [triton.PYTHON_MODEL],
+        [PYTHON_MODEL],
         http_port=free_port(),
         grpc_port=free_port(),
         startup_timeout_s=60,
@@ -215,7 +235,7 @@ def server(repository: Path) -> Iterator[triton.TritonServer]:
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_served_output_matches_onnxruntime(
-    server: triton.TritonServer, repository: Path, protocol: str
+    server: TritonServer, repository: Path, protocol: str
 ) -> None:
     url = server.http_url if protocol == "http" else server.grpc_url
     # A network name (what `denoise run --backend triton` passes) means denoise_python.
@@ -232,24 +252,24 @@ def test_served_output_matches_onnxruntime(
         backend(np.zeros((1, 3, 8, 8)))
     backend.close()
     default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
-    assert default.model_name == triton.PYTHON_MODEL
+    assert default.model_name == PYTHON_MODEL
     default.close()
 
 
-def test_server_rejects_a_wrong_shape_itself(server: triton.TritonServer) -> None:
-    backend = triton.TritonBackend(server.http_url, "http", triton.PYTHON_MODEL)
+def test_server_rejects_a_wrong_shape_itself(server: TritonServer) -> None:
+    backend = TritonBackend(server.http_url, "http", PYTHON_MODEL)
     with pytest.raises(DenoiseError, match=r"request to denoise_python failed: .*noisy"):
         backend._infer(np.zeros((1, 4, 8, 8), np.float32))  # skip the client-side check
     backend.close()
 
 
-def test_unknown_model_names_what_is_served(server: triton.TritonServer) -> None:
+def test_unknown_model_names_what_is_served(server: TritonServer) -> None:
     with pytest.raises(DenoiseError, match=r"'denoise_trt' is not ready.*ready: denoise_python"):
-        triton.TritonBackend(server.http_url, "http", triton.TRT_MODEL)
+        TritonBackend(server.http_url, "http", TRT_MODEL)
 
 
 def test_cli_run_with_the_triton_backend(
-    server: triton.TritonServer,
+    server: TritonServer,
     repository: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -266,7 +286,7 @@ def test_cli_run_with_the_triton_backend(
     assert "photo_denoised.png" in result.output
     served = read_rgb8(tmp_path / "photo_denoised.png")
     local = OnnxRuntimeBackend(
-        repository / triton.PYTHON_MODEL / "1" / "model.onnx", providers=["CPUExecutionProvider"]
+        repository / PYTHON_MODEL / "1" / "model.onnx", providers=["CPUExecutionProvider"]
     )
     ref = denoise_image(noisy, local, tile=32, overlap=8)
     assert served.shape == ref.shape == noisy.shape
@@ -275,7 +295,7 @@ def test_cli_run_with_the_triton_backend(
 
 
 def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
-    server: triton.TritonServer,
+    server: TritonServer,
     repository: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -287,8 +307,10 @@ def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
         def __call__(self, batch: np.ndarray) -> np.ndarray:
             return super().__call__(batch) + 0.25
 
-    monkeypatch.setattr(triton, "OnnxRuntimeBackend", ShiftedReference)
-    monkeypatch.setattr(triton, "TritonServer", lambda *a, **k: contextlib.nullcontext(server))
+    monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", ShiftedReference)
+    monkeypatch.setattr(
+        smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
+    )
     write_test_split(tmp_path / "test", 1)
     settings = smoke_settings(server.http_port, server.grpc_port)
     metrics = tmp_path / "metrics" / "triton_smoke.json"
@@ -297,44 +319,42 @@ def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
         match=r"^denoise_python over http: served output differs from local onnxruntime "
         r"by 0\.25 \(> triton\.tolerance 0\.001\)$",
     ):
-        triton.smoke_test(repository, tmp_path / "test", metrics, settings)
+        smoke_test(repository, tmp_path / "test", metrics, settings)
     report = json.loads(metrics.read_text())
-    per_protocol = report["models"][triton.PYTHON_MODEL]
+    per_protocol = report["models"][PYTHON_MODEL]
     assert list(per_protocol) == ["http"]  # stopped at the first failure, before grpc
     assert per_protocol["http"]["max_abs_diff_vs_onnxruntime"] == pytest.approx(0.25, abs=1e-5)
     assert report["images"] == 1 and report["crop"] == 16
 
 
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
-    srv = triton.TritonServer(
-        repository, [triton.PYTHON_MODEL], http_port=free_port(), grpc_port=free_port()
-    )
+    srv = TritonServer(repository, [PYTHON_MODEL], http_port=free_port(), grpc_port=free_port())
     with srv:
         pid = srv.process.pid
         assert srv.start_s is not None and srv.start_s > 0
-        assert triton.port_in_use(srv.http_port) and triton.port_in_use(srv.grpc_port)
+        assert port_in_use(srv.http_port) and port_in_use(srv.grpc_port)
     assert srv.process is None and process_gone(pid)  # server and python stubs
-    assert not triton.port_in_use(srv.http_port) and not triton.port_in_use(srv.grpc_port)
+    assert not port_in_use(srv.http_port) and not port_in_use(srv.grpc_port)
     # The server ran on a private copy: nothing (e.g. __pycache__) written into the repository.
     assert not list(repository.rglob("__pycache__"))
     with pytest.raises(DenoiseError, match="Triton server not reachable"):
-        triton.TritonBackend(srv.http_url, "http", triton.PYTHON_MODEL)
+        TritonBackend(srv.http_url, "http", PYTHON_MODEL)
 
 
 def test_model_that_cannot_load_reports_the_servers_reason(
     repository: Path, tmp_path: Path
 ) -> None:
     repo = tmp_path / "repo"
-    model_dir = repo / triton.PYTHON_MODEL
+    model_dir = repo / PYTHON_MODEL
     model_dir.mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(
-        (repository / triton.PYTHON_MODEL / "config.pbtxt").read_text()
+        (repository / PYTHON_MODEL / "config.pbtxt").read_text()
     )
     (model_dir / "1").mkdir()  # model.py without its model.onnx
-    (model_dir / "1" / "model.py").write_text(triton.PYTHON_MODEL_TEMPLATE.read_text())
-    srv = triton.TritonServer(
+    (model_dir / "1" / "model.py").write_text(PYTHON_MODEL_TEMPLATE.read_text())
+    srv = TritonServer(
         repo,
-        [triton.PYTHON_MODEL],
+        [PYTHON_MODEL],
         http_port=free_port(),
         grpc_port=free_port(),
         startup_timeout_s=60,
@@ -351,7 +371,7 @@ def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     script.write_text(
         textwrap.dedent(f"""
         import time
-        from denoise.triton import TritonServer
+        from denoise.triton.server import TritonServer
         with TritonServer({str(repository)!r}, ["denoise_python"], http_port={http},
                           grpc_port={grpc}) as srv:
             print(srv.process.pid, flush=True)
@@ -369,7 +389,7 @@ def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     while not process_gone(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert process_gone(pid)
-    assert not triton.port_in_use(http) and not triton.port_in_use(grpc)
+    assert not port_in_use(http) and not port_in_use(grpc)
 
 
 # --------------------------------------------------------------------------- smoke test
@@ -392,23 +412,23 @@ def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
         free_port(), free_port(), images=2, crop=32, repeats=2, warmup=1, tolerance=1e-5
     )
     metrics = tmp_path / "metrics" / "triton_smoke.json"
-    report = triton.smoke_test(repository, tmp_path / "test", metrics, settings)
+    report = smoke_test(repository, tmp_path / "test", metrics, settings)
     assert json.loads(metrics.read_text()) == report
     assert report["images"] == 2 and report["server"]["bundled"]
     for protocol in ("http", "grpc"):
-        m = report["models"][triton.PYTHON_MODEL][protocol]
+        m = report["models"][PYTHON_MODEL][protocol]
         assert m["max_abs_diff_vs_onnxruntime"] <= 1e-5
         assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
         assert m["throughput_img_s"] > 0
         assert 5 < m["psnr_in"] < 30 and np.isfinite(m["psnr_out"])
-    assert not triton.port_in_use(settings.http_port)
+    assert not port_in_use(settings.http_port)
 
 
 def test_smoke_settings_reject_impossible_values() -> None:
     import yaml
 
     section = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["triton"]
-    assert triton.SmokeSettings.from_params(section).tolerance == section["tolerance"]
+    assert SmokeSettings.from_params(section).tolerance == section["tolerance"]
     for bad, match in (
         ({"http_port": 0}, "http_port and grpc_port must be 1-65535"),
         ({"grpc_port": section["http_port"]}, "http_port and grpc_port must differ"),
@@ -416,4 +436,4 @@ def test_smoke_settings_reject_impossible_values() -> None:
         ({"tolerance": -1.0}, "warmup and tolerance must be >= 0"),
     ):
         with pytest.raises(DenoiseError, match=rf"^params\.yaml triton: {match}$"):
-            triton.SmokeSettings.from_params({**section, **bad})
+            SmokeSettings.from_params({**section, **bad})

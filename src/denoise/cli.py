@@ -194,7 +194,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model repository with Triton in the foreground (Ctrl-C stops it)."""
-    from denoise.triton import serve as serve_repository
+    from denoise.triton.server import serve as serve_repository
 
     code = serve_repository(
         repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary

@@ -22,12 +22,12 @@ import onnx
 import torch
 from torch import nn
 
-from denoise import triton
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import OnnxRuntimeBackend
 from denoise.params import checked_section
+from denoise.triton.repository import INPUT_NAME, ONNX_ROUTES, OUTPUT_NAME, write_onnx_route
 
 MIN_OPSET = 17
 # Models whose graph must contain native LayerNormalization nodes after export.
@@ -72,9 +72,9 @@ def export_onnx(
             str(tmp),
             dynamo=False,
             opset_version=opset,
-            input_names=[triton.INPUT_NAME],
-            output_names=[triton.OUTPUT_NAME],
-            dynamic_axes={triton.INPUT_NAME: axes, triton.OUTPUT_NAME: axes},
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
             do_constant_folding=True,
         )
 
@@ -169,8 +169,8 @@ def export_checkpoint(
                 f"(> export.tolerance {settings.tolerance:g}); nothing written to "
                 f"{repository}"
             )
-        for route in triton.ONNX_ROUTES:
-            triton.write_onnx_route(
+        for route in ONNX_ROUTES:
+            write_onnx_route(
                 repository,
                 route,
                 onnx_path,

@@ -33,7 +33,7 @@ from denoise.fileio import IMAGE_SUFFIXES, read_image, write_image
 from denoise.metrics import to_uint8
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
-_LAZY_BACKENDS = {"triton": "denoise.triton", "tensorrt": "denoise.tensorrt"}
+_LAZY_BACKENDS = {"triton": "denoise.triton.client", "tensorrt": "denoise.tensorrt"}
 
 
 @runtime_checkable

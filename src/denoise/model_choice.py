@@ -40,7 +40,7 @@ def resolve_model(
         if backend == "triton":
             return backend, name or ""  # the served model; "" lets the backend pick its default
         if backend in ("onnxruntime", "tensorrt"):
-            from denoise.triton import exported_model
+            from denoise.triton.repository import exported_model
 
             return backend, str(exported_model(backend, repository))
         if name is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from denoise.triton import INPUT_NAME
+from denoise.triton.repository import INPUT_NAME
 
 
 def quantize_int8(

@@ -29,11 +29,19 @@ from typing import Any
 
 import numpy as np
 
-from denoise import triton
 from denoise.errors import DenoiseError
 from denoise.fileio import write_json
 from denoise.infer import OnnxRuntimeBackend, register_backend
 from denoise.params import checked_section
+from denoise.triton.repository import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    TRT_MODEL,
+    model_config,
+    reference_onnx,
+    write_model,
+)
+from denoise.triton.smoke import load_test_pairs
 
 # Named I/O tensors, execute_async_v3 and the NORMALIZATION layer type need 8.6. TensorRT 11
 # removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS (strong typing only): there the FP16
@@ -136,7 +144,7 @@ def build_engine(onnx_path: str | Path, settings: TrtSettings) -> tuple[bytes, i
         config.set_flag(trt.BuilderFlag.FP16)
     pinned = _keep_layernorm_fp32(trt, network, config)
     profile = builder.create_optimization_profile()
-    profile.set_shape(triton.INPUT_NAME, *settings.profile())
+    profile.set_shape(INPUT_NAME, *settings.profile())
     config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
@@ -173,9 +181,7 @@ class TensorRTBackend:
                 "TensorRT version? rebuild it with the build-trt stage)"
             )
         self.context = self.engine.create_execution_context()
-        self.min_shape, _, self.max_shape = self.engine.get_tensor_profile_shape(
-            triton.INPUT_NAME, 0
-        )
+        self.min_shape, _, self.max_shape = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 3:
@@ -195,14 +201,14 @@ class TensorRTBackend:
     def _run(self, batch: np.ndarray) -> np.ndarray:
         torch = self._torch
         x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).cuda()
-        self.context.set_input_shape(triton.INPUT_NAME, tuple(x.shape))
+        self.context.set_input_shape(INPUT_NAME, tuple(x.shape))
         y = torch.empty(
-            tuple(self.context.get_tensor_shape(triton.OUTPUT_NAME)),
+            tuple(self.context.get_tensor_shape(OUTPUT_NAME)),
             dtype=torch.float32,
             device=x.device,
         )
-        self.context.set_tensor_address(triton.INPUT_NAME, x.data_ptr())
-        self.context.set_tensor_address(triton.OUTPUT_NAME, y.data_ptr())
+        self.context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        self.context.set_tensor_address(OUTPUT_NAME, y.data_ptr())
         stream = torch.cuda.current_stream()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise DenoiseError(f"tensorrt: inference failed for input {tuple(x.shape)}")
@@ -225,7 +231,7 @@ def _compare(
     """PSNR of the engine's output vs onnxruntime's (and vs clean), and engine latency."""
     from denoise.metrics import psnr, to_batch, to_uint8
 
-    pairs = triton.load_test_pairs(test_root, settings.test_images, settings.test_crop)
+    pairs = load_test_pairs(test_root, settings.test_images, settings.test_crop)
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
     vs_ort, vs_clean, times = [], [], []
@@ -262,7 +268,7 @@ def build_trt(
     shows up here), else nothing is published.
     """
     ok, why = tensorrt_status()
-    target = Path(repository) / triton.TRT_MODEL
+    target = Path(repository) / TRT_MODEL
     stale = target.is_dir()
     if stale:
         shutil.rmtree(target)
@@ -276,7 +282,7 @@ def build_trt(
     import tensorrt as trt
     import torch
 
-    onnx_path = triton.reference_onnx(repository)
+    onnx_path = reference_onnx(repository)
     t0 = time.perf_counter()
     plan, pinned = build_engine(onnx_path, settings)
     build_s = time.perf_counter() - t0
@@ -307,13 +313,13 @@ def build_trt(
                 f"min_psnr_vs_onnxruntime {settings.min_psnr_vs_onnxruntime:g}); "
                 "engine not published"
             )
-        config = triton.model_config(
-            triton.TRT_MODEL,
+        config = model_config(
+            TRT_MODEL,
             platform="tensorrt_plan",
             max_batch_size=settings.max_shape[0],
             instance_kind="KIND_GPU",
         )
-        triton.write_model(repository, triton.TRT_MODEL, config, {"model.plan": plan_path})
+        write_model(repository, TRT_MODEL, config, {"model.plan": plan_path})
     print(
         f"build-trt: {report['gpu']}, built in {build_s:.1f} s, "
         f"{report['psnr_vs_onnxruntime']:.1f} dB vs onnxruntime, "

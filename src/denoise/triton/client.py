@@ -1,0 +1,145 @@
+"""A Triton client as a ``denoise`` backend (``--backend triton``), over HTTP or gRPC."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from denoise.errors import DenoiseError, first_line
+from denoise.infer import register_backend
+from denoise.triton.repository import INPUT_NAME, OUTPUT_NAME, PYTHON_MODEL
+from denoise.triton.server import HOST
+
+
+def _client_module(protocol: str) -> Any:
+    if protocol == "http":
+        import tritonclient.http as module
+    elif protocol == "grpc":
+        import tritonclient.grpc as module
+    else:
+        raise DenoiseError(f"triton protocol {protocol!r}: expected http or grpc")
+    return module
+
+
+class TritonBackend:
+    """A denoiser served by Triton: ``(N, 3, H, W)`` float32 in [0, 1] -> same shape.
+
+    Batches larger than the model's ``max_batch_size`` are split into several requests.
+    """
+
+    name = "triton"
+
+    def __init__(
+        self,
+        url: str = f"{HOST}:8000",
+        protocol: str = "http",
+        model_name: str = PYTHON_MODEL,
+        timeout_s: float = 120.0,
+    ) -> None:
+        self.url = re.sub(r"^[a-z]+://", "", url)
+        self.protocol = protocol
+        self.model_name = model_name
+        self._module = _client_module(protocol)
+        self.timeout_s = timeout_s
+        try:
+            if protocol == "http":
+                self._client = self._module.InferenceServerClient(
+                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+                )
+            else:
+                self._client = self._module.InferenceServerClient(self.url)
+            ready = self._client.is_model_ready(model_name)
+        except Exception as e:
+            raise DenoiseError(
+                f"{protocol}://{self.url}: Triton server not reachable ({first_line(e)})"
+            ) from None
+        if not ready:
+            served = ", ".join(self._ready_models()) or "none"
+            raise DenoiseError(
+                f"{protocol}://{self.url}: model {model_name!r} is not ready "
+                f"on the server (ready: {served})"
+            )
+        try:
+            config = self._client.get_model_config(model_name)
+        except Exception as e:
+            raise DenoiseError(
+                f"{protocol}://{self.url}: no config for {model_name!r} ({first_line(e)})"
+            ) from None
+        if protocol == "grpc":
+            self.max_batch_size = int(config.config.max_batch_size)
+        else:
+            self.max_batch_size = int(config.get("max_batch_size", 0))
+
+    def _ready_models(self) -> list[str]:
+        try:
+            index = self._client.get_model_repository_index()
+        except Exception:
+            return []
+        if self.protocol == "grpc":
+            return [m.name for m in index.models if m.state == "READY"]
+        return [m["name"] for m in index if m.get("state") == "READY"]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1] != 3:
+            raise DenoiseError(
+                f"{self.model_name}: wrong input {batch.shape} {batch.dtype}, "
+                "expected (N, 3, H, W) float32"
+            )
+        step = self.max_batch_size or len(batch)
+        return np.concatenate(
+            [self._infer(batch[i : i + step]) for i in range(0, len(batch), step)]
+        )
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        inp = self._module.InferInput(INPUT_NAME, list(batch.shape), "FP32")
+        inp.set_data_from_numpy(np.ascontiguousarray(batch))
+        out = self._module.InferRequestedOutput(OUTPUT_NAME)
+        kwargs = {"client_timeout": self.timeout_s} if self.protocol == "grpc" else {}
+        try:
+            result = self._client.infer(self.model_name, [inp], outputs=[out], **kwargs)
+        except Exception as e:
+            raise DenoiseError(
+                f"{self.protocol}://{self.url}: request to {self.model_name} "
+                f"failed: {first_line(e)}"
+            ) from None
+        y = result.as_numpy(OUTPUT_NAME)
+        if y is None or y.shape != batch.shape:
+            got = None if y is None else y.shape
+            raise DenoiseError(
+                f"{self.protocol}://{self.url}: {self.model_name} returned "
+                f"{got} for input {batch.shape}"
+            )
+        return y
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._client.close()
+
+
+def _is_network_name(name: str) -> bool:
+    from denoise.models import dncnn, nafnet  # noqa: F401  (importing registers them)
+    from denoise.models.registry import MODELS
+
+    return name in MODELS
+
+
+@register_backend("triton")
+def open_triton(
+    model: str | Path = PYTHON_MODEL,
+    *,
+    url: str = f"{HOST}:8000",
+    protocol: str = "http",
+    model_name: str | None = None,
+    **options: Any,
+) -> TritonBackend:
+    """The ``triton`` inference backend; ``model`` (or ``model_name``) is the served model.
+
+    A network name such as ``nafnet`` (what ``denoise run --backend triton`` passes by
+    default) means ``denoise_python``: the repository serves whichever network was exported.
+    """
+    name = model_name or str(model) or PYTHON_MODEL
+    return TritonBackend(url, protocol, PYTHON_MODEL if _is_network_name(name) else name, **options)

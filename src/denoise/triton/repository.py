@@ -1,0 +1,135 @@
+"""The Triton model repository: the models' names and configs, and writing them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from denoise.errors import DenoiseError
+from denoise.fileio import atomic_path
+
+INPUT_NAME = "noisy"
+OUTPUT_NAME = "denoised"
+ONNX_MODEL = "denoise_onnx"
+PYTHON_MODEL = "denoise_python"
+TRT_MODEL = "denoise_trt"
+# The Triton models the export stage writes from one ONNX file (route -> model name).
+ONNX_ROUTES = {"onnx": ONNX_MODEL, "python": PYTHON_MODEL}
+PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("python_model.py")
+
+
+def model_config(
+    name: str,
+    *,
+    max_batch_size: int,
+    platform: str | None = None,
+    backend: str | None = None,
+    instance_kind: str | None = None,
+    parameters: dict[str, str] | None = None,
+) -> str:
+    """The ``config.pbtxt`` text of one denoiser model (exactly one of platform/backend)."""
+    if (platform is None) == (backend is None):
+        raise ValueError("give exactly one of platform and backend")
+    if max_batch_size < 1:
+        raise DenoiseError(
+            f"{name}: max_batch_size must be > 0 (got {max_batch_size}); "
+            "dims [3, -1, -1] rely on the batch dimension"
+        )
+    lines = [
+        f'name: "{name}"',
+        f'platform: "{platform}"' if platform else f'backend: "{backend}"',
+        f"max_batch_size: {max_batch_size}",
+    ]
+    for kind, tname in (("input", INPUT_NAME), ("output", OUTPUT_NAME)):
+        lines += [
+            f"{kind} [",
+            "  {",
+            f'    name: "{tname}"',
+            "    data_type: TYPE_FP32",
+            "    dims: [ 3, -1, -1 ]",
+            "  }",
+            "]",
+        ]
+    if instance_kind:
+        lines += [
+            "instance_group [",
+            "  {",
+            "    count: 1",
+            f"    kind: {instance_kind}",
+            "  }",
+            "]",
+        ]
+    for key, value in (parameters or {}).items():
+        lines += ["parameters {", f'  key: "{key}"', f'  value: {{ string_value: "{value}" }}', "}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_model(
+    repository: str | Path, name: str, config: str, files: dict[str, str | Path]
+) -> Path:
+    """Write ``<repository>/<name>/`` (config.pbtxt + ``1/<file>`` for each of ``files``).
+
+    The folder is staged and swapped in whole: a reader sees the old model or the new one.
+    """
+    target = Path(repository) / name
+    with atomic_path(target) as tmp:
+        (tmp / "1").mkdir(parents=True)
+        (tmp / "config.pbtxt").write_text(config)
+        for dst, src in files.items():
+            shutil.copyfile(src, tmp / "1" / dst)
+    return target
+
+
+def write_onnx_route(
+    repository: str | Path,
+    route: str,
+    onnx_path: str | Path,
+    *,
+    max_batch_size: int,
+    python_threads: int = 0,
+) -> Path:
+    """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
+    if route == "onnx":
+        config = model_config(
+            ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=max_batch_size
+        )
+        return write_model(repository, ONNX_MODEL, config, {"model.onnx": onnx_path})
+    if route == "python":
+        config = model_config(
+            PYTHON_MODEL,
+            backend="python",
+            max_batch_size=max_batch_size,
+            instance_kind="KIND_CPU",
+            parameters={"intra_op_threads": str(python_threads)},
+        )
+        return write_model(
+            repository,
+            PYTHON_MODEL,
+            config,
+            {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE},
+        )
+    raise DenoiseError(f"unknown export route {route!r}; known: {sorted(ONNX_ROUTES)}")
+
+
+def reference_onnx(repository: str | Path) -> Path:
+    """The exported ONNX in the repository (both ONNX routes hold the same file)."""
+    for name in (ONNX_MODEL, PYTHON_MODEL):
+        path = Path(repository) / name / "1" / "model.onnx"
+        if path.is_file():
+            return path
+    raise DenoiseError(
+        f"{repository}: no {ONNX_MODEL}/1/model.onnx or {PYTHON_MODEL}/1/"
+        "model.onnx (run the export-onnx stage first)"
+    )
+
+
+def exported_model(backend: str, repository: str | Path) -> Path:
+    """The file the pipeline last exported for a local ``backend`` (onnxruntime, tensorrt)."""
+    if backend == "onnxruntime":
+        return reference_onnx(repository)
+    plan = Path(repository) / TRT_MODEL / "1" / "model.plan"
+    if backend != "tensorrt":
+        raise DenoiseError(f"backend {backend!r} has no exported model file; pass --model")
+    if not plan.is_file():
+        raise DenoiseError(f"{plan}: not found (the build-trt stage writes it on a TensorRT GPU)")
+    return plan

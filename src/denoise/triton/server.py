@@ -1,0 +1,417 @@
+"""A real ``tritonserver`` process: found, started on loopback, health-checked, always stopped."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from denoise.errors import DenoiseError
+from denoise.triton.repository import PYTHON_MODEL
+
+HOST = "127.0.0.1"
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
+
+
+@dataclass(frozen=True)
+class ServerBinary:
+    """A tritonserver executable; ``bundled`` is the python-backend-only one of pytriton."""
+
+    path: Path
+    bundled: bool
+
+
+def _pytriton_root() -> Path | None:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def find_server(binary: str | Path | None = None) -> ServerBinary:
+    """Locate tritonserver: ``binary`` if given, else ``tritonserver`` on PATH, else pytriton's."""
+    root = _pytriton_root()
+    bundled = root / "bin" / "tritonserver" if root else None
+    if binary:
+        path = Path(binary)
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise DenoiseError(f"{path}: tritonserver binary not found or not executable")
+        return ServerBinary(path, bundled is not None and path.resolve() == bundled.resolve())
+    on_path = shutil.which("tritonserver")
+    if on_path:
+        return ServerBinary(Path(on_path), False)
+    if bundled is not None and bundled.is_file():
+        return ServerBinary(bundled, True)
+    raise DenoiseError(
+        "tritonserver binary not found: none on PATH and no nvidia-pytriton "
+        "(pip install nvidia-pytriton==0.7.0, or set triton.binary)"
+    )
+
+
+def port_in_use(port: int, host: str = HOST) -> bool:
+    """True when ``host:port`` cannot be bound (another process listens there)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _bundled_backend_dir(root: Path, workdir: Path) -> Path:
+    """A backend folder for the bundled server with the stub of *this* Python version.
+
+    pytriton ships one stub per Python minor version beside the backend; Triton looks for it
+    at ``<backend-directory>/python/triton_python_backend_stub``.
+    """
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise DenoiseError(f"{stub}: no Triton python backend stub for Python {version}")
+    backend = workdir / "backends" / "python"
+    backend.mkdir(parents=True)
+    for item in (root / "backends" / "python").iterdir():
+        if item.is_file():
+            (backend / item.name).symlink_to(item)
+    shutil.copy2(stub, backend / stub.name)
+    return workdir / "backends"
+
+
+def _bundled_env(root: Path) -> dict[str, str]:
+    """Environment for the bundled server and its python stub (see the module docstring)."""
+    env = dict(os.environ)
+    # The stub ignores PYTHONPATH; it finds its interpreter by looking up ``python3`` on PATH,
+    # so our environment's bin first gives it our site-packages (as pytriton does).
+    env["PATH"] = os.pathsep.join([str(Path(sys.exec_prefix) / "bin"), env.get("PATH", "")])
+    libdirs = [
+        sysconfig.get_config_var("LIBDIR") or "",
+        str(root.parent.parent / "nvidia_pytriton.libs"),
+        env.get("LD_LIBRARY_PATH", ""),
+    ]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(d for d in libdirs if d)
+    return env
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux), so a
+    killed stage never leaves a server holding the ports. libc is loaded here, in the parent:
+    the child between fork and exec must not import anything."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks stop the server."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class TritonServer:
+    """A tritonserver process on ``repository``, loading ``models`` explicitly.
+
+    Use as a context manager: entering starts the server and waits until every model is
+    ready (or raises DenoiseError with the server's own reason); leaving always stops it.
+    """
+
+    def __init__(
+        self,
+        repository: str | Path,
+        models: Sequence[str],
+        *,
+        http_port: int = 8000,
+        grpc_port: int = 8001,
+        binary: str | Path | None = None,
+        startup_timeout_s: float = 60.0,
+        echo: bool = False,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.models = list(models)
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.binary = find_server(binary)
+        self.startup_timeout_s = startup_timeout_s
+        self.echo = echo
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_s: float | None = None
+        self._log: collections.deque[str] = collections.deque(maxlen=400)
+        self._reader: threading.Thread | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+        self._signals: contextlib.ExitStack | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"{HOST}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{HOST}:{self.grpc_port}"
+
+    def _snapshot(self, target: Path) -> Path:
+        """A private copy (hard links where possible) of the models to serve.
+
+        The server must not write into the repository: the python backend leaves a
+        ``__pycache__`` in the model folder, which would change a DVC-tracked output.
+        """
+        for model in self.models:
+            shutil.copytree(
+                self.repository / model,
+                target / model,
+                copy_function=_link_or_copy,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+        return target
+
+    def command(self, repository: Path, backend_dir: Path | None) -> list[str]:
+        cmd = [
+            str(self.binary.path),
+            f"--model-repository={repository}",
+            "--model-control-mode=explicit",
+            "--exit-on-error=false",
+            "--strict-readiness=true",
+            "--allow-metrics=false",
+            f"--http-address={HOST}",
+            f"--http-port={self.http_port}",
+            f"--grpc-address={HOST}",
+            f"--grpc-port={self.grpc_port}",
+        ]
+        cmd += [f"--load-model={m}" for m in self.models]
+        if backend_dir is not None:
+            cmd.append(f"--backend-directory={backend_dir}")
+        return cmd
+
+    def start(self) -> float:
+        """Start the server and wait until it is ready; returns the seconds that took."""
+        if not self.repository.is_dir():
+            raise DenoiseError(f"{self.repository}: model repository not found")
+        for model in self.models:
+            if not (self.repository / model / "config.pbtxt").is_file():
+                raise DenoiseError(
+                    f"{self.repository / model}: no config.pbtxt (model not in the repository)"
+                )
+        for label, port in (("http", self.http_port), ("grpc", self.grpc_port)):
+            if port_in_use(port):
+                raise DenoiseError(f"{HOST}:{port}: port already in use (triton {label} port)")
+        self._workdir = tempfile.TemporaryDirectory(prefix="denoise-triton-")
+        try:
+            workdir = Path(self._workdir.name)
+            snapshot = self._snapshot(workdir / "model_repository")
+            backend_dir, env = None, dict(os.environ)
+            if self.binary.bundled:
+                root = self.binary.path.parent.parent
+                backend_dir = _bundled_backend_dir(root, workdir)
+                env = _bundled_env(root)
+            t0 = time.perf_counter()
+            self.process = subprocess.Popen(
+                self.command(snapshot, backend_dir),
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+            self._reader = threading.Thread(target=self._read_log, daemon=True)
+            self._reader.start()
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        self.start_s = time.perf_counter() - t0
+        return self.start_s
+
+    def _read_log(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in self.process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self._log.append(line)
+            if self.echo:
+                print(line, flush=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(list(self._log)[-lines:])
+
+    def _log_reason(self) -> str:
+        """The server's last error line (``E...`` glog lines, or 'error:' text)."""
+        lines = list(self._log)
+        errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln)]
+        errors = errors or [ln for ln in lines if "error" in ln.lower()]
+        if not errors:
+            return "no error in the server log"
+        return re.sub(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ", "", errors[-1]).strip()
+
+    def _wait_ready(self) -> None:
+        import tritonclient.http as httpclient
+
+        assert self.process is not None
+        client = httpclient.InferenceServerClient(
+            self.http_url, connection_timeout=2.0, network_timeout=5.0
+        )
+        deadline = time.monotonic() + self.startup_timeout_s
+        try:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    if self._reader:
+                        self._reader.join(timeout=2.0)
+                    raise DenoiseError(
+                        f"{self.binary.path}: exited with code "
+                        f"{self.process.returncode} during startup: "
+                        f"{self._log_reason()}"
+                    )
+                try:
+                    live = client.is_server_live()
+                    ready = live and all(client.is_model_ready(m) for m in self.models)
+                except Exception:  # not listening yet
+                    live = ready = False
+                if ready:
+                    return
+                if live:
+                    self._raise_unavailable(client)
+                time.sleep(0.1)
+        finally:
+            client.close()
+        raise DenoiseError(
+            f"{self.repository}: models {self.models} not ready after "
+            f"{self.startup_timeout_s:g} s: {self._log_reason()}"
+        )
+
+    def _raise_unavailable(self, client: Any) -> None:
+        try:
+            index = client.get_model_repository_index()
+        except Exception:
+            return
+        for entry in index:
+            if entry.get("name") in self.models and entry.get("state") == "UNAVAILABLE":
+                reason = entry.get("reason") or self._log_reason()
+                raise DenoiseError(
+                    f"{self.repository / entry['name']}: model not ready: {reason.splitlines()[0]}"
+                )
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL."""
+        proc, self.process = self.process, None
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            # Stubs are in the same group; make sure none outlives the server.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            if self._reader is not None:
+                self._reader.join(timeout=5.0)
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def wait(self) -> int:
+        """Block until the server exits (foreground ``denoise serve``); returns its code."""
+        assert self.process is not None
+        return self.process.wait()
+
+    def __enter__(self) -> TritonServer:
+        self._signals = contextlib.ExitStack()
+        self._signals.enter_context(_sigterm_as_interrupt())
+        try:
+            self.start()
+        except BaseException:
+            self._signals.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            if self._signals is not None:
+                self._signals.close()
+
+
+def servable_models(repository: str | Path, server: ServerBinary) -> list[str]:
+    """What a server can load from ``repository``: all models, or only the python-backend one
+    for the bundled server."""
+    repo = Path(repository)
+    present = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    if server.bundled:
+        present = [m for m in present if m == PYTHON_MODEL]
+    if not present:
+        raise DenoiseError(
+            f"{repo}: no model this tritonserver can load (run `dvc repro export-onnx` first)"
+        )
+    return present
+
+
+def serve(
+    repository: str | Path,
+    models: Sequence[str] = (),
+    *,
+    http_port: int,
+    grpc_port: int,
+    binary: str | None = None,
+    startup_timeout_s: float = 60.0,
+) -> int:
+    """Run tritonserver in the foreground until it exits or Ctrl-C; returns its exit code.
+
+    ``models`` empty: every model the server can load (see :func:`servable_models`).
+    """
+    models = list(models) or servable_models(repository, find_server(binary))
+    server = TritonServer(
+        repository,
+        models,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        binary=binary,
+        startup_timeout_s=startup_timeout_s,
+        echo=True,
+    )
+    with server:
+        print(
+            f"serving {', '.join(models)} from {server.repository} on http://{server.http_url}"
+            f" and grpc {server.grpc_url} (Ctrl-C stops)",
+            flush=True,
+        )
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            return 0

@@ -1,0 +1,192 @@
+"""The triton-smoke stage: serve the exported models, compare them with onnxruntime, time them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from denoise.errors import DenoiseError
+from denoise.fileio import write_json
+from denoise.infer import OnnxRuntimeBackend
+from denoise.params import checked_section
+from denoise.triton.client import TritonBackend
+from denoise.triton.repository import PYTHON_MODEL, TRT_MODEL, reference_onnx
+from denoise.triton.server import TritonServer
+
+
+@dataclass(frozen=True)
+class SmokeSettings:
+    """The ``triton`` section of params.yaml."""
+
+    binary: str
+    models: tuple[str, ...]
+    http_port: int
+    grpc_port: int
+    startup_timeout_s: float
+    images: int
+    crop: int
+    repeats: int
+    warmup: int
+    tolerance: float
+
+    @classmethod
+    def from_params(cls, section: dict[str, Any]) -> SmokeSettings:
+        s = checked_section(cls, section, "triton")
+        s["models"] = tuple(s["models"])
+        settings = cls(**s)
+        problems = [
+            msg
+            for ok, msg in (
+                (
+                    all(1 <= p <= 65535 for p in (settings.http_port, settings.grpc_port)),
+                    "http_port and grpc_port must be 1-65535",
+                ),
+                (settings.http_port != settings.grpc_port, "http_port and grpc_port must differ"),
+                (settings.images >= 1 and settings.repeats >= 1, "images and repeats must be >= 1"),
+                (
+                    settings.warmup >= 0 and settings.tolerance >= 0,
+                    "warmup and tolerance must be >= 0",
+                ),
+                (settings.startup_timeout_s > 0, "startup_timeout_s must be > 0"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise DenoiseError(f"params.yaml triton: {'; '.join(problems)}")
+        return settings
+
+
+def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    if size <= 0:
+        return img
+    h, w = img.shape[:2]
+    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[top : top + size, left : left + size]
+
+
+def load_test_pairs(
+    root: str | Path, count: int, crop: int
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """``(instance, noisy, clean)`` uint8 HWC pairs from a SIDD-layout test split."""
+    from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
+    from denoise.fileio import read_rgb8
+
+    found = list_instances(root)[:count] if count > 0 else list_instances(root)
+    return [
+        (
+            inst.name,
+            _center_crop(read_rgb8(folder / NOISY_NAME), crop),
+            _center_crop(read_rgb8(folder / GT_NAME), crop),
+        )
+        for inst, folder in found
+    ]
+
+
+def _percentile_ms(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1000.0, q))
+
+
+def _measure(
+    backend: TritonBackend, batches: list[np.ndarray], *, repeats: int, warmup: int, desc: str
+) -> tuple[list[float], list[np.ndarray]]:
+    """Per-request seconds over ``repeats`` passes, and the outputs of the first pass."""
+    from tqdm import tqdm
+
+    times, outs = [], []
+    try:
+        for b in batches[:1] * warmup:
+            backend(b)
+        for i in tqdm(range(len(batches) * max(1, repeats)), desc=desc, leave=False):
+            t0 = time.perf_counter()
+            y = backend(batches[i % len(batches)])
+            times.append(time.perf_counter() - t0)
+            if i < len(batches):
+                outs.append(y)
+    finally:
+        backend.close()
+    return times, outs
+
+
+def smoke_test(
+    repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: SmokeSettings
+) -> dict[str, Any]:
+    """Serve the repository with a real tritonserver and check it over HTTP and gRPC.
+
+    Per model and protocol: max abs difference of the served output vs local onnxruntime on
+    the same ONNX file (above ``settings.tolerance`` fails, except for TensorRT engines, which
+    are FP16: build-trt gates them on PSNR against onnxruntime, here it is only recorded),
+    PSNR of the output and of the input vs the clean image, request latency p50/p95 and
+    sequential throughput. Written to ``metrics_path``.
+    """
+    from denoise.metrics import psnr, to_batch, to_uint8
+
+    pairs = load_test_pairs(test_root, settings.images, settings.crop)
+    if not pairs:
+        raise DenoiseError(f"{test_root}: no test images")
+    batches = [to_batch(noisy) for _, noisy, _ in pairs]
+    session = OnnxRuntimeBackend(reference_onnx(repository), providers=["CPUExecutionProvider"])
+    local = [session(b) for b in batches]
+    models = list(settings.models) or [PYTHON_MODEL]
+    report: dict[str, Any] = {
+        "images": len(pairs),
+        "crop": settings.crop,
+        "repeats": settings.repeats,
+        "models": {},
+    }
+    psnr_in = float(np.mean([psnr(noisy, clean) for _, noisy, clean in pairs]))
+    with TritonServer(
+        repository,
+        models,
+        http_port=settings.http_port,
+        grpc_port=settings.grpc_port,
+        binary=settings.binary or None,
+        startup_timeout_s=settings.startup_timeout_s,
+    ) as server:
+        report["server"] = {
+            "binary": str(server.binary.path),
+            "bundled": server.binary.bundled,
+            "start_s": round(server.start_s or 0.0, 3),
+        }
+        for model in models:
+            report["models"][model] = per_protocol = {}
+            for protocol in ("http", "grpc"):
+                url = server.http_url if protocol == "http" else server.grpc_url
+                times, outs = _measure(
+                    TritonBackend(url, protocol, model),
+                    batches,
+                    repeats=settings.repeats,
+                    warmup=settings.warmup,
+                    desc=f"{model} {protocol}",
+                )
+                diff = max(
+                    float(np.max(np.abs(y - ref))) for y, ref in zip(outs, local, strict=True)
+                )
+                psnr_out = float(
+                    np.mean(
+                        [
+                            psnr(to_uint8(y[0].transpose(1, 2, 0)), clean)
+                            for y, (_, _, clean) in zip(outs, pairs, strict=True)
+                        ]
+                    )
+                )
+                per_protocol[protocol] = {
+                    "max_abs_diff_vs_onnxruntime": diff,
+                    "psnr_out": psnr_out,
+                    "psnr_in": psnr_in,
+                    "latency_p50_ms": _percentile_ms(times, 50),
+                    "latency_p95_ms": _percentile_ms(times, 95),
+                    "throughput_img_s": len(times) / sum(times),
+                }
+                if model != TRT_MODEL and not diff <= settings.tolerance:
+                    write_json(metrics_path, report)
+                    raise DenoiseError(
+                        f"{model} over {protocol}: served output differs from "
+                        f"local onnxruntime by {diff:.3g} (> triton.tolerance "
+                        f"{settings.tolerance:g})"
+                    )
+    write_json(metrics_path, report)
+    return report
