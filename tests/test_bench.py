@@ -15,7 +15,7 @@ from typer.testing import CliRunner, Result
 import denoise.flops
 from denoise.bench import run_bench
 from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs
-from denoise.bench.measure import Job, measure
+from denoise.bench.measurement import Job, measure
 from denoise.bench.paths import AUTOTUNE_OPTIONS, BASELINE, PATHS, select_paths
 from denoise.bench.report import format_table, progress_line, summarise
 from denoise.checkpoint import save_checkpoint
@@ -496,7 +496,7 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
 
 
 def test_torch_backend_forward_stays_on_the_device_and_matches_call(tiny_ckpt: Path) -> None:
-    from denoise.bench.measure import _device_times
+    from denoise.bench.measurement import _device_times
 
     backend = open_backend("torch", tiny_ckpt, device="cpu", channels_last=True)
     x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, read_rgb8, write_json, write_rgb8
+from denoise.fileio import atomic_path, is_truncated_jpeg, read_rgb8, write_json, write_rgb8
 
 
 def test_atomic_path_replaces_on_success_and_keeps_old_on_failure(tmp_path: Path) -> None:
@@ -93,18 +93,25 @@ def test_replacing_a_folder_swaps_it_whole(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no temporary left behind
 
 
-def test_a_truncated_jpeg_is_refused_by_name(tmp_path: Path) -> None:
-    img = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    whole = tmp_path / "whole.jpg"
-    cv2.imwrite(str(whole), img)
-    data = whole.read_bytes()
-    assert read_rgb8(whole).shape == (64, 64, 3)
+@pytest.mark.parametrize("progressive", [0, 1])
+def test_a_truncated_jpeg_is_refused_by_name(tmp_path: Path, progressive: int) -> None:
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    params = [cv2.IMWRITE_JPEG_PROGRESSIVE, progressive, cv2.IMWRITE_JPEG_RST_INTERVAL, 2]
+    data = cv2.imencode(".jpg", img, params)[1].tobytes()
+    assert not is_truncated_jpeg(data)
+    for end in (3, 40, len(data) // 2, len(data) - 1):
+        assert is_truncated_jpeg(data[:end]), end
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(DenoiseError, match=r"cut\.jpg: truncated JPEG"):
         read_rgb8(cut)
-    (tmp_path / "padded.jpg").write_bytes(data + b"\x00" * 16)  # bytes after the end are fine
-    assert read_rgb8(tmp_path / "padded.jpg").shape == (64, 64, 3)
+    # Data after the end (a motion photo's video) holds 0xFFDA and 0xFFD9 at random.
+    for _ in range(20):
+        tail = rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes()
+        assert not is_truncated_jpeg(data + tail)
+    (tmp_path / "motion.jpg").write_bytes(data + tail)
+    assert read_rgb8(tmp_path / "motion.jpg").shape == (64, 64, 3)
 
 
 def test_a_file_output_never_replaces_a_folder(tmp_path: Path) -> None:

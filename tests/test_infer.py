@@ -354,6 +354,8 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
     # An output folder that cannot hold outputs fails before any work.
     with pytest.raises(DenoiseError, match="blocked: output folder is a file"):
         run(a, out="blocked")
+    with pytest.raises(DenoiseError, match=r"sub: cannot create the output folder \(.*blocked is"):
+        run(a, out="blocked/sub")
     # An output that cannot be written (a folder in its place, kept whole even with
     # --overwrite) is one error naming it, and the run goes on.
     errors.clear()
@@ -399,6 +401,10 @@ def test_a_folder_without_photos_is_an_error_the_others_still_run(tmp_path: Path
     assert all(": no photos (.png" in m for _, m in errors)
     with pytest.raises(DenoiseError, match="empty: no photos"):
         expand_inputs([tmp_path / "empty"])
+    # A run that writes nothing leaves no output folder behind.
+    with pytest.raises(DenoiseError, match="empty: no photos"):
+        denoise_files([tmp_path / "empty"], Recorder(), tile=0, overlap=0, out_dir=tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize(

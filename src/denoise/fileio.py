@@ -111,12 +111,48 @@ def exif_orientation(path: str | Path) -> int:
 
 
 def is_truncated_jpeg(data: bytes) -> bool:
-    """A JPEG whose last scan has no end-of-image marker after it: cut off mid-download.
+    """A JPEG that stops before its end-of-image marker: cut off mid-download or mid-copy.
 
-    Inside a scan 0xFF bytes are stuffed (0xFF00), so 0xFFD9 after the last start-of-scan
-    (0xFFDA) can only be the real end; an EXIF thumbnail's markers all come before it.
+    Walks the markers from the start: each segment is skipped by its length (an EXIF
+    thumbnail is inside one), each scan to the next marker (inside a scan 0xFF is followed by
+    0x00 or a restart marker). The first end-of-image ends the walk, so data appended after
+    the image (the video of a phone's motion photo) does not count. A structure this walk
+    does not follow is left to the decoder to judge.
     """
-    return data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+    if data[:2] != b"\xff\xd8":
+        return False
+    i, n = 2, len(data)
+    while True:
+        if i + 1 >= n:
+            return True
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            i += 1
+            continue
+        if marker == 0xD9:
+            return False
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            i += 2
+            continue
+        if i + 3 >= n:
+            return True
+        i += 2 + ((data[i + 2] << 8) | data[i + 3])
+        if marker != 0xDA:
+            continue
+        while True:  # entropy-coded data of a scan
+            j = data.find(b"\xff", i)
+            if j < 0 or j + 1 >= n:
+                return True
+            following = data[j + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7:
+                i = j + 2
+            elif following == 0xFF:
+                i = j + 1
+            else:
+                i = j
+                break
 
 
 def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
@@ -132,7 +168,10 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
     path = Path(path)
     if not path.is_file():
         raise DenoiseError(f"{path}: file not found")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None
     if is_truncated_jpeg(data):  # libjpeg would decode it, greying out what is missing
         raise DenoiseError(f"{path}: truncated JPEG (the image data stops before its end)")
     try:

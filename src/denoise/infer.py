@@ -106,7 +106,8 @@ class TorchBackend:
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
       process): cuDNN times its algorithms on each new input shape and keeps the fastest. It
       pays when one shape repeats (the bench) and costs a timing pass per new shape; the
-      choice depends on timings, so results are not bit-reproducible between runs.
+      choice depends on timings, so results are not bit-reproducible between runs. Nothing
+      turns it back off: a later backend without it still runs with it.
 
     The output is always float32 on the host.
     """
@@ -439,15 +440,15 @@ def expand_inputs(
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir`` if needed; a :class:`DenoiseError` if it cannot hold outputs."""
+    """A :class:`DenoiseError` if ``out_dir`` cannot hold outputs. Nothing is created here
+    (the first output creates the folder), so a run that fails leaves no empty folder."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DenoiseError(f"{out_dir}: output folder is a file")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DenoiseError(f"{out_dir}: cannot create the output folder ({e.strerror})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise DenoiseError(f"{out_dir}: output folder is not writable")
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    if not existing.is_dir():
+        raise DenoiseError(f"{out_dir}: cannot create the output folder ({existing} is a file)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DenoiseError(f"{out_dir}: output folder is not writable ({existing})")
 
 
 def denoise_files(

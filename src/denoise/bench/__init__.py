@@ -36,7 +36,7 @@ from denoise.bench.inputs import (
     prepare_model,
     psnr_pairs,
 )
-from denoise.bench.measure import Job, measure, measure_isolated
+from denoise.bench.measurement import Job, measure, measure_isolated
 from denoise.bench.paths import BASELINE, bench_device, select_paths
 from denoise.bench.report import progress_line, summarise
 from denoise.checkpoint import load_model
@@ -94,7 +94,9 @@ def run_bench(
         timing = np.repeat(noisy_chw[:1], batch, axis=0)
         machine = machine_info(device)
         runs: dict[str, dict[str, Any]] = {}
-        for path in tqdm(paths, desc="bench", unit="path", disable=not progress):
+        # The bar only on a terminal (``disable=None``); the per-path lines in logs too.
+        bar = None if progress else True
+        for path in tqdm(paths, desc="bench", unit="path", disable=bar):
             if path.model_file in errors:
                 runs[path.name] = {"error": errors[path.model_file]}
                 continue
