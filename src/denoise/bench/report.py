@@ -24,13 +24,18 @@ def _peak_for(precision: str, machine: dict[str, Any]) -> tuple[float, str]:
     return machine["peak_gflops_fp32"], "fp32"
 
 
+def _images_per_s(times: Sequence[float], batch: int) -> float:
+    """Throughput from the median of a path's timed calls of ``batch`` images."""
+    return batch / statistics.median(times)
+
+
 def progress_line(name: str, run: dict[str, Any], batch: int) -> str:
     """One path's speed as soon as it is measured (the table waits for every path)."""
     if "error" in run:
         return f"{name}: failed: {run['error']}"
-    line = f"{name}: {batch / statistics.median(run['times_s']):.1f} images/s"
+    line = f"{name}: {_images_per_s(run['times_s'], batch):.1f} images/s"
     if run.get("device_times_s"):
-        line += f", {batch / statistics.median(run['device_times_s']):.1f} on the GPU"
+        line += f", {_images_per_s(run['device_times_s'], batch):.1f} on the GPU"
     return f"{line} (first call {run['first_call_s']:.1f} s)"
 
 
@@ -47,9 +52,9 @@ def summarise(
     base = runs[BASELINE]
     base_out = base["outputs"]
     base_psnr = statistics.fmean(psnr(o, c) for o, c in zip(base_out, clean, strict=True))
-    base_rate = batch / statistics.median(base["times_s"])
+    base_rate = _images_per_s(base["times_s"], batch)
     base_device_times = base.get("device_times_s")
-    base_device_rate = batch / statistics.median(base_device_times) if base_device_times else None
+    base_device_rate = _images_per_s(base_device_times, batch) if base_device_times else None
     results = []
     for path in paths:
         run = runs[path.name]
