@@ -1,5 +1,5 @@
 # The two commands in the README: `make repro` and `make test`. Everything the project needs is
-# installed here, so a machine with only Python 3.10+ and git is enough.
+# installed here, so a machine with only Python 3.11+ and git is enough.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

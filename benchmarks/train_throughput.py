@@ -26,7 +26,7 @@ from common import load_params  # noqa: E402
 
 from denoise.data.patch_store import RandomCropDataset  # noqa: E402
 from denoise.models.registry import build_model  # noqa: E402
-from denoise.train import amp_context, amp_precision, optimizer_step  # noqa: E402
+from denoise.train import amp_context, amp_precision, grad_scaler, optimizer_step  # noqa: E402
 from denoise.training.config import TrainConfig  # noqa: E402
 from denoise.training.distributed import pick_device  # noqa: E402
 from denoise.training.recipe import LOSSES, build_optimizer  # noqa: E402
@@ -45,7 +45,7 @@ def measure(
     device = pick_device(cfg.device, 0)
     batch = batch_size or cfg.batch_size
     amp = amp_precision(device, cfg.amp)  # as in training
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = grad_scaler(amp)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, cfg.arch).to(device).train()
     optimizer = build_optimizer(cfg, model)

@@ -133,7 +133,8 @@ def run(
 ) -> None:
     """Denoise photos into <stem>_denoised.<ext>; a bad file is reported and skipped (exit 1).
 
-    16-bit PNG/TIFF stay 16-bit; an EXIF orientation is applied to the pixels.
+    16-bit PNG/TIFF stay 16-bit, grey stays grey; an EXIF orientation is applied to the
+    pixels, and JPEG/PNG outputs keep the photo's colour profile and EXIF.
     """
     from tqdm import tqdm
 

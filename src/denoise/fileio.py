@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from denoise.errors import DenoiseError
+from denoise.photo_metadata import NO_METADATA, PhotoMetadata, embed_metadata, read_metadata
 
 
 @contextlib.contextmanager
@@ -94,22 +96,6 @@ _ORIENT: dict[int, Any] = {
 }
 
 
-def exif_orientation(path: str | Path) -> int:
-    """The EXIF orientation of an image file (1, upright, when it has none or it is unreadable).
-
-    Read with Pillow, which parses the header only; OpenCV applies orientation only to 8-bit
-    colour decodes, which would lose 16-bit data and hide an alpha channel.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            value = im.getexif().get(0x0112, 1)
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return 1
-    return value if isinstance(value, int) and value in _ORIENT else 1
-
-
 def is_truncated_jpeg(data: bytes) -> bool:
     """A JPEG that stops before its end-of-image marker: cut off mid-download or mid-copy.
 
@@ -155,10 +141,21 @@ def is_truncated_jpeg(data: bytes) -> bool:
                 break
 
 
-def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
-    """Read an image as an ``(H, W, 3)`` RGB array: uint8, or uint16 for 16-bit files if ``keep16``.
+@dataclass(frozen=True)
+class Photo:
+    """An image as ``denoise run`` reads it: upright RGB pixels (``rgb``), whether the file was
+    greyscale, and the metadata of those upright pixels (:mod:`denoise.photo_metadata`)."""
 
-    Images are returned the way a viewer shows them: an EXIF orientation (JPEG, PNG, TIFF,
+    rgb: np.ndarray
+    grey: bool
+    metadata: PhotoMetadata
+
+
+def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = True) -> Photo:
+    """Read an image file: its pixels as ``(H, W, 3)`` RGB, uint8, or uint16 for 16-bit files
+    if ``keep16``, with its greyness and metadata (:class:`Photo`).
+
+    Pixels are returned the way a viewer shows them: an EXIF orientation (JPEG, PNG, TIFF,
     WebP) is applied to the pixels. Grey is expanded to three channels and 16-bit is rounded
     to 8-bit (when not ``keep16``) only if ``allow_convert``; RGBA is always rejected (the
     alpha channel has no meaning for a photograph and dropping it silently could hide a wrong
@@ -187,7 +184,8 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
         img = _to_8bit(img)
     elif img.dtype not in (np.uint8, np.uint16):
         raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected {expected}")
-    if img.ndim == 2 or img.shape[2] == 1:
+    grey = img.ndim == 2 or img.shape[2] == 1
+    if grey:
         if not allow_convert:
             raise DenoiseError(f"{path}: greyscale image, expected {expected}")
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
@@ -195,8 +193,15 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
         raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected {expected}")
     elif img.shape[2] != 3:
         raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
-    upright = _ORIENT.get(exif_orientation(path), lambda a: a)(img)
-    return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
+    metadata = read_metadata(data)
+    upright = _ORIENT.get(metadata.orientation, lambda a: a)(img)
+    rgb = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
+    return Photo(rgb=rgb, grey=grey, metadata=metadata.upright())
+
+
+def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = True) -> np.ndarray:
+    """The pixels of :func:`read_photo` (by default 8-bit: 16-bit files are rounded)."""
+    return read_photo(path, keep16=keep16, allow_convert=allow_convert).rgb
 
 
 def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:
@@ -204,10 +209,19 @@ def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:
     return read_image(path, allow_convert=allow_convert)
 
 
-def write_image(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) -> None:
+def write_image(
+    path: str | Path,
+    img: np.ndarray,
+    *,
+    grey: bool = False,
+    metadata: PhotoMetadata = NO_METADATA,
+    jpeg_quality: int = 95,
+) -> None:
     """Write an ``(H, W, 3)`` RGB uint8/uint16 array atomically; the format follows the suffix.
 
     16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
+    ``grey`` writes one channel, the mean of the three. ``metadata`` (a :class:`Photo`'s, which
+    describes upright pixels) is carried into JPEG and PNG files.
     """
     if img.dtype not in (np.uint8, np.uint16) or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8/uint16, got {img.shape} {img.dtype}")
@@ -215,14 +229,18 @@ def write_image(path: str | Path, img: np.ndarray, *, jpeg_quality: int = 95) ->
     suffix = path.suffix.lower() or ".png"
     if img.dtype == np.uint16 and suffix not in _SIXTEEN_BIT_SUFFIXES:
         img = _to_8bit(img)
+    if grey:
+        pixels = np.round(img.mean(axis=2, dtype=np.float32)).astype(img.dtype)
+    else:
+        pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in JPEG_SUFFIXES else []
     try:
-        ok, buf = cv2.imencode(suffix, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+        ok, buf = cv2.imencode(suffix, pixels, params)
     except cv2.error:
         ok = False
     if not ok:
         raise DenoiseError(f"{path}: cannot write a {suffix} image (use .png, .jpg or .tif)")
-    write_bytes_atomic(path, buf.tobytes())
+    write_bytes_atomic(path, embed_metadata(buf.tobytes(), metadata, grey=grey))
 
 
 def write_rgb8(path: str | Path, img: np.ndarray) -> None:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError, first_line
-from denoise.fileio import IMAGE_SUFFIXES, read_image, write_image
+from denoise.fileio import IMAGE_SUFFIXES, read_photo, write_image
 from denoise.metrics import to_uint8
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
@@ -464,6 +464,9 @@ def denoise_files(
 ) -> list[Path]:
     """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written.
 
+    An output is upright, grey if its input was, and carries its input's colour profile and
+    EXIF into JPEG and PNG (:mod:`denoise.photo_metadata`).
+
     A file that fails (unreadable, output exists without ``overwrite``, output not writable)
     is passed to ``on_error(path, message)`` and skipped; the rest still run, and so does a
     folder with no photo. An existing file, input or earlier output, is never replaced unless
@@ -488,11 +491,11 @@ def denoise_files(
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
-            img = read_image(src, keep16=True)
+            photo = read_photo(src)
             out = denoise_image(
-                img, backend, tile=tile, overlap=overlap, progress=progress and not many
+                photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many
             )
-            write_image(dst, out)
+            write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
             written.append(dst)
         except DenoiseError as e:
             if on_error is None:

@@ -71,6 +71,11 @@ def amp_context(precision: str) -> contextlib.AbstractContextManager:
     return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
+def grad_scaler(precision: str) -> torch.amp.GradScaler:
+    """The loss scaler for ``precision``: active for ``fp16`` only (bf16 has FP32's range)."""
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+
+
 def optimizer_step(
     loss: torch.Tensor,
     net: nn.Module,
@@ -221,7 +226,7 @@ def _train(
     model = build_model(cfg.model, cfg.arch).to(d.device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp == "fp16")
+    scaler = grad_scaler(amp)
     loss_fn = LOSSES[cfg.loss]
 
     start = 0

@@ -1,0 +1,200 @@
+"""What a photo's file holds besides its pixels, and must still hold once denoised.
+
+A phone photo carries a colour profile and EXIF. The profile says what its RGB numbers mean:
+iPhones shoot in Display P3, and a colour-managed viewer shows a P3 photo whose profile was
+dropped as if it were sRGB, visibly duller. EXIF holds the capture time, camera, exposure
+and place that photo libraries sort and search by. ``denoise run`` copies both into its JPEG
+and PNG outputs, byte for byte, with one change: the pixels are written upright (the EXIF
+orientation is applied when they are read), so the copy's orientation tag says upright.
+
+Not carried: XMP (it can hold its own orientation and an edit history that no longer
+applies), the multi-picture data of a JPEG (depth and gain maps of the noisy original), a
+PNG's other colour chunks (cICP, sRGB, gAMA, cHRM), and any metadata of TIFF, WebP and BMP
+outputs. Left as the camera wrote them: EXIF's thumbnail (the noisy original, small, as it
+was stored) and its pixel-dimension tags (for orientations 5 to 8 the upright copy has
+width and height swapped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import struct
+import warnings
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+ORIENTATION_TAG = 0x0112
+_EXIF_HEADER = b"Exif\x00\x00"  # how EXIF starts inside a JPEG APP1 segment
+_ICC_HEADER = b"ICC_PROFILE\x00"  # how each piece of a profile starts inside a JPEG APP2 segment
+_SEGMENT_MAX = 65535 - 2  # a JPEG segment's payload: its 16-bit length counts itself
+
+
+@dataclass(frozen=True)
+class PhotoMetadata:
+    """A photo's EXIF orientation (1 to 8, 1 = upright), colour profile and EXIF.
+
+    ``exif`` is the TIFF-structured block (it starts ``II*`` or ``MM*``) exactly as the file
+    holds it, orientation included; :meth:`upright` gives what an upright copy should hold.
+    """
+
+    orientation: int = 1
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+
+    def upright(self) -> PhotoMetadata:
+        """The metadata of the same photo with its pixels turned upright.
+
+        An EXIF whose orientation tag cannot be rewritten in place is dropped: copied as it
+        is, it would make viewers turn the upright pixels a second time.
+        """
+        if self.orientation == 1:
+            return self
+        exif = None if self.exif is None else _with_upright_orientation(self.exif)
+        return replace(self, orientation=1, exif=exif)
+
+
+NO_METADATA = PhotoMetadata()
+
+
+@contextlib.contextmanager
+def _lenient_pillow() -> Iterator[None]:
+    """Pillow as a header parser for pixels OpenCV has already decoded: no size limit (a
+    200-megapixel phone photo is above its decompression-bomb limit) and no refusal of a PNG
+    for a bad checksum in an ancillary chunk (libpng only warns), and quiet: what it cannot
+    parse is left out, not reported once per photo."""
+    from PIL import Image, ImageFile
+
+    saved = Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
+    Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = None, True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
+def read_metadata(data: bytes) -> PhotoMetadata:
+    """The orientation, colour profile and EXIF of an image file's bytes.
+
+    Read with Pillow, which parses the header only. OpenCV applies the orientation only to
+    8-bit colour decodes, which would lose 16-bit data and hide an alpha channel, and keeps
+    no profile. Metadata Pillow cannot parse is left out, and nothing else: the pixels are
+    judged by the decoder, and a broken EXIF does not cost the profile.
+    """
+    from PIL import Image
+
+    icc = exif = None
+    orientation: object = 1
+    with _lenient_pillow():
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                icc = im.info.get("icc_profile") or None
+                # For a PNG Pillow decodes the whole image to look for an EXIF chunk after
+                # the pixels: not worth it when there is none.
+                if im.format != "PNG" or b"eXIf" in data:
+                    with contextlib.suppress(Exception):
+                        orientation = im.getexif().get(ORIENTATION_TAG, 1)
+                        exif = im.info.get("exif") or None
+        except Exception:  # any failure to parse means: no metadata Pillow can read
+            pass
+    if not (isinstance(orientation, int) and 1 <= orientation <= 8):
+        orientation = 1
+    if isinstance(exif, bytes):
+        exif = re.sub(b"^(" + re.escape(_EXIF_HEADER) + b"){1,2}", b"", exif)  # as Pillow does
+    if not (isinstance(exif, bytes) and exif[:4] in (b"II*\x00", b"MM\x00*")):
+        exif = None
+    return PhotoMetadata(
+        orientation=orientation, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif
+    )
+
+
+def _with_upright_orientation(exif: bytes) -> bytes | None:
+    """``exif`` with the orientation tag of its first IFD set to 1; as it is if it has no
+    such tag (the orientation came from XMP, which is not carried); None if the tag is not
+    a SHORT holding one value, as the EXIF standard stores it, or the IFD cannot be read."""
+    order = "<" if exif[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(order + "I", exif, 4)
+        (count,) = struct.unpack_from(order + "H", exif, ifd)
+        for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+            tag, kind, n = struct.unpack_from(order + "HHI", exif, entry)
+            if tag == ORIENTATION_TAG:
+                if kind != 3 or n != 1:  # 3: SHORT
+                    return None
+                patched = bytearray(exif)
+                struct.pack_into(order + "H", patched, entry + 8, 1)
+                return bytes(patched)
+    except struct.error:
+        return None
+    return exif
+
+
+def icc_colour_space(profile: bytes) -> str:
+    """The data colour space an ICC profile describes: ``RGB``, ``GRAY``, ``CMYK``, ..."""
+    return profile[16:20].decode("latin-1").strip()
+
+
+def embed_metadata(encoded: bytes, meta: PhotoMetadata, *, grey: bool) -> bytes:
+    """Put ``meta`` (already :meth:`~PhotoMetadata.upright`) into a freshly encoded image.
+
+    ``encoded`` is what OpenCV wrote (it writes no metadata; its format is read from its
+    first bytes) and ``grey`` whether its pixels are one channel. A profile for another
+    colour space than the pixels' (a CMYK JPEG's, which OpenCV decodes to RGB) is not
+    copied, and nor is anything into a format other than JPEG and PNG.
+    """
+    icc = meta.icc_profile
+    if icc is not None and icc_colour_space(icc) != ("GRAY" if grey else "RGB"):
+        icc = None
+    if icc is None and meta.exif is None:
+        return encoded
+    if encoded.startswith(b"\xff\xd8"):
+        return _embed_in_jpeg(encoded, icc, meta.exif)
+    if encoded.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _embed_in_png(encoded, icc, meta.exif)
+    return encoded
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return struct.pack(">BBH", 0xFF, marker, len(payload) + 2) + payload
+
+
+def _embed_in_jpeg(jpeg: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """EXIF as an APP1 segment and the profile as numbered APP2 pieces, after the JFIF APP0.
+
+    EXIF has to fit one segment (64 KB); a larger one, which no phone writes, is left out.
+    """
+    segments = b""
+    if exif is not None and len(_EXIF_HEADER) + len(exif) <= _SEGMENT_MAX:
+        segments += _jpeg_segment(0xE1, _EXIF_HEADER + exif)
+    if icc is not None:
+        piece = _SEGMENT_MAX - len(_ICC_HEADER) - 2  # 2: the piece's number and the count
+        pieces = [icc[i : i + piece] for i in range(0, len(icc), piece)]
+        if len(pieces) > 255:  # numbered in one byte: a 16 MB profile cannot be stored
+            pieces = []
+        for number, data in enumerate(pieces, start=1):
+            header = _ICC_HEADER + bytes((number, len(pieces)))
+            segments += _jpeg_segment(0xE2, header + data)
+    at = 2  # after SOI, or after the APP0 (JFIF) segment that OpenCV writes first
+    if jpeg[2:4] == b"\xff\xe0":
+        at = 4 + int.from_bytes(jpeg[4:6], "big")
+    return jpeg[:at] + segments + jpeg[at:]
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _embed_in_png(png: bytes, icc: bytes | None, exif: bytes | None) -> bytes:
+    """An iCCP and an eXIf chunk right after IHDR (before the image data, where readers
+    that stop at the pixels still find them)."""
+    chunks = b""
+    if icc is not None:
+        chunks += _png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc))
+    if exif is not None:
+        chunks += _png_chunk(b"eXIf", exif)
+    at = 8 + 8 + int.from_bytes(png[8:12], "big") + 4  # signature, IHDR's length+type, data, CRC
+    return png[:at] + chunks + png[at:]

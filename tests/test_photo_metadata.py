@@ -1,0 +1,191 @@
+"""`denoise run` outputs keep their photo's colour profile, EXIF and greyness, upright."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image, ImageCms, ImageOps
+from test_infer import Recorder, make_pair
+
+from denoise.fileio import read_photo, write_image
+from denoise.infer import denoise_files
+from denoise.photo_metadata import (
+    ORIENTATION_TAG,
+    PhotoMetadata,
+    embed_metadata,
+    icc_colour_space,
+    read_metadata,
+)
+
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+MAKE, MODEL, DATETIME = 0x010F, 0x0110, 0x0132
+
+
+def _exif(orientation: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    exif[MAKE], exif[MODEL], exif[DATETIME] = "Phone Co", "Model 9", "2026:11:26 10:00:00"
+    return exif
+
+
+def _save(path: Path, pixels: np.ndarray, **info: object) -> Path:
+    """Write with Pillow, a writer independent of the code under test."""
+    fmt = "JPEG" if path.suffix == ".jpg" else "PNG"
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(pixels).save(path, fmt, **options, **info)
+    return path
+
+
+def _run(*inputs: Path, out: Path) -> list[Path]:
+    errors: list[tuple[Path, str]] = []
+    written = denoise_files(
+        list(inputs), Recorder(), tile=0, overlap=0, out_dir=out, progress=False,
+        on_error=lambda p, m: errors.append((p, m)),
+    )  # fmt: skip
+    assert errors == []
+    return written
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_output_keeps_profile_and_exif_and_says_upright(tmp_path: Path, suffix: str) -> None:
+    _, pixels = make_pair(24, 40)  # smooth, so that JPEG re-encoding changes it little
+    src = _save(tmp_path / f"p{suffix}", pixels, icc_profile=SRGB, exif=_exif(6).tobytes())
+    (dst,) = _run(src, out=tmp_path / "out")
+    with Image.open(src) as before, Image.open(dst) as after:
+        assert after.info["icc_profile"] == SRGB
+        exif = after.getexif()
+        assert exif[ORIENTATION_TAG] == 1
+        assert (exif[MAKE], exif[MODEL], exif[DATETIME]) == (
+            "Phone Co",
+            "Model 9",
+            "2026:11:26 10:00:00",
+        )
+        assert after.size == (24, 40)  # stored upright: the 40x24 photo turned 90 degrees
+        shown_before = np.asarray(ImageOps.exif_transpose(before), np.float32)
+        shown_after = np.asarray(ImageOps.exif_transpose(after), np.float32)
+    # A viewer shows the same picture (an identity backend; JPEG loses a little re-encoding).
+    assert np.abs(shown_after - shown_before).mean() < (3.0 if suffix == ".jpg" else 1e-9)
+
+
+def test_a_profile_larger_than_a_jpeg_segment_is_kept_whole(tmp_path: Path) -> None:
+    big = SRGB + bytes(range(256)) * 600  # 154 KB: three APP2 pieces
+    src = _save(tmp_path / "p.jpg", np.zeros((8, 8, 3), np.uint8), icc_profile=big)
+    (dst,) = _run(src, out=tmp_path / "out")
+    assert read_metadata(dst.read_bytes()).icc_profile == big
+    # Numbered 1 to 3 of 3 in the order written (libjpeg refuses a piece numbered 0).
+    data = dst.read_bytes()
+    starts = [i + 12 for i in range(len(data)) if data.startswith(b"ICC_PROFILE\x00", i)]
+    assert [(data[i], data[i + 1]) for i in starts] == [(1, 3), (2, 3), (3, 3)]
+
+
+@pytest.mark.parametrize(
+    ("suffix", "dtype"), [(".png", np.uint8), (".png", np.uint16), (".jpg", np.uint8)]
+)
+def test_a_grey_photo_stays_grey(tmp_path: Path, suffix: str, dtype: type) -> None:
+    top = np.iinfo(dtype).max
+    grey = np.random.default_rng(2).integers(0, top, (16, 20), dtype=dtype)
+    src = tmp_path / f"g{suffix}"
+    src.write_bytes(cv2.imencode(suffix, grey)[1].tobytes())
+    (dst,) = _run(src, out=tmp_path / "out")
+    out = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
+    assert out.shape == grey.shape and out.dtype == dtype
+    if suffix == ".png":  # identity backend, lossless format: the very same values
+        np.testing.assert_array_equal(out, cv2.imread(str(src), cv2.IMREAD_UNCHANGED))
+
+
+def test_a_profile_for_other_pixels_is_not_copied(tmp_path: Path) -> None:
+    cmyk = SRGB[:16] + b"CMYK" + SRGB[20:]  # a CMYK JPEG's profile: OpenCV decodes it to RGB
+    grey_profile = SRGB[:16] + b"GRAY" + SRGB[20:]
+    assert (icc_colour_space(SRGB), icc_colour_space(cmyk)) == ("RGB", "CMYK")
+    png = cv2.imencode(".png", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+    grey_png = cv2.imencode(".png", np.zeros((4, 4), np.uint8))[1].tobytes()
+    assert embed_metadata(png, PhotoMetadata(icc_profile=cmyk), grey=False) == png
+    assert embed_metadata(png, PhotoMetadata(icc_profile=grey_profile), grey=False) == png
+    kept = embed_metadata(grey_png, PhotoMetadata(icc_profile=grey_profile), grey=True)
+    assert Image.open(io.BytesIO(kept)).info["icc_profile"] == grey_profile
+
+
+def test_without_metadata_the_encoded_bytes_are_untouched(tmp_path: Path) -> None:
+    img = np.random.default_rng(3).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for suffix in (".png", ".jpg", ".tif"):
+        write_image(tmp_path / f"a{suffix}", img)
+        assert (tmp_path / f"a{suffix}").read_bytes() == cv2.imencode(suffix, img[..., ::-1])[
+            1
+        ].tobytes()
+    # TIFF keeps no metadata here: it is written all the same.
+    write_image(tmp_path / "b.tif", img, metadata=PhotoMetadata(icc_profile=SRGB))
+    assert (tmp_path / "b.tif").read_bytes() == (tmp_path / "a.tif").read_bytes()
+
+
+def _tiff_exif(order: str, entries: list[tuple[int, int, int, int]]) -> bytes:
+    """A TIFF-structured EXIF block whose first IFD holds ``(tag, type, count, value)``."""
+    head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
+    ifd = struct.pack(order + "H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack(order + "HHI", tag, kind, count)
+        ifd += struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+    return head + ifd + struct.pack(order + "I", 0)
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_upright_rewrites_only_the_orientation(order: str) -> None:
+    exif = _tiff_exif(
+        order, [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, 8), (0x0101, 4, 1, 3000)]
+    )
+    upright = PhotoMetadata(orientation=8, icc_profile=SRGB, exif=exif).upright()
+    assert upright.orientation == 1 and upright.icc_profile == SRGB
+    assert upright.exif == _tiff_exif(
+        order, [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, 1), (0x0101, 4, 1, 3000)]
+    )
+
+
+def test_an_orientation_that_cannot_be_rewritten_drops_the_exif() -> None:
+    # Stored as a LONG, against the standard: left in place it would turn the photo twice.
+    odd = _tiff_exif("<", [(ORIENTATION_TAG, 4, 1, 6)])
+    assert PhotoMetadata(orientation=6, exif=odd).upright().exif is None
+    assert PhotoMetadata(orientation=6, exif=b"II*\x00\xff\xff\xff\xff").upright().exif is None
+    # An upright photo's EXIF is kept as it is, whatever its layout; so is one without the
+    # tag (Pillow also reads an orientation from XMP, which is not carried).
+    assert PhotoMetadata(orientation=1, exif=odd).upright().exif == odd
+    assert PhotoMetadata(orientation=6).upright() == PhotoMetadata()
+    untagged = _tiff_exif(">", [(MAKE, 4, 1, 0)])
+    assert PhotoMetadata(orientation=6, exif=untagged).upright().exif == untagged
+
+
+def test_read_photo_metadata_describes_the_upright_pixels(tmp_path: Path) -> None:
+    pixels = np.zeros((6, 10, 3), np.uint8)
+    src = _save(tmp_path / "p.png", pixels, icc_profile=SRGB, exif=_exif(6).tobytes())
+    photo = read_photo(src)
+    assert photo.rgb.shape == (10, 6, 3) and not photo.grey
+    assert photo.metadata.orientation == 1 and photo.metadata.icc_profile == SRGB
+    assert read_metadata(src.read_bytes()).orientation == 6
+    assert read_metadata(b"not an image") == PhotoMetadata()
+
+
+def test_broken_metadata_is_left_out_and_the_photo_still_denoised(tmp_path: Path) -> None:
+    png = cv2.imencode(".png", np.zeros((4, 6, 3), np.uint8))[1].tobytes()
+    bad = b"MM\x00*\x00\x00"  # an EXIF cut off inside its header
+    chunk = (
+        struct.pack(">I", len(bad)) + b"eXIf" + bad + struct.pack(">I", zlib.crc32(b"eXIf" + bad))
+    )
+    src = tmp_path / "bad_exif.png"
+    src.write_bytes(png[:33] + chunk + png[33:])
+    (dst,) = _run(src, out=tmp_path / "out")
+    assert read_metadata(dst.read_bytes()) == PhotoMetadata()
+
+
+def test_an_exif_too_large_for_a_jpeg_segment_is_left_out() -> None:
+    jpeg = cv2.imencode(".jpg", np.zeros((4, 4, 3), np.uint8))[1].tobytes()
+    fits = _tiff_exif("<", [(MAKE, 4, 1, 0)])
+    too_large = fits + bytes(65536)
+    meta = PhotoMetadata(icc_profile=SRGB, exif=too_large)
+    with_profile_only = embed_metadata(jpeg, replace(meta, exif=None), grey=False)
+    assert embed_metadata(jpeg, meta, grey=False) == with_profile_only
+    assert read_metadata(embed_metadata(jpeg, replace(meta, exif=fits), grey=False)).exif == fits
