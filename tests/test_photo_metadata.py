@@ -11,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, ImageOps
+from PIL import ExifTags, Image, ImageCms, ImageOps
 from test_infer import Recorder, make_pair
 
 from denoise.fileio import read_photo, write_image
@@ -124,26 +124,39 @@ def test_without_metadata_the_encoded_bytes_are_untouched(tmp_path: Path) -> Non
     assert (tmp_path / "b.tif").read_bytes() == (tmp_path / "a.tif").read_bytes()
 
 
-def _tiff_exif(order: str, entries: list[tuple[int, int, int, int]]) -> bytes:
-    """A TIFF-structured EXIF block whose first IFD holds ``(tag, type, count, value)``."""
+def _tiff_exif(
+    order: str, entries: list[tuple[int, int, int, int]], thumbnail: bool = False
+) -> bytes:
+    """A TIFF-structured EXIF block whose first IFD holds ``(tag, type, count, value)``,
+    linked (``thumbnail``) to a second IFD that says where a thumbnail is."""
     head = (b"II*\x00" if order == "<" else b"MM\x00*") + struct.pack(order + "I", 8)
     ifd = struct.pack(order + "H", len(entries))
     for tag, kind, count, value in entries:
         ifd += struct.pack(order + "HHI", tag, kind, count)
         ifd += struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
-    return head + ifd + struct.pack(order + "I", 0)
+    ifd1_at = len(head) + len(ifd) + 4
+    ifd1 = struct.pack(order + "H", 2) + struct.pack(order + "HHII", 0x0201, 4, 1, 0)
+    ifd1 += struct.pack(order + "HHII", 0x0202, 4, 1, 0) + struct.pack(order + "I", 0)
+    return head + ifd + struct.pack(order + "I", ifd1_at if thumbnail else 0) + ifd1
+
+
+def _loaded(exif: bytes) -> Image.Exif:
+    loaded = Image.Exif()
+    loaded.load(exif)
+    return loaded
 
 
 @pytest.mark.parametrize("order", ["<", ">"])
-def test_upright_rewrites_only_the_orientation(order: str) -> None:
-    exif = _tiff_exif(
-        order, [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, 8), (0x0101, 4, 1, 3000)]
-    )
-    upright = PhotoMetadata(orientation=8, icc_profile=SRGB, exif=exif).upright()
+def test_upright_rewrites_the_orientation_and_unlinks_the_thumbnail(order: str) -> None:
+    def exif(orientation: int, thumbnail: bool) -> bytes:
+        entries = [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, orientation)]
+        return _tiff_exif(order, [*entries, (0x0101, 4, 1, 3000)], thumbnail)
+
+    upright = PhotoMetadata(orientation=8, icc_profile=SRGB, exif=exif(8, True)).upright()
     assert upright.orientation == 1 and upright.icc_profile == SRGB
-    assert upright.exif == _tiff_exif(
-        order, [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, 1), (0x0101, 4, 1, 3000)]
-    )
+    assert upright.exif == exif(1, False)  # every other byte as it was
+    ifd1 = ExifTags.IFD.IFD1
+    assert _loaded(exif(8, True)).get_ifd(ifd1) and not _loaded(upright.exif).get_ifd(ifd1)
 
 
 def test_an_orientation_that_cannot_be_rewritten_drops_the_exif() -> None:

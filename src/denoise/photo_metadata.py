@@ -4,15 +4,17 @@ A phone photo carries a colour profile and EXIF. The profile says what its RGB n
 iPhones shoot in Display P3, and a colour-managed viewer shows a P3 photo whose profile was
 dropped as if it were sRGB, visibly duller. EXIF holds the capture time, camera, exposure
 and place that photo libraries sort and search by. ``denoise run`` copies both into its JPEG
-and PNG outputs, byte for byte, with one change: the pixels are written upright (the EXIF
-orientation is applied when they are read), so the copy's orientation tag says upright.
+and PNG outputs, byte for byte but for what turning the pixels changes: they are written
+upright (the EXIF orientation is applied when they are read), so the copy's orientation tag
+says upright, and a turned photo's EXIF thumbnail, stored as the camera held it and now
+wrongly turned, is unlinked.
 
 Not carried: XMP (it can hold its own orientation and an edit history that no longer
 applies), the multi-picture data of a JPEG (depth and gain maps of the noisy original), a
 PNG's other colour chunks (cICP, sRGB, gAMA, cHRM), and any metadata of TIFF, WebP and BMP
-outputs. Left as the camera wrote them: EXIF's thumbnail (the noisy original, small, as it
-was stored) and its pixel-dimension tags (for orientations 5 to 8 the upright copy has
-width and height swapped).
+outputs. Left as the camera wrote them: the thumbnail of an upright photo (the noisy
+original, small) and EXIF's pixel-dimension tags (for orientations 5 to 8 the upright copy
+has width and height swapped).
 """
 
 from __future__ import annotations
@@ -113,9 +115,10 @@ def read_metadata(data: bytes) -> PhotoMetadata:
 
 
 def _with_upright_orientation(exif: bytes) -> bytes | None:
-    """``exif`` with the orientation tag of its first IFD set to 1; as it is if it has no
-    such tag (the orientation came from XMP, which is not carried); None if the tag is not
-    a SHORT holding one value, as the EXIF standard stores it, or the IFD cannot be read."""
+    """``exif`` with the orientation tag of its first IFD set to 1 and the link to the
+    thumbnail's IFD cut (its bytes stay, unreferenced); as it is if it has no such tag (the
+    orientation came from XMP, which is not carried); None if the tag is not a SHORT holding
+    one value, as the EXIF standard stores it, or the IFD cannot be read."""
     order = "<" if exif[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack_from(order + "I", exif, 4)
@@ -127,6 +130,7 @@ def _with_upright_orientation(exif: bytes) -> bytes | None:
                     return None
                 patched = bytearray(exif)
                 struct.pack_into(order + "H", patched, entry + 8, 1)
+                struct.pack_into(order + "I", patched, ifd + 2 + 12 * count, 0)  # next IFD
                 return bytes(patched)
     except struct.error:
         return None
