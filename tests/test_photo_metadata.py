@@ -140,6 +140,22 @@ def _tiff_exif(
     return head + ifd + struct.pack(order + "I", ifd1_at if thumbnail else 0) + ifd1
 
 
+@pytest.mark.parametrize(("orientation", "swapped"), [(6, True), (8, True), (5, True), (3, False)])
+def test_a_quarter_turn_swaps_the_exif_width_and_height(orientation: int, swapped: bool) -> None:
+    exif = Image.Exif()  # written by Pillow: a sub-IFD (0x8769) holding the pixel dimensions
+    exif[ORIENTATION_TAG] = orientation
+    sub = exif.get_ifd(ExifTags.IFD.Exif)
+    sub[ExifTags.Base.ExifImageWidth], sub[ExifTags.Base.ExifImageHeight] = 4000, 3000
+    sub[ExifTags.Base.DateTimeOriginal] = "2026:11:26 10:00:00"
+    raw = exif.tobytes().removeprefix(b"Exif\x00\x00")
+    upright = _loaded(PhotoMetadata(orientation=orientation, exif=raw).upright().exif)
+    sub = upright.get_ifd(ExifTags.IFD.Exif)
+    size = (sub[ExifTags.Base.ExifImageWidth], sub[ExifTags.Base.ExifImageHeight])
+    assert size == ((3000, 4000) if swapped else (4000, 3000))
+    assert upright[ORIENTATION_TAG] == 1
+    assert sub[ExifTags.Base.DateTimeOriginal] == "2026:11:26 10:00:00"
+
+
 def _loaded(exif: bytes) -> Image.Exif:
     loaded = Image.Exif()
     loaded.load(exif)
@@ -150,7 +166,8 @@ def _loaded(exif: bytes) -> Image.Exif:
 def test_upright_rewrites_the_orientation_and_unlinks_the_thumbnail(order: str) -> None:
     def exif(orientation: int, thumbnail: bool) -> bytes:
         entries = [(0x0100, 4, 1, 4000), (ORIENTATION_TAG, 3, 1, orientation)]
-        return _tiff_exif(order, [*entries, (0x0101, 4, 1, 3000)], thumbnail)
+        twice = [(0x0101, 4, 1, 3000)] * 2  # a tag written twice: every entry still counts
+        return _tiff_exif(order, [*entries, *twice], thumbnail)
 
     upright = PhotoMetadata(orientation=8, icc_profile=SRGB, exif=exif(8, True)).upright()
     assert upright.orientation == 1 and upright.icc_profile == SRGB

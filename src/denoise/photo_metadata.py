@@ -6,15 +6,14 @@ dropped as if it were sRGB, visibly duller. EXIF holds the capture time, camera,
 and place that photo libraries sort and search by. ``denoise run`` copies both into its JPEG
 and PNG outputs, byte for byte but for what turning the pixels changes: they are written
 upright (the EXIF orientation is applied when they are read), so the copy's orientation tag
-says upright, and a turned photo's EXIF thumbnail, stored as the camera held it and now
-wrongly turned, is unlinked.
+says upright, a quarter-turned photo's EXIF width and height trade places, and a turned
+photo's EXIF thumbnail, stored as the camera held it and now wrongly turned, is unlinked.
 
 Not carried: XMP (it can hold its own orientation and an edit history that no longer
 applies), the multi-picture data of a JPEG (depth and gain maps of the noisy original), a
 PNG's other colour chunks (cICP, sRGB, gAMA, cHRM), and any metadata of TIFF, WebP and BMP
-outputs. Left as the camera wrote them: the thumbnail of an upright photo (the noisy
-original, small) and EXIF's pixel-dimension tags (for orientations 5 to 8 the upright copy
-has width and height swapped).
+outputs. Left as the camera wrote it: the thumbnail of an upright photo (the noisy
+original, small).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ class PhotoMetadata:
         """
         if self.orientation == 1:
             return self
-        exif = None if self.exif is None else _with_upright_orientation(self.exif)
+        exif = None if self.exif is None else _with_upright_orientation(self.exif, self.orientation)
         return replace(self, orientation=1, exif=exif)
 
 
@@ -114,27 +113,69 @@ def read_metadata(data: bytes) -> PhotoMetadata:
     )
 
 
-def _with_upright_orientation(exif: bytes) -> bytes | None:
-    """``exif`` with the orientation tag of its first IFD set to 1 and the link to the
-    thumbnail's IFD cut (its bytes stay, unreferenced); as it is if it has no such tag (the
-    orientation came from XMP, which is not carried); None if the tag is not a SHORT holding
-    one value, as the EXIF standard stores it, or the IFD cannot be read."""
+_SHORT, _LONG = 3, 4  # TIFF field types
+_EXIF_IFD_TAG = 0x8769  # where IFD0 points to the EXIF sub-IFD
+_PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # the sub-IFD's image width and height
+
+
+def _ifd_entries(exif: bytes, order: str, at: int) -> dict[int, tuple[int, int, int]]:
+    """The entries of the IFD at offset ``at``: tag -> (entry offset, field type, count)."""
+    (count,) = struct.unpack_from(order + "H", exif, at)
+    entries = {}
+    for entry in range(at + 2, at + 2 + 12 * count, 12):
+        tag, kind, n = struct.unpack_from(order + "HHI", exif, entry)
+        entries.setdefault(tag, (entry, kind, n))
+    return entries
+
+
+def _with_upright_orientation(exif: bytes, orientation: int) -> bytes | None:
+    """``exif`` as it should read once pixels stored with ``orientation`` are turned upright.
+
+    The orientation tag of its first IFD is set to 1 and the link to the thumbnail's IFD cut
+    (its bytes stay, unreferenced). For a quarter turn (orientations 5 to 8) the sub-IFD's
+    width and height are swapped where both are there. An EXIF without the tag is returned
+    as it is (the orientation came from XMP, which is not carried); None if the tag is not a
+    SHORT holding one value, as the EXIF standard stores it, or the IFD cannot be read.
+    """
     order = "<" if exif[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack_from(order + "I", exif, 4)
-        (count,) = struct.unpack_from(order + "H", exif, ifd)
-        for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-            tag, kind, n = struct.unpack_from(order + "HHI", exif, entry)
-            if tag == ORIENTATION_TAG:
-                if kind != 3 or n != 1:  # 3: SHORT
-                    return None
-                patched = bytearray(exif)
-                struct.pack_into(order + "H", patched, entry + 8, 1)
-                struct.pack_into(order + "I", patched, ifd + 2 + 12 * count, 0)  # next IFD
-                return bytes(patched)
+        ifd0 = _ifd_entries(exif, order, ifd)
+        if ORIENTATION_TAG not in ifd0:
+            return exif
+        entry, kind, n = ifd0[ORIENTATION_TAG]
+        if kind != _SHORT or n != 1:
+            return None
+        patched = bytearray(exif)
+        struct.pack_into(order + "H", patched, entry + 8, 1)
+        (count,) = struct.unpack_from(order + "H", exif, ifd)  # duplicate tags count too
+        struct.pack_into(order + "I", patched, ifd + 2 + 12 * count, 0)  # next IFD
     except struct.error:
         return None
-    return exif
+    if orientation >= 5 and _EXIF_IFD_TAG in ifd0:
+        with contextlib.suppress(struct.error):  # a sub-IFD that cannot be read stays as it is
+            _swap_width_and_height(patched, order, ifd0[_EXIF_IFD_TAG][0])
+    return bytes(patched)
+
+
+def _swap_width_and_height(exif: bytearray, order: str, pointer_entry: int) -> None:
+    """Swap the sub-IFD's pixel width and height in place, each kept in its own field type
+    (SHORT or LONG); left alone unless both hold one value that fits the other's field."""
+    (sub,) = struct.unpack_from(order + "I", exif, pointer_entry + 8)
+    entries = _ifd_entries(bytes(exif), order, sub)
+    if _PIXEL_X not in entries or _PIXEL_Y not in entries:
+        return
+    (x_at, x_kind, x_n), (y_at, y_kind, y_n) = entries[_PIXEL_X], entries[_PIXEL_Y]
+    if x_n != 1 or y_n != 1 or not {x_kind, y_kind} <= {_SHORT, _LONG}:
+        return
+    x_format = order + ("H" if x_kind == _SHORT else "I")
+    y_format = order + ("H" if y_kind == _SHORT else "I")
+    (x,) = struct.unpack_from(x_format, exif, x_at + 8)
+    (y,) = struct.unpack_from(y_format, exif, y_at + 8)
+    if (x_kind == _SHORT and y > 0xFFFF) or (y_kind == _SHORT and x > 0xFFFF):
+        return
+    struct.pack_into(x_format, exif, x_at + 8, y)
+    struct.pack_into(y_format, exif, y_at + 8, x)
 
 
 def icc_colour_space(profile: bytes) -> str:
