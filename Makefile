@@ -1,5 +1,6 @@
 # The two commands in the README: `make repro` and `make test`. Everything the project needs is
-# installed here, so a machine with only Python 3.11+ and git is enough.
+# installed here, so a machine with only Python 3.11 or 3.12 and git is enough (the pinned numpy<2
+# and scikit-image 0.24 have no wheels for 3.13).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,8 +11,8 @@ STAMP  := $(VENV)/.installed
 env: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-	  { echo "error: Python 3.11+ is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1) (make PYTHON=python3.11 ...)"; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info < (3, 13))' || \
+	  { echo "error: Python 3.11 or 3.12 is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1) (make PYTHON=python3.12 ...)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r requirements-dev.txt
