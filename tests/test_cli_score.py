@@ -240,6 +240,32 @@ def test_run_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch) ->
     assert result.exit_code == 1 and "models/nafnet.pt" in result.output
 
 
+def test_run_refuses_an_empty_argument_instead_of_the_current_folder(
+    tmp_path: Path, monkeypatch, model_files
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_rgb8(tmp_path / "x.png", pair(1)[0])
+    result = runner.invoke(app, ["run", "", "--model", str(model_files["pt"])])
+    assert result.exit_code == 1 and '"": an empty input path' in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # nothing denoised
+    result = runner.invoke(app, ["run", ".", "--model", str(model_files["pt"])])
+    assert result.exit_code == 0 and (tmp_path / "x_denoised.png").is_file()  # "." still works
+
+
+def test_run_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pt")  # loading it would be the first error otherwise
+    (tmp_path / "file").write_text("")
+    for args, message in (
+        (["-o", str(tmp_path / "file")], "output folder is a file"),
+        (["--tile", "64", "--overlap", "64"], "overlap 64 must be smaller than tile 64"),
+        (["--backend", "bogus"], "unknown backend 'bogus'"),
+    ):
+        result = runner.invoke(app, ["run", "x.png", "--model", missing, *args])
+        assert result.exit_code == 1 and message in result.output, (args, result.output)
+    result = runner.invoke(app, ["run", "x.png", "--backend", "bogus"])  # no --model either
+    assert result.exit_code == 1 and "unknown backend 'bogus'" in result.output
+
+
 def test_python_dash_m_runs_the_same_command() -> None:
     import subprocess
     import sys

@@ -250,7 +250,9 @@ def test_rgba_is_rejected_naming_the_file(tmp_path: Path) -> None:
     raw = _make_raw(tmp_path / "raw")
     path = raw / "Data" / _name(5, 2) / NOISY_NAME
     cv2.imwrite(str(path), np.zeros((20, 28, 4), np.uint8))
-    _assert_fails_cleanly(raw, tmp_path / "split", rf"{_name(5, 2)}/{NOISY_NAME}: RGBA")
+    _assert_fails_cleanly(
+        raw, tmp_path / "split", rf"{_name(5, 2)}/{NOISY_NAME}: has an alpha channel"
+    )
 
 
 def test_unreadable_file_is_rejected_naming_the_file(tmp_path: Path) -> None:

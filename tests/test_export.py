@@ -78,6 +78,16 @@ def test_failed_parity_leaves_repository_untouched(
     assert json.loads(metrics.read_text())["passed"] is False
 
 
+def test_a_nan_at_any_size_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Python's max() would drop a NaN that is not first: max([1e-6, nan]) is 1e-6.
+    ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
+    monkeypatch.setattr(export, "parity", lambda *a, **k: {"32x32": 1e-6, "17x51": float("nan")})
+    with pytest.raises(DenoiseError, match=r"differs from PyTorch by nan"):
+        export_checkpoint(ckpt, tmp_path / "repo", tmp_path / "export.json", SETTINGS)
+    assert not (tmp_path / "repo").exists()
+    assert json.loads((tmp_path / "export.json").read_text())["passed"] is False
+
+
 class ShapeBakedAtTrace(nn.Module):
     """Adds 1 only to inputs wider than 40 px: a Python branch the tracer freezes."""
 

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, is_truncated_jpeg, read_rgb8, write_json, write_rgb8
+from denoise.fileio import (
+    atomic_path,
+    is_truncated_jpeg,
+    read_photo,
+    read_rgb8,
+    write_json,
+    write_rgb8,
+)
 
 
 def test_atomic_path_replaces_on_success_and_keeps_old_on_failure(tmp_path: Path) -> None:
@@ -61,8 +68,9 @@ def test_grey_and_16bit_are_converted_explicitly(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("rgba.png", np.zeros((3, 4, 4), np.uint8), "RGBA"),
+        ("rgba.png", np.zeros((3, 4, 4), np.uint8), "has an alpha channel"),
         ("junk.png", None, "not a readable image"),
+        ("empty.jpg", b"", "empty file"),
         ("missing.png", "absent", "file not found"),
     ],
 )
@@ -72,6 +80,8 @@ def test_bad_images_name_the_file(tmp_path: Path, name: str, content, message: s
         cv2.imwrite(str(path), content)
     elif content is None:
         path.write_bytes(b"not an image")
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
     with pytest.raises(DenoiseError, match=message) as e:
         read_rgb8(path)
     assert name in str(e.value)
@@ -127,3 +137,47 @@ def test_an_unwritable_output_is_one_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DenoiseError, match=r"afile/s\.json: cannot write"):
         write_json(tmp_path / "afile" / "s.json", {"a": 1})
+
+
+def test_grey_with_alpha_is_named_as_such(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(np.zeros((3, 4, 2), np.uint8), "LA").save(tmp_path / "la.png")
+    with pytest.raises(DenoiseError, match=r"la\.png: has an alpha channel \(RGBA or grey"):
+        read_rgb8(tmp_path / "la.png")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_tiff_orientation_is_applied_once(tmp_path: Path, orientation: int, dtype) -> None:
+    # OpenCV's TIFF decoder turns the pixels itself; turning them again would show the photo
+    # upside down (orientation 3) or rotated the wrong way (6, 8).
+    import tifffile
+
+    stored = np.random.default_rng(orientation).integers(0, 200, (5, 7, 3)).astype(dtype)
+    path = tmp_path / "o.tif"
+    tifffile.imwrite(path, stored, photometric="rgb", extratags=[(274, "H", 1, orientation)])
+    expected = {
+        1: stored,
+        2: stored[:, ::-1],
+        3: stored[::-1, ::-1],
+        4: stored[::-1],
+        5: stored.transpose(1, 0, 2),
+        6: np.rot90(stored, -1),
+        7: np.rot90(stored, 2).transpose(1, 0, 2),
+        8: np.rot90(stored, 1),
+    }[orientation]
+    np.testing.assert_array_equal(read_photo(path).rgb, expected)
+
+
+def test_a_bad_file_leaves_no_decoder_chatter_on_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
+    ok, buf = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))
+    assert ok
+    path = tmp_path / "cut.png"
+    path.write_bytes(buf.tobytes()[: len(buf) // 2])
+    capfd.readouterr()
+    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image"):
+        read_rgb8(path)
+    assert capfd.readouterr().err == ""  # OpenCV would print "[ WARN:0@...] ... incomplete"

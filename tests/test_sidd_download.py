@@ -91,6 +91,7 @@ class Server:
     ignore_range: bool = False
     force_416_next: int = 0
     status: int | None = None  # answer every request with this error status
+    busy_resumes: int = 0  # answer the next N ranged requests with 503
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -106,6 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
         data = st.payload
         if st.status is not None:
             self.send_error(st.status)
+            return
+        if rng and st.busy_resumes:
+            st.busy_resumes -= 1
+            self.send_error(503)
             return
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", rng or "")
@@ -254,6 +259,31 @@ def test_retries_resume_within_one_call(server: Server, archive: Archive, tmp_pa
         r and r.startswith("bytes=") for r in server.requests[1:]
     )
     assert hashlib.md5(dest.read_bytes()).hexdigest() == archive.md5
+
+
+def test_a_link_that_keeps_dropping_but_advancing_is_not_given_up_on(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    server.cut_next = 5  # five drops, each after half of what was asked: always some progress
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    assert len(server.requests) == 6
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == archive.md5
+
+
+def test_a_busy_server_on_resume_is_waited_for_then_given_up_on(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    server.cut_next, server.busy_resumes = 1, 1
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=1)  # 503 once, then resumed
+    assert hashlib.md5(dest.read_bytes()).hexdigest() == archive.md5
+    assert len(server.requests) == 3
+
+    dest.unlink()
+    server.requests.clear()
+    server.cut_next, server.busy_resumes = 1, 3
+    with pytest.raises(DenoiseError, match=r"HTTP 503 .* on resuming\); run again to resume"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=2)  # three 503s in a row: stop
+    assert len(server.requests) == 4
 
 
 def test_server_ignoring_range_restarts_cleanly(

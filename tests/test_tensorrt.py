@@ -40,6 +40,25 @@ def test_status_without_tensorrt(no_tensorrt: None) -> None:
     assert not ok and "TensorRT is not installed" in why
 
 
+def test_status_with_a_broken_tensorrt_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def failing_import(name: str, *args, **kwargs):
+        if name == "tensorrt":
+            raise OSError("libnvinfer.so.10: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    assert tensorrt_status() == (
+        False,
+        "TensorRT cannot be loaded (import tensorrt: OSError: libnvinfer.so.10: "
+        "cannot open shared object file)",
+    )
+
+
 def test_status_with_tensorrt_but_no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

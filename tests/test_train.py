@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import socket
 import subprocess
@@ -18,7 +19,7 @@ from denoise.checkpoint import load_model, read_checkpoint
 from denoise.data.patch_store import write_patch_store
 from denoise.errors import DenoiseError
 from denoise.train import train_model
-from denoise.training import tracking
+from denoise.training import distributed, resume, tracking
 from denoise.training.config import TrainConfig
 from denoise.training.recipe import LOSSES
 from denoise.training.sampling import IterationBatchSampler
@@ -94,7 +95,10 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
     assert ckpt["model"] == "nafnet" and ckpt["config"] == TINY_ARCH["nafnet"]
     assert len(_tsv(live / "plots" / "metrics" / "train" / "loss.tsv")) == 12
     lrs = [float(r["lr"]) for r in _tsv(live / "plots" / "metrics" / "train" / "lr.tsv")]
-    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(1e-7)  # per-iteration
+    # Each point is the rate its iteration used: the first the base rate, then the cosine
+    # stepped per iteration, ending one step above its floor (the floor follows the last step).
+    assert lrs[0] == pytest.approx(1e-3) and all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] > 1e-7
     strips = sorted((live / "plots" / "images" / "val").glob("*.png"))
     assert [p.stem for p in strips] == ["0000004", "0000008", "0000012"]
     assert not (tmp_path / "ckpt" / "last.pt").exists()  # removed after a finished run
@@ -102,11 +106,15 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
     assert isinstance(model, torch.nn.Module)
 
 
-@pytest.mark.parametrize("model", ["nafnet", "dncnn"])
+@pytest.mark.parametrize(
+    ("model", "log_every"),
+    # log_every 3: the resume state at 8 falls between the loss points at 6 and 9.
+    [("nafnet", 1), ("dncnn", 1), ("nafnet", 3)],
+)
 def test_interrupted_run_resumes_bit_identically(
-    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: str, log_every: int
 ) -> None:
-    cfg = _cfg(model)
+    cfg = _cfg(model, log_every=log_every)
     reference = _run(cfg, split, tmp_path / "straight")
 
     real_log = tracking.Tracker.log
@@ -131,7 +139,8 @@ def test_interrupted_run_resumes_bit_identically(
         assert torch.equal(resumed["params"][k], v), k
     losses = _tsv(work / "live" / "plots" / "metrics" / "train" / "loss.tsv")
     steps = [int(r["step"]) for r in losses]
-    assert steps == list(range(1, 13))  # the crashed run's steps 9-10 were replaced, not doubled
+    # the crashed run's points after 8 were replaced, not doubled
+    assert steps == [*range(log_every, 13, log_every), *([12] if 12 % log_every else [])]
     # The DVCLive history is the same to the byte (one line ending), so `dvc repro` records the
     # same output hash whether or not the run was interrupted.
     straight_live, resumed_live = tmp_path / "straight" / "live", work / "live"
@@ -144,8 +153,13 @@ def test_interrupted_run_resumes_bit_identically(
             assert (resumed_live / rel).read_bytes() == (straight_live / rel).read_bytes(), rel
 
 
-def test_stale_resume_state_is_ignored(
-    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("change", ["params", "code"])
+def test_resume_state_from_other_params_or_code_is_ignored(
+    split: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    change: str,
 ) -> None:
     def crash(self, step, *args, **kwargs):
         if step > 5:
@@ -155,12 +169,34 @@ def test_stale_resume_state_is_ignored(
     with pytest.raises(KeyboardInterrupt):
         _run(_cfg(iters=6), split, tmp_path)
     monkeypatch.undo()
-    assert (tmp_path / "ckpt" / "last.pt").is_file()
-    other = _cfg(iters=6, lr=5e-4)
-    changed = _run(other, split, tmp_path)
-    fresh = _run(other, split, tmp_path / "fresh")
+    assert read_checkpoint(tmp_path / "ckpt" / "last.pt")["meta"]["iteration"] == 4
+    capsys.readouterr()
+    cfg = _cfg(iters=6, lr=5e-4) if change == "params" else _cfg(iters=6)
+    if change == "code":  # an edit to the package between the interruption and the re-run
+        monkeypatch.setattr(resume, "code_identity", lambda package=None: "edited")
+    changed = _run(cfg, split, tmp_path)
+    out = capsys.readouterr().out
+    assert "starting from scratch" in out and "resuming" not in out
+    fresh = _run(cfg, split, tmp_path / "fresh")
     for k, v in fresh["params"].items():
         assert torch.equal(changed["params"][k], v), k
+
+
+def test_code_identity_changes_with_any_source_file(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "notes.txt").write_text("not code")
+    before = resume.code_identity(pkg)
+    (pkg / "notes.txt").write_text("edited, still not code")
+    assert resume.code_identity(pkg) == before
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    assert resume.code_identity(pkg) != before
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    assert resume.code_identity(pkg) == before
+    (pkg / "sub" / "b.py").rename(pkg / "b.py")  # the same bytes under another name
+    assert resume.code_identity(pkg) != before
 
 
 def test_non_finite_loss_stops_without_a_model(
@@ -248,6 +284,25 @@ def test_ddp_two_processes_match_one_process(split: Path, tmp_path: Path) -> Non
         assert torch.allclose(ddp["params"][k], v, rtol=0, atol=1e-5), k
         moved += int(not torch.equal(v, read_init(k)))
     assert moved > 0  # training changed the weights (the comparison is not trivially true)
+
+
+def _any_rank_worker(rank: int, world: int, port: int, out: Path) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world)
+    )
+    d = distributed.setup("cpu")
+    try:
+        seen = [distributed.any_rank(rank == 0, d), distributed.any_rank(False, d)]
+        (out / f"{rank}.txt").write_text(repr(seen))
+    finally:
+        distributed.teardown(d)
+
+
+def test_any_rank_tells_every_rank_what_one_rank_saw(tmp_path: Path) -> None:
+    # A NaN validation on rank 0 stops every rank this way, instead of leaving the others
+    # waiting in a barrier.
+    mp.spawn(_any_rank_worker, args=(2, _free_port(), tmp_path), nprocs=2)
+    assert [(tmp_path / f"{r}.txt").read_text() for r in (0, 1)] == ["[True, False]"] * 2
 
 
 def read_init(key: str) -> torch.Tensor:

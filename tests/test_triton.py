@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +31,10 @@ from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_rgb8, write_rgb8
 from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
+from denoise.triton import client as client_module
 from denoise.triton import server as server_module
 from denoise.triton import smoke as smoke_module
-from denoise.triton.client import TritonBackend
+from denoise.triton.client import TritonBackend, split_url
 from denoise.triton.repository import (
     INPUT_NAME,
     ONNX_MODEL,
@@ -325,6 +327,82 @@ def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
     assert list(per_protocol) == ["http"]  # stopped at the first failure, before grpc
     assert per_protocol["http"]["max_abs_diff_vs_onnxruntime"] == pytest.approx(0.25, abs=1e-5)
     assert report["images"] == 1 and report["crop"] == 16
+
+
+def test_smoke_test_fails_on_a_nan_in_any_image(
+    server: TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class NaNOnTheSecondImage(OnnxRuntimeBackend):
+        calls = 0
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            type(self).calls += 1
+            out = super().__call__(batch)
+            return out * np.nan if type(self).calls == 2 else out
+
+    monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", NaNOnTheSecondImage)
+    monkeypatch.setattr(
+        smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
+    )
+    write_test_split(tmp_path / "test", 2)
+    settings = smoke_settings(server.http_port, server.grpc_port, images=2)
+    with pytest.raises(DenoiseError, match=r"differs from local onnxruntime by nan"):
+        smoke_test(repository, tmp_path / "test", tmp_path / "smoke.json", settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("127.0.0.1:8000", ("127.0.0.1:8000", False)),
+        ("http://127.0.0.1:8000", ("127.0.0.1:8000", False)),
+        ("HTTPS://triton.example:443", ("triton.example:443", True)),
+    ],
+)
+def test_split_url_keeps_tls_for_https(url: str, expected: tuple[str, bool]) -> None:
+    assert split_url(url) == expected
+
+
+def test_https_reaches_the_client_as_tls_and_other_schemes_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[dict] = []
+
+    class Client:
+        def __init__(self, url: str, **kwargs: object) -> None:
+            seen.append({"url": url, **kwargs})
+
+        def is_model_ready(self, name: str) -> bool:
+            return True
+
+        def get_model_config(self, name: str) -> dict:
+            return {"max_batch_size": 4}
+
+    module = types.SimpleNamespace(InferenceServerClient=Client)
+    monkeypatch.setattr(client_module, "_client_module", lambda protocol: module)
+    TritonBackend("https://triton.example:443", "http", PYTHON_MODEL)
+    assert seen[-1]["url"] == "triton.example:443" and seen[-1]["ssl"] is True
+    TritonBackend("127.0.0.1:8000", "http", PYTHON_MODEL)
+    assert seen[-1]["ssl"] is False
+    with pytest.raises(DenoiseError, match=r"ftp://x:1: unsupported scheme 'ftp'"):
+        TritonBackend("ftp://x:1", "http", PYTHON_MODEL)
+
+
+def test_a_port_in_time_wait_is_free_to_serve_on() -> None:
+    # What a server that just stopped with clients connected leaves behind.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((HOST, 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        client = socket.create_connection((HOST, port))
+        conn, _ = listener.accept()
+        conn.close()  # the server side closes first, so its end waits in TIME_WAIT
+        assert port_in_use(port)  # still listening
+    client.close()
+    assert not port_in_use(port)
 
 
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:

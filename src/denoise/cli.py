@@ -95,7 +95,9 @@ def score(
 @user_errors
 def run(
     inputs: Annotated[
-        list[Path], typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or folders of them.")
+        # str, not Path: Path("") would turn an empty argument into the current folder.
+        list[str],
+        typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or folders of them."),
     ],
     out_dir: Annotated[
         Path | None,
@@ -138,9 +140,12 @@ def run(
     """
     from tqdm import tqdm
 
-    from denoise.infer import denoise_files, open_backend
+    from denoise.infer import check_out_dir, check_tiling, denoise_files, open_backend
     from denoise.model_choice import resolve_model
 
+    check_tiling(tile, overlap)  # before the model loads: a mistyped option fails at once
+    if out_dir is not None:
+        check_out_dir(out_dir)
     name, target = resolve_model(model, backend)
     options: dict[str, Any] = {}
     if url:
@@ -173,7 +178,7 @@ def run(
     for path in written:
         typer.echo(path)
     if failed:
-        typer.echo(f"{len(failed)} of {len(failed) + len(written)} photos failed", err=True)
+        typer.echo(f"{len(failed)} of {len(failed) + len(written)} inputs failed", err=True)
         raise typer.Exit(1)
 
 

@@ -148,7 +148,7 @@ def export_checkpoint(
         diffs = parity(
             model, onnx_path, settings.parity_sizes, batch=settings.parity_batch, seed=settings.seed
         )
-        worst = max(diffs.values())
+        worst = float(np.max(list(diffs.values())))  # NaN-propagating, unlike max()
         report = {
             "model": name,
             "checkpoint": str(checkpoint),

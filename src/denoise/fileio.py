@@ -151,6 +151,21 @@ class Photo:
     metadata: PhotoMetadata
 
 
+_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
+
+
+def _decode(path: Path, data: bytes) -> np.ndarray | None:
+    """OpenCV's decode with its own log lines silenced: a bad file is reported once, by us,
+    as one line naming it, not also as decoder warnings in the user's log."""
+    previous = cv2.setLogLevel(0)  # 0: silent
+    try:
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
+    finally:
+        cv2.setLogLevel(previous)
+
+
 def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = True) -> Photo:
     """Read an image file: its pixels as ``(H, W, 3)`` RGB, uint8, or uint16 for 16-bit files
     if ``keep16``, with its greyness and metadata (:class:`Photo`).
@@ -169,12 +184,11 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
         data = path.read_bytes()
     except OSError as e:
         raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not data:
+        raise DenoiseError(f"{path}: empty file")
     if is_truncated_jpeg(data):  # libjpeg would decode it, greying out what is missing
         raise DenoiseError(f"{path}: truncated JPEG (the image data stops before its end)")
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:
-        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
+    img = _decode(path, data)
     if img is None:
         raise DenoiseError(f"{path}: not a readable image")
     expected = "8/16-bit RGB" if keep16 else "8-bit RGB"
@@ -190,11 +204,15 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
             raise DenoiseError(f"{path}: greyscale image, expected {expected}")
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     elif img.shape[2] == 4:
-        raise DenoiseError(f"{path}: RGBA image (has an alpha channel), expected {expected}")
+        raise DenoiseError(
+            f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
+        )
     elif img.shape[2] != 3:
         raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
     metadata = read_metadata(data)
-    upright = _ORIENT.get(metadata.orientation, lambda a: a)(img)
+    # OpenCV's TIFF decoder applies the orientation tag itself; the others leave it to us.
+    turned = 1 if data[:4] in _TIFF_MAGIC else metadata.orientation
+    upright = _ORIENT.get(turned, lambda a: a)(img)
     rgb = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
     return Photo(rgb=rgb, grey=grey, metadata=metadata.upright())
 

@@ -59,16 +59,21 @@ def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     return wrap
 
 
+def check_backend_name(name: str) -> None:
+    """A :class:`DenoiseError` unless ``name`` is a backend (registered or importable)."""
+    known = sorted(set(BACKENDS) | set(_LAZY_BACKENDS))
+    if name not in known:
+        raise DenoiseError(f"unknown backend {name!r}; known: {', '.join(known)}")
+
+
 def open_backend(name: str, model: str | Path, **options: Any) -> Backend:
     """Open backend ``name`` on ``model`` (a file, or a served model's name for Triton)."""
-    if name not in BACKENDS and name in _LAZY_BACKENDS:
+    check_backend_name(name)
+    if name not in BACKENDS:
         try:
             importlib.import_module(_LAZY_BACKENDS[name])
         except ImportError as e:
             raise DenoiseError(f"backend {name!r} is not available: {e}") from None
-    if name not in BACKENDS:
-        known = sorted(set(BACKENDS) | set(_LAZY_BACKENDS))
-        raise DenoiseError(f"unknown backend {name!r}; known: {', '.join(known)}")
     return BACKENDS[name](model, **options)
 
 
@@ -414,8 +419,11 @@ def expand_inputs(
     """Files as given; a folder contributes its photos (not earlier ``*_denoised`` outputs).
 
     A folder with no photo goes to ``on_empty(folder, message)`` (default: a
-    :class:`DenoiseError`).
+    :class:`DenoiseError`). An empty string is refused outright: ``Path("")`` is the current
+    folder, so ``denoise run "$UNSET"`` would otherwise denoise every photo in it.
     """
+    if any(isinstance(raw, str) and not raw for raw in inputs):
+        raise DenoiseError('"": an empty input path (an unset shell variable?)')
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
-from denoise.infer import backend_for_file
+from denoise.infer import backend_for_file, check_backend_name
 from denoise.params import load_params
 from denoise.paths import MODELS_DIR, PARAMS_FILE, REPOSITORY
 
@@ -35,6 +35,8 @@ def resolve_model(
     """``(backend, model)`` for the command line: explicit values win; otherwise the model file
     decides the backend and params.yaml's ``model`` switch decides the model (for onnxruntime
     and tensorrt: the file the pipeline last exported to the model repository)."""
+    if backend is not None:
+        check_backend_name(backend)
     if model is None:
         name = selected_model_name(params_path)
         if backend == "triton":

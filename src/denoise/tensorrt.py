@@ -57,6 +57,8 @@ def tensorrt_status() -> tuple[bool, str]:
         import tensorrt as trt
     except ImportError as e:
         return False, f"TensorRT is not installed (import tensorrt: {e})"
+    except Exception as e:  # a broken install (missing libnvinfer, CUDA mismatch) is no engine
+        return False, f"TensorRT cannot be loaded (import tensorrt: {type(e).__name__}: {e})"
     try:
         import torch
 

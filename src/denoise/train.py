@@ -280,7 +280,9 @@ def _train(
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    window: list[float] = []
+    # The losses since the last logged point: saved with the resume state, so a resume between
+    # two points logs the same mean an uninterrupted run would.
+    window: list[float] = list(state["loss_window"]) if state is not None else []
     step_time, steps = 0.0, 0
     batches = iter(loader)
     for it in range(start + 1, cfg.iters + 1):
@@ -297,6 +299,7 @@ def _train(
                 f"train {cfg.model}: non-finite loss ({loss_value}) at "
                 f"iteration {it}; no model written (lower train.{cfg.model}.lr?)"
             )
+        lr = optimizer.param_groups[0]["lr"]  # this iteration's, before the schedule moves on
         optimizer_step(loss, net, optimizer, scaler, cfg.grad_clip)
         scheduler.step()
         step_time += time.perf_counter() - t0
@@ -308,17 +311,18 @@ def _train(
         if it % cfg.log_every == 0 or it == cfg.iters:
             logged = {
                 "train/loss": float(np.mean(window)),
-                "train/lr": optimizer.param_groups[0]["lr"],
+                "train/lr": lr,
             }
             window.clear()
         if it % cfg.val_every == 0 or it == cfg.iters:
-            if d.main:
-                v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp)
-                if math.isnan(v.psnr):
-                    raise DenoiseError(
-                        f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
-                        "(the network outputs non-finite values); no model written"
-                    )
+            v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp) if d.main else None
+            # Every rank stops together: rank 0 alone raising would leave the rest waiting.
+            if distributed.any_rank(v is not None and math.isnan(v.psnr), d):
+                raise DenoiseError(
+                    f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
+                    "(the network outputs non-finite values); no model written"
+                )
+            if v is not None:
                 logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
                 image = v.strip
                 if v.psnr > best["psnr"]:
@@ -332,7 +336,6 @@ def _train(
                         },
                     }
                 bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
-            distributed.barrier(d)
         if logged:
             tracker.log(it, logged, image, f"val/{it:07d}.png")
             bar.set_postfix(
@@ -352,6 +355,7 @@ def _train(
                 scheduler=scheduler,
                 scaler=scaler,
                 best=best,
+                loss_window=window,
             )
     bar.close()
     del batches  # stops the loader's workers

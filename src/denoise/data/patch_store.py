@@ -69,7 +69,7 @@ def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
         ) from None
     except (ValueError, OSError) as e:
         raise DenoiseError(
-            f"{split_dir}: unreadable patch store ({e}); run `dvc repro -f crop-split`"
+            f"{split_dir}: unreadable patch store ({e}); run `dvc repro -s -f crop-split`"
         ) from None
     if noisy.dtype != np.uint8 or clean.dtype != np.uint8:
         raise DenoiseError(f"{split_dir}: patch store holds {noisy.dtype}/{clean.dtype}, not uint8")

@@ -159,6 +159,8 @@ def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTP
         if e.code == 416 and offset:
             part.unlink()
             raise _Interrupted("server refused the resume (HTTP 416); restarting") from None
+        if offset and (e.code >= 500 or e.code == 429):  # busy or failing a moment: wait, resume
+            raise _Interrupted(f"HTTP {e.code} {e.reason} on resuming") from None
         kept = f"; the partial download {part} is kept for the next run" if offset else ""
         raise DenoiseError(
             f"HTTP {e.code} {e.reason} from {url}; check data.sidd.url or set it to a mirror{kept}"
@@ -249,9 +251,11 @@ def download(
 ) -> Path:
     """Make ``dest`` a verified copy of ``url``, downloading (or resuming) only what is missing.
 
-    ``retries`` interrupted transfers are resumed automatically, waiting ``retry_delay`` seconds
-    doubled each time; after that the ``.part`` stays on disk and the next call resumes it.
-    Returns ``dest``.
+    An interrupted transfer is resumed automatically, waiting ``retry_delay`` seconds, doubled
+    for each interruption in a row that brought no new byte; after ``retries`` of those (or at
+    the first interruption, with ``retries=0``) the ``.part`` stays on disk and the next call
+    resumes it. A link that keeps dropping but keeps advancing is never given up on: over
+    6.6 GB, a fixed number of interruptions would be. Returns ``dest``.
     """
     dest = Path(dest)
     _check_request(url, size, md5)
@@ -270,19 +274,23 @@ def download(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
+    last = part.stat().st_size if part.exists() else 0
+    stalled = 0  # interruptions in a row that brought no new byte
+    while True:
         try:
             _transfer(url, part, size=size, timeout=timeout, progress=progress)
             break
         except _Interrupted as e:
             have = part.stat().st_size if part.exists() else 0
-            if attempt == retries:
+            stalled = 0 if have > last else stalled + 1
+            last = have
+            if retries == 0 or stalled > retries:
                 raise DenoiseError(
                     f"download of {url} interrupted at {have} of {size} bytes "
                     f"({e}); run again to resume from {part}"
                 ) from None
             tqdm.write(f"download interrupted at {have} of {size} bytes ({e}); resuming")
-            time.sleep(retry_delay * 2**attempt)
+            time.sleep(retry_delay * 2**stalled)
 
     reason = _mismatch(part, size, md5, progress=progress)
     if reason:

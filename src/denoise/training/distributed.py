@@ -71,6 +71,17 @@ def all_mean(x: torch.Tensor, d: Dist) -> torch.Tensor:
     return x
 
 
+def any_rank(flag: bool, d: Dist) -> bool:
+    """Whether ``flag`` is true on any rank. Every rank must call it: it is also a barrier,
+    so a rank that is about to stop can take the others with it instead of leaving them
+    waiting in a collective."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()

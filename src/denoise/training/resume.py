@@ -2,7 +2,7 @@
 
 Saved atomically (via :func:`denoise.checkpoint.save_checkpoint`) every ``checkpoint_every``
 iterations to a path that is NOT a DVC output (DVC deletes declared outputs before a stage
-runs). A state whose fingerprint differs from the current config and data is ignored.
+runs). A state whose fingerprint differs from the current config, data or code is ignored.
 """
 
 from __future__ import annotations
@@ -19,10 +19,28 @@ import torch
 from denoise.checkpoint import read_checkpoint, save_checkpoint
 from denoise.errors import DenoiseError
 
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def code_identity(package: Path = PACKAGE) -> str:
+    """A hash of the ``denoise`` package's source.
+
+    DVC re-runs a training stage when its code changes; an interrupted run's state must then
+    not be carried on under the new code, or the model would be half one version's training
+    and half the other's while ``dvc.lock`` records only the new code. The whole package is
+    hashed, not just the modules training imports: an edit elsewhere merely costs a restart.
+    """
+    h = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
 
 def fingerprint(config: dict[str, Any], data: dict[str, Any]) -> str:
-    """A short hash of what determines the result: the config and the data's identity."""
-    blob = json.dumps({"config": config, "data": data}, sort_keys=True, default=str)
+    """A short hash of what determines the result: the config, the data's identity, the code."""
+    blob = json.dumps(
+        {"config": config, "data": data, "code": code_identity()}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -58,6 +76,7 @@ def save_resume(
     scheduler: Any,
     scaler: Any,
     best: dict[str, Any],
+    loss_window: list[float],
 ) -> None:
     save_checkpoint(
         path,
@@ -70,6 +89,7 @@ def save_resume(
         scaler=scaler.state_dict(),
         rng=rng_state(),
         best=best,
+        loss_window=list(loss_window),
     )
 
 
@@ -83,6 +103,6 @@ def load_resume(path: Path, fp: str) -> dict[str, Any] | None:
         print(f"warning: ignoring unreadable resume state ({e})")
         return None
     if state.get("meta", {}).get("fingerprint") != fp:
-        print(f"note: {path} is from other params or data; starting from scratch")
+        print(f"note: {path} is from other params, data or code; starting from scratch")
         return None
     return state

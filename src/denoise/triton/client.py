@@ -15,6 +15,16 @@ from denoise.triton.repository import INPUT_NAME, OUTPUT_NAME, PYTHON_MODEL
 from denoise.triton.server import HOST
 
 
+def split_url(url: str) -> tuple[str, bool]:
+    """``(host:port, tls)`` of a server URL: ``https://`` means TLS (a proxy in front of
+    Triton, as the README advises before exposing it); no scheme or ``http://`` means plain."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", url)
+    scheme = match.group(1).lower() if match else "http"
+    if scheme not in ("http", "https"):
+        raise DenoiseError(f"{url}: unsupported scheme {scheme!r} (use http:// or https://)")
+    return (url[match.end() :] if match else url), scheme == "https"
+
+
 def _client_module(protocol: str) -> Any:
     if protocol == "http":
         import tritonclient.http as module
@@ -40,7 +50,7 @@ class TritonBackend:
         model_name: str = PYTHON_MODEL,
         timeout_s: float = 120.0,
     ) -> None:
-        self.url = re.sub(r"^[a-z]+://", "", url)
+        self.url, tls = split_url(url)
         self.protocol = protocol
         self.model_name = model_name
         self._module = _client_module(protocol)
@@ -48,10 +58,10 @@ class TritonBackend:
         try:
             if protocol == "http":
                 self._client = self._module.InferenceServerClient(
-                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s
+                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s, ssl=tls
                 )
             else:
-                self._client = self._module.InferenceServerClient(self.url)
+                self._client = self._module.InferenceServerClient(self.url, ssl=tls)
             ready = self._client.is_model_ready(model_name)
         except Exception as e:
             raise DenoiseError(

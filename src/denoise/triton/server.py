@@ -70,8 +70,13 @@ def find_server(binary: str | Path | None = None) -> ServerBinary:
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
-    """True when ``host:port`` cannot be bound (another process listens there)."""
+    """True when ``host:port`` cannot be bound (another process listens there).
+
+    SO_REUSEADDR, as servers set it: a port left in TIME_WAIT by a server that just stopped
+    is free to listen on again, and Linux still refuses the bind while anything listens.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
