@@ -20,7 +20,7 @@ from typing import Any
 
 from denoise.bench import run_bench
 from denoise.bench.paths import PATHS, available_paths
-from denoise.bench.report import PSNR_TOLERANCE_DB, failed_paths, format_table
+from denoise.bench.report import FP32_AGREEMENT_DB, PSNR_TOLERANCE_DB, failed_paths, format_table
 from denoise.cli import user_errors
 from denoise.fileio import write_json
 
@@ -38,7 +38,12 @@ def verdict(report: dict[str, Any]) -> list[str]:
     lines = []
     for label, pool, target in (
         ("FP32", fp32, FP32_TARGET),
-        (f"reduced precision (|ΔPSNR| <= {PSNR_TOLERANCE_DB} dB)", reduced, REDUCED_TARGET),
+        (
+            f"reduced precision (|ΔPSNR| <= {PSNR_TOLERANCE_DB} dB, output >= "
+            f"{FP32_AGREEMENT_DB:g} dB from FP32's)",
+            reduced,
+            REDUCED_TARGET,
+        ),
     ):
         if not pool:
             lines.append(f"- {label}: no path measured")

@@ -12,6 +12,11 @@ from denoise.bench.paths import BASELINE, BenchPath
 from denoise.metrics import psnr
 
 PSNR_TOLERANCE_DB = 0.1  # a reduced-precision path is kept only within this of FP32
+# ...and only if its output is also this close to FP32's own output (PSNR of one against the
+# other). The 0.1 dB test alone is weak when the network's error is large: with random weights
+# it scores about 18 dB against the clean images, and an error 34 dB below FP32's output would
+# still move that by less than 0.1 dB. Correct bf16 and int8 paths measured 50-60 dB.
+FP32_AGREEMENT_DB = 45.0
 
 
 def _peak_for(precision: str, machine: dict[str, Any]) -> tuple[float, str]:
@@ -72,9 +77,8 @@ def summarise(
         median = statistics.median(run["times_s"])
         rate = batch / median
         out_psnr = statistics.fmean(psnr(o, c) for o, c in zip(run["outputs"], clean, strict=True))
-        vs_fp32 = statistics.fmean(
-            psnr(o, b) for o, b in zip(run["outputs"], base_out, strict=True)
-        )
+        # Pooled over the images: one image identical to FP32's must not make the mean inf.
+        vs_fp32 = psnr(np.stack(run["outputs"]), np.stack(base_out))
         gflops = 2.0 * macs * rate / 1e9
         peak, peak_kind = _peak_for(path.precision, machine)
         delta = out_psnr - base_psnr
@@ -93,6 +97,7 @@ def summarise(
             "psnr_vs_fp32_output_db": None if vs_fp32 == float("inf") else round(vs_fp32, 2),
             "nonfinite_fraction": run["nonfinite_fraction"],  # unrounded: one NaN counts
             "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB
+            and vs_fp32 >= FP32_AGREEMENT_DB
             and not run["nonfinite_fraction"],
             "peak_rss_mb": round(run["peak_rss_mb"], 1),
             "gflops": round(gflops, 2),
@@ -166,8 +171,8 @@ def format_table(report: dict[str, Any]) -> str:
         )
     if not all(r["within_psnr_tolerance"] for r in measured):
         lines.append(
-            f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB, or the output "
-            "holds NaN/inf; not kept."
+            f"\n✗: PSNR differs from FP32 by more than {PSNR_TOLERANCE_DB} dB, the output is "
+            f"less than {FP32_AGREEMENT_DB:g} dB from FP32's, or it holds NaN/inf; not kept."
         )
     failed = failed_paths(report)
     if failed:
