@@ -233,8 +233,9 @@ def bench(
         list[str] | None,
         typer.Option(
             "--backends",
-            help="Paths to measure (repeatable; default: all available except "
-            "*-compile and onnxruntime-int8-dynamic). torch (eager FP32) is always measured.",
+            help="Paths to measure (repeatable; default: all available except the opt-in "
+            "ones: *-compile, the torch-bf16-cast-* paths and onnxruntime-int8-dynamic; the "
+            "command lists them). torch (eager FP32) is always measured.",
         ),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per path (median reported).")] = 5,
