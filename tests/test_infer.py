@@ -15,15 +15,18 @@ from tiny_models import TINY, tiny_model
 
 from denoise.checkpoint import save_checkpoint
 from denoise.errors import DenoiseError
+from denoise.export import export_onnx
 from denoise.fileio import read_image, write_image
 from denoise.infer import (
     BACKENDS,
+    OnnxRuntimeBackend,
     TorchBackend,
     check_tiling,
     denoise_files,
     denoise_image,
     expand_inputs,
     open_backend,
+    pad_multiple_of,
     register_backend,
     tile_starts,
     tile_weights,
@@ -171,6 +174,47 @@ def test_blending_leaves_no_seam() -> None:
     assert step > 20  # hard stitching would jump by this much at each border
     assert np.abs(np.diff(out, axis=1)).max() < 0.35 * step
     assert np.abs(np.diff(out, axis=0)).max() == 0
+
+
+def test_tiles_reach_a_padding_network_reflect_padded_to_its_multiple() -> None:
+    class PaddingRecorder(Recorder):
+        pad_multiple = 16
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.batches: list[np.ndarray] = []
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            self.batches.append(batch)
+            return super().__call__(batch)
+
+    img = np.random.default_rng(4).integers(0, 256, (21, 37, 3), dtype=np.uint8)
+    backend = PaddingRecorder()
+    out = denoise_image(img, backend, tile=0, overlap=0)
+    np.testing.assert_array_equal(out, img)  # the padding is cropped away again
+    assert backend.shapes == [(1, 3, 32, 48)]
+    (x,) = backend.batches
+    np.testing.assert_array_equal(x[..., 21:, :37], x[..., 19:8:-1, :37])  # mirrored rows
+    np.testing.assert_array_equal(x[..., :21, 37:], x[..., :21, 35:24:-1])  # mirrored columns
+    plain = Recorder()
+    denoise_image(img, plain, tile=0, overlap=0)
+    assert plain.shapes == [(1, 3, 21, 37)]  # a network that pads nothing gets the image as is
+
+
+def test_padding_multiple_follows_the_network_into_onnx(tmp_path: Path) -> None:
+    nafnet, dncnn = tiny_model("nafnet", scale=0.05), tiny_model("dncnn", scale=0.05)
+    expected = 2 ** len(TINY["nafnet"]["enc_blk_nums"])
+    assert pad_multiple_of(nafnet) == expected > 1 and pad_multiple_of(dncnn) == 1
+    assert TorchBackend(nafnet).pad_multiple == expected
+    for name, model in (("nafnet", nafnet), ("dncnn", dncnn)):
+        export_onnx(model, tmp_path / f"{name}.onnx")
+    assert OnnxRuntimeBackend(tmp_path / "nafnet.onnx").pad_multiple == expected
+    assert OnnxRuntimeBackend(tmp_path / "dncnn.onnx").pad_multiple == 1
+    # Both backends pad an odd-sized image the same way, so they still agree on it.
+    img = np.random.default_rng(5).integers(0, 256, (21, 37, 3), dtype=np.uint8)
+    by_torch = denoise_image(img, TorchBackend(nafnet), tile=0, overlap=0)
+    by_ort = denoise_image(img, OnnxRuntimeBackend(tmp_path / "nafnet.onnx"), tile=0, overlap=0)
+    assert np.abs(by_torch.astype(int) - by_ort).max() <= 1
 
 
 def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:

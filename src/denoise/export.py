@@ -25,7 +25,7 @@ from torch import nn
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
-from denoise.infer import OnnxRuntimeBackend
+from denoise.infer import PAD_MULTIPLE_KEY, OnnxRuntimeBackend, pad_multiple_of
 from denoise.params import checked_section
 from denoise.triton.repository import INPUT_NAME, ONNX_ROUTES, OUTPUT_NAME, write_onnx_route
 
@@ -77,6 +77,11 @@ def export_onnx(
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
             do_constant_folding=True,
         )
+        multiple = pad_multiple_of(model)
+        if multiple > 1:  # so that the onnxruntime backend pads tiles as the torch one does
+            proto = onnx.load(str(tmp))
+            onnx.helper.set_model_props(proto, {PAD_MULTIPLE_KEY: str(multiple)})
+            onnx.save(proto, str(tmp))
 
 
 def check_onnx(path: str | Path, *, require_layernorm: bool) -> dict[str, int]:

@@ -38,7 +38,11 @@ _LAZY_BACKENDS = {"triton": "denoise.triton.client", "tensorrt": "denoise.tensor
 
 @runtime_checkable
 class Backend(Protocol):
-    """``(N, 3, H, W)`` float32 in [0, 1] -> ``(N, 3, H, W)`` float32 (not necessarily clamped)."""
+    """``(N, 3, H, W)`` float32 in [0, 1] -> ``(N, 3, H, W)`` float32 (not necessarily clamped).
+
+    A backend may also say, as ``pad_multiple``, the multiple its network pads its input to
+    (:func:`pad_multiple_of`); :func:`denoise_image` then pads each tile itself, by reflection.
+    """
 
     name: str
 
@@ -91,6 +95,27 @@ def backend_for_file(model: str | Path) -> str:
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# The ONNX metadata key under which the export records the network's padding multiple.
+PAD_MULTIPLE_KEY = "pad_multiple"
+
+
+def pad_multiple_of(module: nn.Module) -> int:
+    """The multiple a network pads its input's height and width to (NAFNet: 2^levels; 1: none).
+
+    NAFNet pads with zeros below and right, as its reference code does. On an input that is not
+    a multiple (a whole odd-sized photo, or one smaller than a tile) that dark border costs
+    0.04-0.11 dB along the bottom and right edges, so :func:`denoise_image` reflect-pads tiles
+    to the multiple first; the network's own zero padding then does nothing.
+    """
+    return int(getattr(module, "padder_size", 1))
+
+
+def _reflect_pad(batch: np.ndarray, multiple: int) -> np.ndarray:
+    """``(N, C, H, W)`` reflect-padded below and right to multiples of ``multiple``."""
+    ph, pw = -batch.shape[2] % multiple, -batch.shape[3] % multiple
+    return np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect") if ph or pw else batch
 
 
 class TorchBackend:
@@ -147,6 +172,7 @@ class TorchBackend:
         if cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.module = module.eval().to(self.device)
+        self.pad_multiple = pad_multiple_of(module)
         if not self.amp:
             self.module = self.module.to(self.dtype)
         if channels_last:
@@ -248,6 +274,8 @@ class OnnxRuntimeBackend:
             raise DenoiseError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.pad_multiple = int(meta.get(PAD_MULTIPLE_KEY, "1"))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
@@ -369,6 +397,7 @@ def denoise_image(
     ys, th, wy, sum_y = _axis_plan(h, tile, overlap)
     xs, tw, wx, sum_x = _axis_plan(w, tile, overlap)
     acc = np.zeros((h, w, 3), np.float32)
+    multiple = int(getattr(backend, "pad_multiple", 1))
     grid = [(i, j) for i in range(len(ys)) for j in range(len(xs))]
     bar = tqdm(total=len(grid), desc="tiles", unit="tile", disable=not progress, leave=False)
     for group in _batches(grid, max(1, batch)):
@@ -378,11 +407,13 @@ def denoise_image(
             ).astype(np.float32)
             / scale
         )
-        y_out = backend(x_in)
-        if y_out.shape != x_in.shape:
+        padded = _reflect_pad(x_in, multiple)
+        y_out = backend(padded)
+        if y_out.shape != padded.shape:
             raise DenoiseError(
-                f"backend {backend.name} returned shape {y_out.shape} for input {x_in.shape}"
+                f"backend {backend.name} returned shape {y_out.shape} for input {padded.shape}"
             )
+        y_out = y_out[:, :, :th, :tw]
         for (i, j), out in zip(group, y_out, strict=True):
             weight = (wy[i][:, None] * wx[j][None, :])[:, :, None]
             acc[ys[i] : ys[i] + th, xs[j] : xs[j] + tw] += out.transpose(1, 2, 0) * weight
