@@ -8,8 +8,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
+from tiny_models import save_tiny
 
 from denoise.data.patch_store import read_patch_store, write_patch_store
 from denoise.params import load_params
@@ -28,6 +30,7 @@ def _script(name: str) -> ModuleType:
 
 inference_speed = _script("inference_speed")
 gpu_check = _script("gpu_check")
+edge_padding = _script("edge_padding")
 
 
 def _row(path: str, precision: str, ratio: float, **extra: Any) -> dict[str, Any]:
@@ -157,3 +160,23 @@ def test_runner_wants(tmp_path: Path, steps: set[str] | None) -> None:
     runner = gpu_check.Runner(tmp_path, budget_s=1, steps=steps)
     assert runner.wants("train-nafnet-fp32")
     assert runner.wants("compile-fp16") is (steps is None)
+
+
+def test_edge_padding_compares_both_paddings_per_image(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        folder = tmp_path / "test" / f"{i + 1:04d}_001_S6_00100_00060_3200_L"
+        folder.mkdir(parents=True)
+        clean = cv2.GaussianBlur(rng.integers(0, 256, (40, 56, 3)).astype(np.uint8), (5, 5), 0)
+        noisy = np.clip(clean + rng.normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / "GT_SRGB_010.PNG"), clean)
+        cv2.imwrite(str(folder / "NOISY_SRGB_010.PNG"), noisy)
+    save_tiny(tmp_path / "nafnet.pt", "nafnet", scale=0.05)
+    report = edge_padding.measure(tmp_path / "nafnet.pt", tmp_path / "test", 21, 37)
+    assert report["pad_multiple"] == 4 and len(report["images"]) == 2
+    gains = [r["psnr_reflect_db"] - r["psnr_zero_db"] for r in report["images"]]
+    assert all(g != 0 for g in gains)  # the two paddings really gave different outputs
+    assert report["mean_gain_db"] == pytest.approx(np.mean(gains), abs=1e-3)
+    save_tiny(tmp_path / "dncnn.pt", "dncnn")
+    with pytest.raises(SystemExit, match="pads nothing"):
+        edge_padding.measure(tmp_path / "dncnn.pt", tmp_path / "test", 21, 37)

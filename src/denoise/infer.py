@@ -105,9 +105,10 @@ def pad_multiple_of(module: nn.Module) -> int:
     """The multiple a network pads its input's height and width to (NAFNet: 2^levels; 1: none).
 
     NAFNet pads with zeros below and right, as its reference code does. On an input that is not
-    a multiple (a whole odd-sized photo, or one smaller than a tile) that dark border costs
-    0.04-0.11 dB along the bottom and right edges, so :func:`denoise_image` reflect-pads tiles
-    to the multiple first; the network's own zero padding then does nothing.
+    a multiple (a whole odd-sized photo, or one smaller than a tile) that dark border spoils the
+    bottom and right edges (``benchmarks/edge_padding.py`` measures it), so
+    :func:`denoise_image` reflect-pads tiles to the multiple first; the network's own zero
+    padding then does nothing.
     """
     return int(getattr(module, "padder_size", 1))
 
