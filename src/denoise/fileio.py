@@ -21,7 +21,13 @@ import cv2
 import numpy as np
 
 from denoise.errors import DenoiseError
-from denoise.photo_metadata import NO_METADATA, PhotoMetadata, embed_metadata, read_metadata
+from denoise.photo_metadata import (
+    NO_METADATA,
+    TIFF_HEADERS,
+    PhotoMetadata,
+    embed_metadata,
+    read_metadata,
+)
 
 
 @contextlib.contextmanager
@@ -151,7 +157,7 @@ class Photo:
     metadata: PhotoMetadata
 
 
-_TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
+_TIFF_MAGIC = (*TIFF_HEADERS, b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF
 
 
 def _decode(path: Path, data: bytes) -> np.ndarray | None:

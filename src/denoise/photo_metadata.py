@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 ORIENTATION_TAG = 0x0112
+TIFF_HEADERS = (b"II*\x00", b"MM\x00*")  # how a TIFF file, and so an EXIF block, starts
 _EXIF_HEADER = b"Exif\x00\x00"  # how EXIF starts inside a JPEG APP1 segment
 _ICC_HEADER = b"ICC_PROFILE\x00"  # how each piece of a profile starts inside a JPEG APP2 segment
 _SEGMENT_MAX = 65535 - 2  # a JPEG segment's payload: its 16-bit length counts itself
@@ -106,7 +107,7 @@ def read_metadata(data: bytes) -> PhotoMetadata:
         orientation = 1
     if isinstance(exif, bytes):
         exif = re.sub(b"^(" + re.escape(_EXIF_HEADER) + b"){1,2}", b"", exif)  # as Pillow does
-    if not (isinstance(exif, bytes) and exif[:4] in (b"II*\x00", b"MM\x00*")):
+    if not (isinstance(exif, bytes) and exif[:4] in TIFF_HEADERS):
         exif = None
     return PhotoMetadata(
         orientation=orientation, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif
@@ -118,14 +119,16 @@ _EXIF_IFD_TAG = 0x8769  # where IFD0 points to the EXIF sub-IFD
 _PIXEL_X, _PIXEL_Y = 0xA002, 0xA003  # the sub-IFD's image width and height
 
 
-def _ifd_entries(exif: bytes, order: str, at: int) -> dict[int, tuple[int, int, int]]:
-    """The entries of the IFD at offset ``at``: tag -> (entry offset, field type, count)."""
+def _ifd_entries(exif: bytes, order: str, at: int) -> tuple[dict[int, tuple[int, int, int]], int]:
+    """The entries of the IFD at offset ``at`` (tag -> (entry offset, field type, count)) and
+    the offset of its link to the next IFD, after every entry (a tag written twice too)."""
     (count,) = struct.unpack_from(order + "H", exif, at)
+    end = at + 2 + 12 * count
     entries = {}
-    for entry in range(at + 2, at + 2 + 12 * count, 12):
+    for entry in range(at + 2, end, 12):
         tag, kind, n = struct.unpack_from(order + "HHI", exif, entry)
         entries.setdefault(tag, (entry, kind, n))
-    return entries
+    return entries, end
 
 
 def _with_upright_orientation(exif: bytes, orientation: int) -> bytes | None:
@@ -140,7 +143,7 @@ def _with_upright_orientation(exif: bytes, orientation: int) -> bytes | None:
     order = "<" if exif[:2] == b"II" else ">"
     try:
         (ifd,) = struct.unpack_from(order + "I", exif, 4)
-        ifd0 = _ifd_entries(exif, order, ifd)
+        ifd0, next_link = _ifd_entries(exif, order, ifd)
         if ORIENTATION_TAG not in ifd0:
             return exif
         entry, kind, n = ifd0[ORIENTATION_TAG]
@@ -148,8 +151,7 @@ def _with_upright_orientation(exif: bytes, orientation: int) -> bytes | None:
             return None
         patched = bytearray(exif)
         struct.pack_into(order + "H", patched, entry + 8, 1)
-        (count,) = struct.unpack_from(order + "H", exif, ifd)  # duplicate tags count too
-        struct.pack_into(order + "I", patched, ifd + 2 + 12 * count, 0)  # next IFD
+        struct.pack_into(order + "I", patched, next_link, 0)
     except struct.error:
         return None
     if orientation >= 5 and _EXIF_IFD_TAG in ifd0:
@@ -162,7 +164,7 @@ def _swap_width_and_height(exif: bytearray, order: str, pointer_entry: int) -> N
     """Swap the sub-IFD's pixel width and height in place, each kept in its own field type
     (SHORT or LONG); left alone unless both hold one value that fits the other's field."""
     (sub,) = struct.unpack_from(order + "I", exif, pointer_entry + 8)
-    entries = _ifd_entries(bytes(exif), order, sub)
+    entries, _ = _ifd_entries(bytes(exif), order, sub)
     if _PIXEL_X not in entries or _PIXEL_Y not in entries:
         return
     (x_at, x_kind, x_n), (y_at, y_kind, y_n) = entries[_PIXEL_X], entries[_PIXEL_Y]
