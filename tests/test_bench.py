@@ -392,8 +392,20 @@ def test_run_command_reports_empty_folders_and_bad_out_dirs(
     assert result.output == f"error: {tmp_path / 'afile'}: output folder is a file\n"
 
 
-def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) -> None:
+def test_run_command_takes_precision_options(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import cv2
+
+    import denoise.infer
+
+    compiled: list[dict[str, Any]] = []
+
+    def record(module: torch.nn.Module, options: dict[str, Any]) -> torch.nn.Module:
+        compiled.append(options)  # a real compile is tested in test_cpu_compile.py
+        return module
+
+    monkeypatch.setattr(denoise.infer, "compiled_for_cpu", record)
 
     photo = tmp_path / "photo.png"
     noisy, _ = psnr_pairs(None, 1, 24)[:2]
@@ -407,10 +419,16 @@ def test_run_command_takes_precision_options(tiny_ckpt: Path, tmp_path: Path) ->
     result = run("out", "--precision", "bf16", "--channels-last")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "photo_denoised.png").is_file()
+    assert compiled == []
+    result = run("out-compiled", "--precision", "bf16", "--compile")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out-compiled" / "photo_denoised.png").is_file()
+    assert [options["freezing"] for options in compiled] == [True]
     result = run("out2", "--precision", "fp64")
     assert result.exit_code == 1 and "unknown precision 'fp64'" in result.output
-    result = runner.invoke(app, ["run", str(photo), "--model", "x.onnx", "--precision", "bf16"])
-    assert result.exit_code == 1 and "apply to the torch backend" in result.output
+    for option in ("--precision=bf16", "--compile"):
+        result = runner.invoke(app, ["run", str(photo), "--model", "x.onnx", option])
+        assert result.exit_code == 1 and "apply to the torch backend" in result.output
     result = run("out3", "--url", "127.0.0.1:8000")
     assert (
         result.exit_code == 1 and "--url applies to the triton backend, not torch" in result.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +32,7 @@ def _script(name: str) -> ModuleType:
 inference_speed = _script("inference_speed")
 gpu_check = _script("gpu_check")
 edge_padding = _script("edge_padding")
+photo_memory = _script("photo_memory")
 
 
 def _row(path: str, precision: str, ratio: float, **extra: Any) -> dict[str, Any]:
@@ -180,3 +182,16 @@ def test_edge_padding_compares_both_paddings_per_image(tmp_path: Path) -> None:
     save_tiny(tmp_path / "dncnn.pt", "dncnn")
     with pytest.raises(SystemExit, match="pads nothing"):
         edge_padding.measure(tmp_path / "dncnn.pt", tmp_path / "test", 21, 37)
+
+
+def test_photo_memory_reads_each_childs_own_peak(tmp_path: Path) -> None:
+    """A 300 MB child, then a small one from this large process: each peak is the child's own
+    (a child's ru_maxrss would start at this process's size), and a failure names its cause."""
+    (tmp_path / "grab.py").write_text("import numpy as np\nprint(np.ones(300 * 2**20 // 8).sum())")
+    (tmp_path / "fail.py").write_text("import sys\nsys.stderr.write('boom')\nsys.exit(3)")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    _, big = photo_memory.run_module("grab", [], env)
+    _, small = photo_memory.run_module("json.tool", ["--help"])
+    assert big > 300 > 100 > small
+    with pytest.raises(SystemExit, match=r"python -m fail failed \(3\): boom$"):
+        photo_memory.run_module("fail", [], env)

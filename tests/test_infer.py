@@ -5,15 +5,18 @@ from __future__ import annotations
 import itertools
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+import torch._inductor.config as inductor_config
 from tiny_models import TINY, tiny_model
 
 from denoise.checkpoint import save_checkpoint
+from denoise.cpu_compile import cpu_compile_options
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_image, write_image
@@ -241,29 +244,45 @@ def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("compile_option", "expected"),
+    ("compile_option", "expected", "inductor"),
     [
-        (True, {}),
-        ("reduce-overhead", {"mode": "reduce-overhead"}),
-        ({"conv_1x1_as_mm": True}, {"options": {"conv_1x1_as_mm": True}}),
-        (False, None),
-        ("", None),
-        ({}, None),
+        (True, {}, cpu_compile_options()),
+        ("reduce-overhead", {"mode": "reduce-overhead"}, {}),
+        (
+            {"conv_1x1_as_mm": True, "freezing": False},
+            {},
+            cpu_compile_options() | {"conv_1x1_as_mm": True, "freezing": False},
+        ),
+        (False, None, {}),
+        ("", None, {}),
+        ({}, None, {}),
     ],
 )
 def test_compile_option_reaches_torch_compile(
-    monkeypatch: pytest.MonkeyPatch, compile_option: object, expected: dict[str, object] | None
+    monkeypatch: pytest.MonkeyPatch,
+    compile_option: object,
+    expected: dict[str, object] | None,
+    inductor: dict[str, object],
 ) -> None:
+    """On CPU the inductor options are in force while the compiled module runs (and compiles)."""
     calls: list[dict[str, object]] = []
+    seen: list[dict[str, object]] = []
 
-    def fake_compile(module: torch.nn.Module, **kwargs: object) -> torch.nn.Module:
+    def fake_compile(module: torch.nn.Module, **kwargs: object) -> Callable[..., torch.Tensor]:
         calls.append(kwargs)
-        return module
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            seen.append({k: inductor_config.get_config_copy()[k] for k in inductor})
+            return module(x)
+
+        return run
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     backend = TorchBackend(tiny_model("nafnet"), device="cpu", compile=compile_option)
     assert calls == ([] if expected is None else [expected])
     assert backend(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 3, 16, 16)
+    assert seen == ([] if expected is None else [inductor])
+    assert inductor_config.freezing is False  # only while the call runs
 
 
 def test_cudnn_benchmark_is_left_alone_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

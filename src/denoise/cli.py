@@ -132,6 +132,14 @@ def run(
     channels_last: Annotated[
         bool, typer.Option(help="torch backend: NHWC memory format (faster convolutions).")
     ] = False,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            help="torch backend: torch.compile the network. The first tile waits for the "
+            "compiler (about 25 s for the default model on a 2-core CPU); it pays over many "
+            "photos."
+        ),
+    ] = False,
 ) -> None:
     """Denoise photos into <stem>_denoised.<ext>; a bad file is reported and skipped (exit 1).
 
@@ -152,12 +160,12 @@ def run(
         if name != "triton":
             raise DenoiseError(f"--url applies to the triton backend, not {name}")
         options["url"] = url
-    if precision != "fp32" or channels_last:
+    if precision != "fp32" or channels_last or compile:
         if name != "torch":
             raise DenoiseError(
-                f"--precision/--channels-last apply to the torch backend, not {name}"
+                f"--precision/--channels-last/--compile apply to the torch backend, not {name}"
             )
-        options |= {"precision": precision, "channels_last": channels_last}
+        options |= {"precision": precision, "channels_last": channels_last, "compile": compile}
     net = open_backend(name, target, **options)
     failed: list[Path] = []
 

@@ -28,6 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from denoise.checkpoint import load_model
+from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, read_photo, write_image
 from denoise.metrics import to_uint8
@@ -131,7 +132,8 @@ class TorchBackend:
       defaults to True on CUDA (FP16 LayerNorm overflows) and False on CPU.
     - ``compile``: ``torch.compile`` the module: True, a mode such as ``"reduce-overhead"``,
       or a dict of inductor options (``{"max_autotune": True, "conv_1x1_as_mm": True}``).
-      The first call of every new input shape compiles.
+      The first call of every new input shape compiles. On CPU the module is frozen and
+      GCC's miscompilation of bf16 transposes avoided (:mod:`denoise.cpu_compile`).
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
@@ -180,12 +182,13 @@ class TorchBackend:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.module
         if compile:
-            how: dict[str, Any] = {}
-            if isinstance(compile, dict):
-                how = {"options": compile}
-            elif isinstance(compile, str):
-                how = {"mode": compile}
-            self._run = torch.compile(self.module, **how)
+            options = compile if isinstance(compile, dict) else {}
+            if isinstance(compile, str):
+                self._run = torch.compile(self.module, mode=compile)
+            elif self.device.type == "cpu":
+                self._run = compiled_for_cpu(self.module, cpu_compile_options() | options)
+            else:
+                self._run = torch.compile(self.module, options=options or None)
         self.cuda_graph = cuda_graph
         self._graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
