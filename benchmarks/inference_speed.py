@@ -9,8 +9,8 @@ least 1.6x torch eager; a reduced-precision path at least 3x torch eager whose P
 0.1 dB of FP32 on the test images; on a CUDA machine, above 500 images/s at batch 8 (one
 H100; the network alone, on a batch already on the GPU).
 
-    python benchmarks/inference_speed.py [--size 512] [--batch 1] [--repeats 5] [--compile]
-        [--model nafnet --arch paper] [--json benchmarks/results/inference_speed.json]
+    python benchmarks/inference_speed.py [--size 512] [--batch 1] [--repeats 5] [--rounds 1]
+        [--compile] [--model nafnet --arch paper] [--json benchmarks/results/inference_speed.json]
 """
 
 from __future__ import annotations
@@ -102,6 +102,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="measure every path this many times, interleaved"
+    )
     ap.add_argument("--psnr-images", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     ap.add_argument(
@@ -129,6 +132,7 @@ def main() -> None:
         batch=args.batch,
         backends=names,
         repeats=args.repeats,
+        rounds=args.rounds,
         psnr_images=args.psnr_images,
         threads=args.threads or None,
     )

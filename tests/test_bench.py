@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from typer.testing import CliRunner, Result
 import denoise.flops
 from denoise.bench import run_bench
 from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs
-from denoise.bench.measurement import Job, measure
+from denoise.bench.measurement import Job, measure, merge_rounds
 from denoise.bench.paths import AUTOTUNE_OPTIONS, BASELINE, PATHS, select_paths
 from denoise.bench.report import format_table, progress_line, summarise
 from denoise.checkpoint import save_checkpoint
@@ -401,7 +402,7 @@ def test_run_command_takes_precision_options(
 
     compiled: list[dict[str, Any]] = []
 
-    def record(module: torch.nn.Module, options: dict[str, Any]) -> torch.nn.Module:
+    def record(module: torch.nn.Module, options: dict[str, Any], mode: str | None) -> nn.Module:
         compiled.append(options)  # a real compile is tested in test_cpu_compile.py
         return module
 
@@ -532,3 +533,48 @@ def test_torch_backend_forward_stays_on_the_device_and_matches_call(tiny_ckpt: P
     assert isinstance(y, torch.Tensor) and y.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(y.numpy(), backend(x))
     assert _device_times(backend, x, 3) == []  # the network-alone timing is for CUDA only
+
+
+def test_rounds_pool_the_calls_and_keep_each_rounds_ratio() -> None:
+    """Two rounds: medians over all calls, a ratio per round, the worst memory and NaN share,
+    the first round's outputs; one failed round makes the path failed."""
+    out = [np.ones((8, 8, 3), np.uint8)]
+    later = [np.zeros((8, 8, 3), np.uint8)]
+
+    def measured(times: list[float], rss: float, outputs: list, nonfinite: float = 0.0) -> dict:
+        first_call = 9.0 if outputs is out else 1.0  # later rounds find compiled code cached
+        return {"times_s": times, "outputs": outputs, "peak_rss_mb": rss, "open_s": 0.0,
+                "first_call_s": first_call, "nonfinite_fraction": nonfinite}  # fmt: skip
+
+    base = merge_rounds([measured([1.0, 1.0], 10.0, out), measured([2.0, 2.0], 12.0, later)])
+    fast = merge_rounds(
+        [measured([0.5, 0.5], 20.0, out), measured([0.5, 0.5], 15.0, later, nonfinite=0.1)]
+    )
+    assert base["times_s"] == [1.0, 1.0, 2.0, 2.0] and base["round_medians_s"] == [1.0, 2.0]
+    assert base["peak_rss_mb"] == 12.0 and base["first_call_s"] == 9.0 and base["outputs"] is out
+    assert fast["peak_rss_mb"] == 20.0 and fast["nonfinite_fraction"] == 0.1
+    single = measured([1.0], 1.0, out)
+    assert merge_rounds([single]) is single
+    assert merge_rounds([single, {"error": "boom"}]) == {"error": "boom"}
+    runs = {BASELINE: base, "torch-cl": fast}
+    rows = summarise([PATHS[n] for n in runs], runs, np.ones((1, 8, 8, 3), np.uint8), 10**9, 64,
+                     1, {"peak_gflops_fp32": 100.0}, {})  # fmt: skip
+    assert rows[0]["ratio_vs_torch_eager_by_round"] == [1.0, 1.0]
+    # pooled: median 1.5 s against 0.5 s; per round: 1/0.5 and 2/0.5
+    assert rows[1]["ratio_vs_torch_eager"] == 3.0
+    assert rows[1]["ratio_vs_torch_eager_by_round"] == [2.0, 4.0]
+
+
+def test_bench_rounds_interleave_every_path(tiny_ckpt: Path, capsys: pytest.CaptureFixture) -> None:
+    report = _tiny_run(tiny_ckpt, ["torch-cl"], rounds=2, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "images/s" in line]
+    assert [line.split(":")[0] for line in lines] == [
+        "torch (round 1)", "torch-cl (round 1)", "torch (round 2)", "torch-cl (round 2)",
+    ]  # fmt: skip
+    assert report["inputs"]["rounds"] == 2
+    for row in report["results"]:
+        assert len(row["ratio_vs_torch_eager_by_round"]) == 2
+    assert "x 2 rounds" in format_table(report)
+    assert re.search(r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|", format_table(report))
+    with pytest.raises(DenoiseError, match="rounds 0"):
+        _tiny_run(tiny_ckpt, [BASELINE], rounds=0)

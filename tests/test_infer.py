@@ -244,27 +244,28 @@ def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("compile_option", "expected", "inductor"),
+    ("compile_option", "mode", "inductor"),
     [
-        (True, {}, cpu_compile_options()),
-        ("reduce-overhead", {"mode": "reduce-overhead"}, {}),
+        (True, None, cpu_compile_options()),
+        ("max-autotune", "max-autotune", cpu_compile_options()),
         (
             {"conv_1x1_as_mm": True, "freezing": False},
-            {},
-            cpu_compile_options() | {"conv_1x1_as_mm": True, "freezing": False},
+            None,
+            cpu_compile_options({"conv_1x1_as_mm": True, "freezing": False}),
         ),
-        (False, None, {}),
-        ("", None, {}),
-        ({}, None, {}),
+        (False, "off", {}),
+        ("", "off", {}),
+        ({}, "off", {}),
     ],
 )
-def test_compile_option_reaches_torch_compile(
+def test_cpu_compile_runs_with_the_cpu_options_in_force(
     monkeypatch: pytest.MonkeyPatch,
     compile_option: object,
-    expected: dict[str, object] | None,
+    mode: str | None,
     inductor: dict[str, object],
 ) -> None:
-    """On CPU the inductor options are in force while the compiled module runs (and compiles)."""
+    """On CPU every compile (any mode, any options) runs and compiles under
+    :func:`cpu_compile_options`; the inductor config is as it was outside the calls."""
     calls: list[dict[str, object]] = []
     seen: list[dict[str, object]] = []
 
@@ -279,10 +280,35 @@ def test_compile_option_reaches_torch_compile(
 
     monkeypatch.setattr(torch, "compile", fake_compile)
     backend = TorchBackend(tiny_model("nafnet"), device="cpu", compile=compile_option)
-    assert calls == ([] if expected is None else [expected])
+    assert calls == ([] if mode == "off" else [{"mode": mode}])
     assert backend(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 3, 16, 16)
-    assert seen == ([] if expected is None else [inductor])
+    assert seen == ([] if mode == "off" else [inductor])
     assert inductor_config.freezing is False  # only while the call runs
+
+
+@pytest.mark.parametrize(
+    ("compile_option", "expected"),
+    [
+        (True, {"options": None}),
+        ("reduce-overhead", {"mode": "reduce-overhead"}),
+        ({"max_autotune": True}, {"options": {"max_autotune": True}}),
+    ],
+)
+def test_off_cpu_compile_gets_the_callers_mode_or_options(
+    monkeypatch: pytest.MonkeyPatch, compile_option: object, expected: dict[str, object]
+) -> None:
+    """Off the CPU (a meta device stands in for CUDA) torch.compile gets what was asked."""
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: calls.append(kwargs) or module)
+    TorchBackend(tiny_model("nafnet"), device="meta", compile=compile_option)
+    assert calls == [expected]
+
+
+def test_bad_compile_options_fail_when_the_backend_opens() -> None:
+    with pytest.raises(
+        DenoiseError, match=r"unknown torch\.compile \(inductor\) options: no_such_option"
+    ):
+        TorchBackend(tiny_model("nafnet"), device="cpu", compile={"no_such_option": 1})
 
 
 def test_cudnn_benchmark_is_left_alone_off_cuda(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -136,8 +136,7 @@ def run(
         bool,
         typer.Option(
             help="torch backend: torch.compile the network. The first tile waits for the "
-            "compiler (about 25 s for the default model on a 2-core CPU); it pays over many "
-            "photos."
+            "compiler (half a minute or more on a 2-core CPU); it pays over many photos."
         ),
     ] = False,
 ) -> None:
@@ -247,6 +246,13 @@ def bench(
         ),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per path (median reported).")] = 5,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            help="Measure every path this many times over, interleaved (each round's ratio to "
+            "eager is reported: their spread is the machine's noise)."
+        ),
+    ] = 1,
     psnr_images: Annotated[
         int, typer.Option(help="Test images (centre crops) for the PSNR change.")
     ] = 10,
@@ -276,6 +282,7 @@ def bench(
         batch=batch,
         backends=names or None,
         repeats=repeats,
+        rounds=rounds,
         psnr_images=psnr_images,
         test_dir=test_dir,
         isolate=isolate,

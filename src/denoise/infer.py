@@ -132,8 +132,9 @@ class TorchBackend:
       defaults to True on CUDA (FP16 LayerNorm overflows) and False on CPU.
     - ``compile``: ``torch.compile`` the module: True, a mode such as ``"reduce-overhead"``,
       or a dict of inductor options (``{"max_autotune": True, "conv_1x1_as_mm": True}``).
-      The first call of every new input shape compiles. On CPU the module is frozen and
-      GCC's miscompilation of bf16 transposes avoided (:mod:`denoise.cpu_compile`).
+      The first call of every new input shape compiles. On CPU, whatever the mode or
+      options, the module is frozen and GCC's miscompilation of bf16 transposes avoided
+      (:mod:`denoise.cpu_compile`).
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
@@ -182,11 +183,12 @@ class TorchBackend:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._run: Callable[[torch.Tensor], torch.Tensor] = self.module
         if compile:
+            mode = compile if isinstance(compile, str) else None
             options = compile if isinstance(compile, dict) else {}
-            if isinstance(compile, str):
-                self._run = torch.compile(self.module, mode=compile)
-            elif self.device.type == "cpu":
-                self._run = compiled_for_cpu(self.module, cpu_compile_options() | options)
+            if self.device.type == "cpu":
+                self._run = compiled_for_cpu(self.module, cpu_compile_options(options), mode)
+            elif mode:
+                self._run = torch.compile(self.module, mode=mode)
             else:
                 self._run = torch.compile(self.module, options=options or None)
         self.cuda_graph = cuda_graph

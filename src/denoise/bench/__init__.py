@@ -5,7 +5,10 @@ torch, weights and activations in bf16, channels_last):
 
 - images/s and megapixels/s on a ``(batch, 3, size, size)`` input (median of ``repeats`` timed
   calls after warm-up; the first call, which includes any compilation, is reported apart),
-- the ratio to torch eager FP32 (the baseline, always measured first),
+- the ratio to torch eager FP32 (the baseline, always measured first). With ``rounds`` > 1
+  the whole list of paths is measured that many times over, one path after another, so a
+  slow spell of a shared machine falls on every path alike: the medians pool every round's
+  calls, and each round's own ratio is reported too (its spread is the noise),
 - the PSNR change against that baseline on test images (centre crops of ``size`` from
   ``data/split/test``; deterministic synthetic camera pairs when there is no test split),
 - peak resident memory: each path runs in a fresh process (multiprocessing *spawn*), so
@@ -36,7 +39,7 @@ from denoise.bench.inputs import (
     prepare_model,
     psnr_pairs,
 )
-from denoise.bench.measurement import Job, measure, measure_isolated
+from denoise.bench.measurement import Job, measure, measure_isolated, merge_rounds
 from denoise.bench.paths import BASELINE, bench_device, select_paths
 from denoise.bench.report import progress_line, summarise
 from denoise.checkpoint import load_model
@@ -53,6 +56,7 @@ def run_bench(
     batch: int = 1,
     backends: Sequence[str] | None = None,
     repeats: int = 5,
+    rounds: int = 1,
     warmup: int = 1,
     psnr_images: int = 10,
     test_dir: str | Path | None = TEST_DIR,
@@ -68,10 +72,10 @@ def run_bench(
     between paths); without it everything runs here and ``peak_rss_mb`` is this process's
     running peak.
     """
-    if size < 16 or batch < 1 or repeats < 1 or psnr_images < 1:
+    if size < 16 or batch < 1 or repeats < 1 or rounds < 1 or psnr_images < 1:
         raise DenoiseError(
-            f"need size >= 16, batch, repeats and psnr images >= 1 (got size "
-            f"{size}, batch {batch}, repeats {repeats}, images {psnr_images})"
+            f"need size >= 16, batch, repeats, rounds and psnr images >= 1 (got size {size}, "
+            f"batch {batch}, repeats {repeats}, rounds {rounds}, images {psnr_images})"
         )
     if threads is not None and threads < 0:
         raise DenoiseError(f"threads {threads} must be >= 0 (0: torch's default)")
@@ -93,27 +97,32 @@ def run_bench(
         noisy_chw = noisy.transpose(0, 3, 1, 2).copy()
         timing = np.repeat(noisy_chw[:1], batch, axis=0)
         machine = machine_info(device)
-        runs: dict[str, dict[str, Any]] = {}
+        by_round: dict[str, list[dict[str, Any]]] = {p.name: [] for p in paths}
         # The bar only on a terminal (``disable=None``); the per-path lines in logs too.
         bar = None if progress else True
-        for path in tqdm(paths, desc="bench", unit="path", disable=bar):
+        steps = [(r, path) for r in range(rounds) for path in paths]
+        for r, path in tqdm(steps, desc="bench", unit="path", disable=bar):
+            done = by_round[path.name]
+            if done and "error" in done[-1]:
+                continue  # failed in an earlier round: reported once
             if path.model_file in errors:
-                runs[path.name] = {"error": errors[path.model_file]}
+                done.append({"error": errors[path.model_file]})
                 continue
             job = Job(
                 path, files[path.model_file], timing, noisy_chw, batch, repeats, warmup, threads
             )
             try:
-                runs[path.name] = (measure_isolated if isolate else measure)(job)
+                done.append((measure_isolated if isolate else measure)(job))
             except Exception as e:  # also a crashed child process (BrokenProcessPool)
-                runs[path.name] = {"error": describe_error(e)}
+                done.append({"error": describe_error(e)})
             if progress:  # a run cut short (a device call's time limit) keeps these lines
-                tqdm.write(progress_line(path.name, runs[path.name], batch))
-            if path.name == BASELINE and "error" in runs[path.name]:
+                name = path.name if rounds == 1 else f"{path.name} (round {r + 1})"
+                tqdm.write(progress_line(name, done[-1], batch))
+            if path.name == BASELINE and "error" in done[-1]:
                 raise DenoiseError(
-                    f"torch eager FP32, the baseline every ratio needs, failed: "
-                    f"{runs[path.name]['error']}"
+                    f"torch eager FP32, the baseline every ratio needs, failed: {done[-1]['error']}"
                 )
+    runs = {name: merge_rounds(measured) for name, measured in by_round.items()}
     results = summarise(paths, runs, clean, macs, size, batch, machine, build_s)
     return {
         "machine": machine,
@@ -128,6 +137,7 @@ def run_bench(
             "size": size,
             "batch": batch,
             "repeats": repeats,
+            "rounds": rounds,
             "warmup": warmup,
             "psnr_images": source,
             "isolated_processes": isolate,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,3 +130,26 @@ def measure_isolated(job: Job) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
         return pool.submit(measure, job).result()
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One path's measurements over several rounds as one (a single round passes through).
+
+    The timed calls of all rounds are pooled (``times_s``) and each round's median is kept
+    (``round_medians_s``); outputs, opening and first-call times are the first round's (later
+    rounds find compiled kernels cached), peak memory and the share of NaN/inf the worst.
+    A round that failed makes the path's result that error.
+    """
+    if len(rounds) == 1 or any("error" in r for r in rounds):
+        return next((r for r in rounds if "error" in r), rounds[0])
+    first = rounds[0]
+    merged = dict(first)
+    merged["times_s"] = [t for r in rounds for t in r["times_s"]]
+    merged["round_medians_s"] = [statistics.median(r["times_s"]) for r in rounds]
+    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    merged["nonfinite_fraction"] = max(r["nonfinite_fraction"] for r in rounds)
+    for key in ("device_times_s", "peak_cuda_mb"):
+        if key in first:
+            values = [r[key] for r in rounds]
+            merged[key] = [t for v in values for t in v] if key.endswith("_s") else max(values)
+    return merged

@@ -106,6 +106,11 @@ def summarise(
             "open_s": round(run["open_s"], 2),
             "first_call_s": round(run["first_call_s"], 2),
         }
+        if "round_medians_s" in run:  # each round's own ratio: their spread is the noise
+            row["ratio_vs_torch_eager_by_round"] = [
+                round(b / m, 3)
+                for b, m in zip(base["round_medians_s"], run["round_medians_s"], strict=True)
+            ]
         if path.model_file in build_s:
             row["build_s"] = round(build_s[path.model_file], 2)
         if "device_times_s" in run:
@@ -137,7 +142,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"onnxruntime {m['onnxruntime']}",
         f"peak (best of matmul, 3x3 conv): FP32 {m['peak_gflops_fp32']} GFLOP/s, "
         f"bf16 {m['peak_gflops_bf16']} GFLOP/s, {fp16}int8 {m.get('peak_gops_int8', '-')} GOP/s",
-        f"batch {inp['batch']}, median of {inp['repeats']} calls; PSNR on {inp['psnr_images']}",
+        f"batch {inp['batch']}, median of {_calls(inp)}; PSNR on {inp['psnr_images']}",
         *(
             [
                 "images/s: numpy in, numpy out (host-device copies included); on-GPU: the "
@@ -163,7 +168,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"| {r['path']} | {r['precision']} | {r['images_per_s']:.3f} | "
             f"{r['megapixels_per_s']:.3f} | {r['latency_ms_median']:.1f} | "
-            f"{r['ratio_vs_torch_eager']:.2f}x | {r['psnr_db']:.2f} | "
+            f"{_ratio_cell(r)} | {r['psnr_db']:.2f} | "
             f"{r['psnr_delta_db']:+.3f}{flag} | {agree} | {r['peak_rss_mb']:.0f} | "
             f"{r['gflops']:.1f} | "
             f"{100 * r['share_of_peak']:.1f}% ({r['peak_compared_with']}) | "
@@ -178,6 +183,21 @@ def format_table(report: dict[str, Any]) -> str:
     if failed:
         lines += ["", *(f"failed: {r['path']}: {r['error']}" for r in failed)]
     return "\n".join(lines)
+
+
+def _calls(inputs: dict[str, Any]) -> str:
+    rounds = inputs.get("rounds", 1)
+    if rounds == 1:
+        return f"{inputs['repeats']} calls"
+    return (
+        f"{inputs['repeats']} calls x {rounds} rounds (vs eager: pooled, then each round's range)"
+    )
+
+
+def _ratio_cell(row: dict[str, Any]) -> str:
+    cell = f"{row['ratio_vs_torch_eager']:.2f}x"
+    by_round = row.get("ratio_vs_torch_eager_by_round")
+    return f"{cell} ({min(by_round):.2f}-{max(by_round):.2f})" if by_round else cell
 
 
 def _on_device_cell(row: dict[str, Any]) -> str:
