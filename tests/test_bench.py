@@ -137,6 +137,7 @@ def test_unknown_names_are_clear_errors(tiny_ckpt: Path) -> None:
     ("args", "message"),
     [
         (["--threads", "-1"], "error: threads -1 must be >= 0"),
+        (["--rounds", "0"], "error: need size >= 16, batch, repeats, rounds and psnr images"),
         (["--model", "m/1/model.onnx"], "error: m/1/model.onnx: the bench needs a .pt"),
     ],
 )
