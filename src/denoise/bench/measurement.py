@@ -148,8 +148,8 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     merged["round_medians_s"] = [statistics.median(r["times_s"]) for r in rounds]
     merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
     merged["nonfinite_fraction"] = max(r["nonfinite_fraction"] for r in rounds)
-    for key in ("device_times_s", "peak_cuda_mb"):
-        if key in first:
-            values = [r[key] for r in rounds]
-            merged[key] = [t for v in values for t in v] if key.endswith("_s") else max(values)
+    if "device_times_s" in first:
+        merged["device_times_s"] = [t for r in rounds for t in r["device_times_s"]]
+    if "peak_cuda_mb" in first:
+        merged["peak_cuda_mb"] = max(r["peak_cuda_mb"] for r in rounds)
     return merged
