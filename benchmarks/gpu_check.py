@@ -19,6 +19,9 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 7. ``cast``: the model cast to bf16 (no autocast), compiled by default and with
    reduce-overhead, beside the compiled bf16 autocast path.
 8. ``autotune``: that cast model under inductor's max-autotune, 1x1 convolutions as matmuls.
+9. ``fused``: NAFNet's inference form (``denoise.fused.nafnet``): its tests on the GPU,
+   its kernel's speed per level (``dwconv_gate_speed.py``), the network eager and compiled
+   beside the compiled cast model, then ``gpu_profile.py`` of the compiled inference form.
 
 Steps 1-6 fill one device call's budget, so the last two are for calls of their own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
@@ -61,6 +64,13 @@ COMPILE_PATHS = ["torch-fp16-compile", "torch-bf16-compile", "torch-compile"]
 # torch-bf16-compile again (it is in COMPILE_PATHS): cast against autocast in one process.
 CAST_PATHS = ["torch-bf16-compile", "torch-bf16-cast-compile", "torch-bf16-cast-graphs"]
 AUTOTUNE_PATHS = ["torch-bf16-cast-autotune"]
+# NAFNet's inference form beside the best earlier path (the compiled cast model).
+FUSED_PATHS = [
+    "torch-bf16-cast-compile",
+    "torch-bf16-fused",
+    "torch-bf16-fused-plain-compile",
+    "torch-bf16-fused-compile",
+]
 
 
 class Runner:
@@ -188,6 +198,7 @@ def main() -> None:
             "throughput",
             "cast",
             "autotune",
+            "fused",
         ],
         help="only these steps (default: all)",
     )
@@ -288,6 +299,16 @@ def main() -> None:
     compile_step("compile", COMPILE_PATHS[1:], 240)
     compile_step("cast", CAST_PATHS, 360)
     compile_step("autotune", AUTOTUNE_PATHS, 540)
+    runner.run(
+        "fused-tests",
+        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_nafnet.py"],
+        150,
+    )
+    kernel = [py, "benchmarks/dwconv_gate_speed.py", "--json", str(out / "dwconv_gate_speed.json")]
+    runner.run("fused-kernel", kernel, 90)
+    compile_step("fused", FUSED_PATHS, 360)
+    profile = [py, "benchmarks/gpu_profile.py", "--top", "20", "--paths", FUSED_PATHS[-1]]
+    runner.run("fused-profile", [*profile, "--json", str(out / "gpu_profile_fused.json")], 240)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

@@ -241,8 +241,9 @@ def bench(
         typer.Option(
             "--backends",
             help="Paths to measure (repeatable; default: all available except the opt-in "
-            "ones: *-compile, the torch-bf16-cast-* paths and onnxruntime-int8-dynamic; the "
-            "command lists them). torch (eager FP32) is always measured.",
+            "ones: *-compile, the torch-bf16-cast-* and *fused* paths, "
+            "onnxruntime-int8-dynamic; the command lists them). torch (eager FP32) is always "
+            "measured.",
         ),
     ] = None,
     repeats: Annotated[int, typer.Option(help="Timed calls per path (median reported).")] = 5,

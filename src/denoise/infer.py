@@ -31,6 +31,7 @@ from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, read_photo, write_image
+from denoise.fused.nafnet import fuse_nafnet
 from denoise.metrics import to_uint8
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
@@ -137,6 +138,10 @@ class TorchBackend:
       (:mod:`denoise.cpu_compile`).
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
+    - ``fuse``: NAFNet only: run its inference form (:mod:`denoise.fused.nafnet`: NHWC
+      blocks, folded parameters, depthwise convolution and gate in one Triton kernel on CUDA),
+      the same function with fewer passes over memory. ``fuse_kernel=False`` leaves out the
+      Triton kernel.
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
       process): cuDNN times its algorithms on each new input shape and keeps the fastest. It
       pays when one shape repeats (the bench) and costs a timing pass per new shape; the
@@ -159,6 +164,8 @@ class TorchBackend:
         compile: bool | str | dict[str, Any] = False,
         cuda_graph: bool = False,
         cudnn_benchmark: bool = False,
+        fuse: bool = False,
+        fuse_kernel: bool = True,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -175,8 +182,13 @@ class TorchBackend:
             self.amp = False
         if cudnn_benchmark and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        self.module = module.eval().to(self.device)
         self.pad_multiple = pad_multiple_of(module)
+        if fuse:
+            try:
+                module = fuse_nafnet(module, fuse_kernel)
+            except TypeError as e:
+                raise DenoiseError(f"fuse: {e}") from None
+        self.module = module.eval().to(self.device)
         if not self.amp:
             self.module = self.module.to(self.dtype)
         if channels_last:

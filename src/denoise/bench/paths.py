@@ -163,6 +163,31 @@ _PATHS = [
             ("autotune", AUTOTUNE_OPTIONS, "torch-bf16-cast-compile, max-autotune, 1x1 conv as mm"),
         )
     ),
+    # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory.
+    *(
+        BenchPath(
+            name,
+            "torch",
+            precision,
+            {"channels_last": True, "amp": False, "compile": how, "fuse": True},
+            opt_in=True,
+            description=description,
+        )
+        for name, precision, how, description in (
+            ("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
+            ("torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"),
+            ("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
+        )
+    ),
+    BenchPath(
+        "torch-bf16-fused-plain-compile",
+        "torch",
+        "bf16",
+        {"channels_last": True, "amp": False, "compile": True, "fuse": True, "fuse_kernel": False},
+        needs_cuda=True,  # elsewhere the same as torch-bf16-fused-compile
+        opt_in=True,
+        description="torch-bf16-fused-compile without the Triton kernel (cuDNN, inductor)",
+    ),
     BenchPath(
         "tensorrt",
         "tensorrt",

@@ -1,0 +1,83 @@
+"""The fused depthwise-convolution + gate kernel against what it replaces, per NAFNet level.
+
+    python benchmarks/dwconv_gate_speed.py [--batch 8] [--size 512] [--json OUT]
+
+For each level of NAFNet-w32 at ``--size`` (width 32, 64, ... channels, the image halved each
+level) and bf16 NHWC tensors, times (``triton.testing.do_bench``, median ms):
+
+- ``unfused``: cuDNN's depthwise convolution, then the gate and the channel mean in PyTorch,
+  torch.compile'd (what the compiled network does);
+- the Triton kernel with its default block sizes, and with a few other block sizes;
+
+and the memory traffic the kernel needs at least (read ``2C``, write ``C`` channels), as GB/s.
+CUDA only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import triton
+
+from denoise.fileio import write_json
+from denoise.fused.dwconv_gate import dwconv_gate_reference
+from denoise.fused.dwconv_gate_triton import block_sizes, dwconv_gate_triton
+
+VARIANTS = [
+    (1, 64, 32, 4),
+    (4, 64, 32, 4),
+    (16, 64, 32, 4),
+    (8, 128, 32, 4),
+    (8, 32, 64, 4),
+    (8, 64, 64, 8),
+    (8, 16, 128, 4),
+    (32, 32, 32, 4),
+]
+
+
+def measure_level(batch: int, size: int, c: int, unfused) -> dict[str, object]:
+    """One NAFNet level: ``size`` x ``size`` pixels, ``2 * c`` channels into the kernel."""
+    x = torch.randn(batch, size, size, 2 * c, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(2 * c, 9, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(2 * c, device="cuda", dtype=torch.bfloat16)
+    gate, mean = dwconv_gate_triton(x, w, b)
+    want_gate, want_mean = dwconv_gate_reference(x.float(), w.float(), b.float())
+    row: dict[str, object] = {
+        "size": size,
+        "channels_in": 2 * c,
+        "max_error_vs_fp32": float((gate.float() - want_gate).abs().max()),
+        "max_mean_error_vs_fp32": float((mean - want_mean).abs().max()),
+        "max_abs": float(want_gate.abs().max()),
+        "unfused_ms": triton.testing.do_bench(lambda: unfused(x, w, b)),
+        "default_blocks": list(block_sizes(size, size, c)),
+    }
+    times = {}
+    for blocks in [block_sizes(size, size, c), *VARIANTS]:
+        key = "x".join(map(str, blocks))
+        times[key] = triton.testing.do_bench(lambda: dwconv_gate_triton(x, w, b, blocks))  # noqa: B023
+    row["kernel_ms"] = times
+    least_bytes = x.numel() * 2 * 3 // 2  # read 2C channels, write C, bf16
+    row["best_kernel_gb_per_s"] = round(least_bytes / min(times.values()) / 1e6, 1)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--width", type=int, default=32)
+    ap.add_argument("--json", default="benchmarks/results/dwconv_gate_speed.json")
+    args = ap.parse_args()
+    unfused = torch.compile(dwconv_gate_reference)
+    rows = []
+    size, c = args.size, args.width
+    while size >= 32:
+        rows.append(measure_level(args.batch, size, c, unfused))
+        print(rows[-1], flush=True)
+        size, c = size // 2, c * 2
+    write_json(args.json, {"batch": args.batch, "dtype": "bf16", "levels": rows})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""NAFNet rewritten for inference (see :mod:`denoise.fused.nafnet`)."""

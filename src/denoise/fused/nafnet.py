@@ -1,0 +1,138 @@
+"""NAFNet rewritten for inference: the same function, fewer passes over memory.
+
+NAFNet's activations are large (a 512x512 batch of 8 at width 32 is 134 MB per tensor in bf16)
+and its arithmetic small, so on a GPU it is bound by how often each block reads and writes them.
+:func:`fuse_nafnet` turns a trained :class:`~denoise.models.nafnet.NAFNet` into
+:class:`FusedNAFNet`, which computes the same output (up to rounding) with fewer such passes:
+
+- The blocks work on NHWC tensors, so LayerNorm normalises the last axis (no permutes) and the
+  1x1 convolutions are matrix products (``F.linear``).
+- LayerNorm's affine parameters are folded into the 1x1 convolution after it, and ``beta`` and
+  ``gamma`` into the one before them.
+- The depthwise 3x3 convolution, SimpleGate and the channel mean for the attention are one
+  operation (:mod:`denoise.fused.dwconv_gate`, a single Triton kernel on CUDA).
+- The channel attention ``x * s`` (``s`` one scale per image and channel) is folded into the
+  weights of the 1x1 convolution that follows, as one batched matrix product with per-image
+  weights, so the scaled tensor is never written.
+
+The convolutions between levels (intro, down-, up-sampling, ending) are left as they are.
+
+Measured on an H100 (README): a third of the GPU memory of the compiled cast model, but not
+faster than it, because the Triton kernel is slower than cuDNN's depthwise convolution.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from denoise.fused.dwconv_gate import dwconv_gate
+from denoise.models.nafnet import LayerNorm2d, NAFBlock, NAFNet
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.detach().clone(), requires_grad=False)
+
+
+def _folded_norm(norm: LayerNorm2d, conv: nn.Conv2d) -> tuple[nn.Parameter, nn.Parameter]:
+    """(weight, bias) of ``conv(norm(x))`` as a linear map of the un-scaled normalised ``x``."""
+    w = conv.weight[:, :, 0, 0]
+    return _frozen(w * norm.weight), _frozen(conv.bias + w @ norm.bias)
+
+
+def _scaled(conv: nn.Conv2d, scale: torch.Tensor) -> tuple[nn.Parameter, nn.Parameter]:
+    """(weight, bias) of ``conv(x) * scale`` for a 1x1 ``conv`` and a per-channel ``scale``."""
+    s = scale.reshape(-1)
+    return _frozen(conv.weight[:, :, 0, 0] * s[:, None]), _frozen(conv.bias * s)
+
+
+class FusedNAFBlock(nn.Module):
+    """One :class:`NAFBlock` on NHWC tensors, its parameters folded (see the module doc)."""
+
+    def __init__(self, block: NAFBlock, triton_kernel: bool = True) -> None:
+        super().__init__()
+        self.triton_kernel = triton_kernel
+        self.eps = block.norm1.eps
+        self.w1, self.b1 = _folded_norm(block.norm1, block.conv1)
+        self.w_dw = _frozen(block.conv2.weight.reshape(block.conv2.out_channels, 9))
+        self.b_dw = _frozen(block.conv2.bias)
+        self.w_sca = _frozen(block.sca[1].weight[:, :, 0, 0])
+        self.b_sca = _frozen(block.sca[1].bias)
+        self.w3, self.b3 = _scaled(block.conv3, block.beta)
+        self.w4, self.b4 = _folded_norm(block.norm2, block.conv4)
+        self.w5, self.b5 = _scaled(block.conv5, block.gamma)
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = inp.shape
+        x = F.linear(F.layer_norm(inp, (c,), eps=self.eps), self.w1, self.b1)
+        x, mean = dwconv_gate(x, self.w_dw, self.b_dw, triton_kernel=self.triton_kernel)
+        attention = F.linear(mean.to(x.dtype), self.w_sca, self.b_sca)  # (n, c)
+        # conv3(x * attention): the attention scales conv3's input channels, image by image
+        weights = (self.w3 * attention[:, None, :]).transpose(1, 2)  # (n, c_in, c_out)
+        # bmm, not baddbmm: baddbmm first copies the broadcast bias into its whole output
+        y = inp + torch.bmm(x.reshape(n, h * w, c), weights).view(n, h, w, c) + self.b3
+        first, second = F.linear(F.layer_norm(y, (c,), eps=self.eps), self.w4, self.b4).chunk(
+            2, dim=-1
+        )
+        return y + F.linear(first * second, self.w5, self.b5)
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1)
+
+
+def _nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2)
+
+
+class FusedNAFNet(nn.Module):
+    """:class:`NAFNet`'s forward (NCHW in and out) with :class:`FusedNAFBlock` blocks."""
+
+    _pad = NAFNet._pad  # the same zero padding (it reads ``padder_size`` only)
+
+    def __init__(self, net: NAFNet, triton_kernel: bool = True) -> None:
+        super().__init__()
+
+        def blocks(seq: nn.Sequential) -> nn.Sequential:
+            return nn.Sequential(*(FusedNAFBlock(b, triton_kernel) for b in seq))
+
+        self.intro = copy.deepcopy(net.intro)
+        self.ending = copy.deepcopy(net.ending)
+        self.downs = copy.deepcopy(net.downs)
+        self.ups = copy.deepcopy(net.ups)
+        self.encoders = nn.ModuleList(blocks(e) for e in net.encoders)
+        self.middle_blks = blocks(net.middle_blks)
+        self.decoders = nn.ModuleList(blocks(d) for d in net.decoders)
+        self.padder_size = net.padder_size
+
+    def forward(self, inp: torch.Tensor) -> torch.Tensor:
+        _, _, h, w = inp.shape
+        inp = self._pad(inp)
+        x = _nhwc(self.intro(inp)).contiguous()
+        skips = []
+        for encoder, down in zip(self.encoders, self.downs, strict=True):
+            x = encoder(x)
+            skips.append(x)
+            x = _nhwc(down(_nchw(x))).contiguous()
+        x = self.middle_blks(x)
+        for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=False):
+            x = decoder(_nhwc(up(_nchw(x))) + skip)
+        x = self.ending(_nchw(x)) + inp
+        return x[:, :, :h, :w]
+
+
+def fuse_nafnet(net: nn.Module, triton_kernel: bool = True) -> FusedNAFNet:
+    """The inference form of a NAFNet (a copy: ``net`` is left as it is).
+
+    ``triton_kernel=False`` keeps the depthwise convolution and the gate in plain PyTorch on
+    CUDA too (cuDNN's convolution, the gate left to inductor): on an H100 that pair was faster
+    than the Triton kernel at every level of NAFNet-w32, tied at the smallest
+    (``benchmarks/dwconv_gate_speed.py``).
+    """
+    if not isinstance(net, NAFNet):
+        raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
+    with torch.no_grad():
+        return FusedNAFNet(net, triton_kernel).eval().requires_grad_(False)

@@ -1,0 +1,137 @@
+"""NAFNet's inference form: the same function as NAFNet, and the Triton kernel behind it."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from denoise.errors import DenoiseError
+from denoise.fused.dwconv_gate import dwconv_gate
+from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
+from denoise.infer import TorchBackend
+from denoise.models.dncnn import DnCNN
+from denoise.models.nafnet import NAFNet
+
+needs_triton = pytest.mark.skipif(
+    importlib.util.find_spec("triton") is None, reason="Triton is not installed"
+)
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def perturbed_nafnet(seed: int = 0) -> NAFNet:
+    """A small NAFNet whose every parameter (LayerNorm affine, beta, gamma too) is non-trivial."""
+    torch.manual_seed(seed)
+    net = NAFNet(width=8, enc_blk_nums=[1, 2], middle_blk_num=1, dec_blk_nums=[1, 1]).eval()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_nafnet_computes_what_nafnet_does(channels_last: bool) -> None:
+    net = perturbed_nafnet()
+    fused = fuse_nafnet(net)
+    x = torch.rand(2, 3, 21, 30)  # not a multiple of the padding: the crop is exercised too
+    if channels_last:
+        net, fused = (m.to(memory_format=torch.channels_last) for m in (net, fused))
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        want, got = net(x), fused(x)
+    assert got.shape == want.shape == x.shape
+    assert want.abs().max() > 0.5  # the blocks really change the image
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=1e-5)
+
+
+def test_fuse_copies_and_leaves_the_network_alone() -> None:
+    net = perturbed_nafnet()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fused = fuse_nafnet(net).to(torch.bfloat16)
+    assert fused.intro.weight.dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in fused.parameters())
+    for key, value in net.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, before[key]), key
+
+
+def test_torch_backend_fuse_option() -> None:
+    net = perturbed_nafnet()
+    batch = np.random.default_rng(0).random((1, 3, 24, 24), dtype=np.float32)
+    plain = TorchBackend(net, device="cpu")(batch)
+    fused = TorchBackend(net, device="cpu", fuse=True)
+    assert type(fused.module).__name__ == "FusedNAFNet"
+    np.testing.assert_allclose(fused(batch), plain, atol=2e-5)
+    blocks = TorchBackend(net, device="cpu", fuse=True, fuse_kernel=False).module.modules()
+    kernels = {b.triton_kernel for b in blocks if isinstance(b, FusedNAFBlock)}
+    assert kernels == {False}
+    with pytest.raises(DenoiseError, match=r"fuse: only a NAFNet.*DnCNN"):
+        TorchBackend(DnCNN(), device="cpu", fuse=True)
+
+
+def test_dwconv_gate_off_cuda_is_the_reference() -> None:
+    x, w, b = torch.randn(1, 4, 5, 6), torch.randn(6, 9), torch.randn(6)
+    gate, mean = dwconv_gate(x, w, b)
+    # The same depthwise convolution written out by hand, for one output pixel.
+    window = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))[0, 1:4, 2:5]  # around (y=1, x=2)
+    conv = (window.reshape(9, 6) * w.T).sum(0) + b
+    torch.testing.assert_close(gate[0, 1, 2], conv[:3] * conv[3:])
+    torch.testing.assert_close(mean, gate.mean(dim=(1, 2)))
+
+
+def run_interpreted(check: str) -> None:
+    """``interpreted_kernel_check.py CHECK`` in its own process under Triton's interpreter."""
+    script = Path(__file__).with_name("interpreted_kernel_check.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(script), check], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-4000:]
+
+
+@needs_triton
+def test_triton_kernel_matches_the_reference() -> None:
+    """Widths and heights not a multiple of the blocks, odd channel counts, bf16 rounding."""
+    run_interpreted("kernel")
+
+
+@needs_triton
+def test_custom_op_compiles_as_one_opaque_call() -> None:
+    run_interpreted("custom-op")
+
+
+def fused_and_plain_errors(device: str) -> tuple[float, float, float]:
+    """Mean absolute error against FP32 (on the CPU) of: the inference form in FP32 on
+    ``device``, the inference form cast to bf16 (compiled), and NAFNet itself cast to bf16."""
+    net = perturbed_nafnet()
+    x = torch.rand(2, 3, 40, 56)
+    with torch.no_grad():
+        want = net(x)
+        fused32 = fuse_nafnet(net).to(device)(x.to(device)).cpu()
+        plain = copy.deepcopy(net).to(device, torch.bfloat16)(x.to(device, torch.bfloat16))
+        fused = fuse_nafnet(net).to(device, torch.bfloat16).to(memory_format=torch.channels_last)
+        xb = x.to(device, torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        compiled = torch.compile(fused)(xb)
+    return tuple(float((y.float().cpu() - want).abs().mean()) for y in (fused32, compiled, plain))
+
+
+def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16() -> None:
+    fp32, fused, plain = fused_and_plain_errors("cpu")
+    assert fp32 < 1e-5
+    assert 0 < fused < 2 * plain
+
+
+@needs_cuda
+@needs_triton
+def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Triton kernel's path, checked the same way (no TF32 in the FP32 reference convs)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    fp32, fused, plain = fused_and_plain_errors("cuda")
+    assert fp32 < 1e-4
+    assert 0 < fused < 2 * plain
