@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from denoise.errors import DenoiseError
 from denoise.fused.dwconv_gate import dwconv_gate
 from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
 from denoise.infer import TorchBackend
 from denoise.models.dncnn import DnCNN
-from denoise.models.nafnet import NAFNet
 
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="Triton is not installed"
@@ -26,14 +26,13 @@ needs_triton = pytest.mark.skipif(
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def perturbed_nafnet(seed: int = 0) -> NAFNet:
-    """A small NAFNet whose every parameter (LayerNorm affine, beta, gamma too) is non-trivial."""
-    torch.manual_seed(seed)
-    net = NAFNet(width=8, enc_blk_nums=[1, 2], middle_blk_num=1, dec_blk_nums=[1, 1]).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return net
+# Two encoder blocks at the second level; every parameter (LayerNorm affine, beta and gamma
+# too) perturbed well away from the identity.
+CONFIG = {"width": 8, "enc_blk_nums": [1, 2], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
+
+
+def perturbed_nafnet() -> torch.nn.Module:
+    return tiny_model("nafnet", scale=0.2, config=CONFIG)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

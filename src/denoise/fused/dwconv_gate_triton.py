@@ -2,7 +2,7 @@
 
 One pass over an NHWC tensor of ``2C`` channels: the depthwise 3x3 convolution (zero padding,
 bias), SimpleGate (first half of the channels times the second half) and the per-image channel
-sums of the result (for NAFNet's channel attention), accumulated in FP32 with atomics. Unfused,
+sums of the result (for NAFNet's channel attention), in FP32, one slot per program. Unfused,
 the convolution writes ``2C`` channels that the gate reads back; here they never leave the
 registers. Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 """
