@@ -175,6 +175,7 @@ _PATHS = [
         )
         for name, precision, how, description in (
             ("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
+            ("torch-fused-compile", "fp32", True, "torch.compile of torch-fused"),
             ("torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"),
             ("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
         )
