@@ -41,7 +41,7 @@ from denoise.triton.repository import (
     reference_onnx,
     write_model,
 )
-from denoise.triton.smoke import load_test_pairs
+from denoise.triton.smoke import latency_ms, load_test_pairs
 
 # Named I/O tensors, execute_async_v3 and the NORMALIZATION layer type need 8.6. TensorRT 11
 # removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS (strong typing only): there the FP16
@@ -249,12 +249,10 @@ def _compare(
         t0 = time.perf_counter()
         engine(x)
         times.append(time.perf_counter() - t0)
-    ms = np.asarray(times) * 1000.0
     return {
         "psnr_vs_onnxruntime": float(np.mean(vs_ort)),
         "psnr_out": float(np.mean(vs_clean)),
-        "latency_p50_ms": float(np.percentile(ms, 50)),
-        "latency_p95_ms": float(np.percentile(ms, 95)),
+        **latency_ms(times),
     }
 
 

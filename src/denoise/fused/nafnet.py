@@ -80,18 +80,13 @@ class FusedNAFBlock(nn.Module):
         return y + F.linear(first * second, self.w5, self.b5)
 
 
-def _nhwc(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 2, 3, 1)
-
-
-def _nchw(x: torch.Tensor) -> torch.Tensor:
-    return x.permute(0, 3, 1, 2)
-
-
 class FusedNAFNet(nn.Module):
     """:class:`NAFNet`'s forward (NCHW in and out) with :class:`FusedNAFBlock` blocks."""
 
-    _pad = NAFNet._pad  # the same zero padding (it reads ``padder_size`` only)
+    # NAFNet's own U-Net walk and zero padding (they read the modules and ``padder_size``),
+    # with NHWC tensors between the blocks
+    forward = NAFNet.forward
+    _pad = NAFNet._pad
 
     def __init__(self, net: NAFNet, triton_kernel: bool = True) -> None:
         super().__init__()
@@ -108,20 +103,15 @@ class FusedNAFNet(nn.Module):
         self.decoders = nn.ModuleList(blocks(d) for d in net.decoders)
         self.padder_size = net.padder_size
 
-    def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        _, _, h, w = inp.shape
-        inp = self._pad(inp)
-        x = _nhwc(self.intro(inp)).contiguous()
-        skips = []
-        for encoder, down in zip(self.encoders, self.downs, strict=True):
-            x = encoder(x)
-            skips.append(x)
-            x = _nhwc(down(_nchw(x))).contiguous()
-        x = self.middle_blks(x)
-        for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=False):
-            x = decoder(_nhwc(up(_nchw(x))) + skip)
-        x = self.ending(_nchw(x)) + inp
-        return x[:, :, :h, :w]
+    @staticmethod
+    def _to_blocks(x: torch.Tensor) -> torch.Tensor:
+        """NCHW to contiguous NHWC (free when ``x`` is channels_last)."""
+        return x.permute(0, 2, 3, 1).contiguous()
+
+    @staticmethod
+    def _from_blocks(x: torch.Tensor) -> torch.Tensor:
+        """NHWC to an NCHW view (channels_last strides)."""
+        return x.permute(0, 3, 1, 2)
 
 
 def fuse_nafnet(net: nn.Module, triton_kernel: bool = True) -> FusedNAFNet:

@@ -157,18 +157,29 @@ class NAFNet(nn.Module):
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         _, _, h, w = inp.shape
         inp = self._pad(inp)
-        x = self.intro(inp)
+        x = self._to_blocks(self.intro(inp))
         skips = []
         for encoder, down in zip(self.encoders, self.downs, strict=True):
             x = encoder(x)
             skips.append(x)
-            x = down(x)
+            x = self._to_blocks(down(self._from_blocks(x)))
         x = self.middle_blks(x)
         # strict=False as in the reference: fewer decoder levels than encoder levels is legal
         for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=False):
-            x = decoder(up(x) + skip)
-        x = self.ending(x) + inp
+            x = decoder(self._to_blocks(up(self._from_blocks(x))) + skip)
+        x = self.ending(self._from_blocks(x)) + inp
         return x[:, :, :h, :w]
+
+    # The layout of the tensors the blocks see, from and back to the convolutions' NCHW: the
+    # same here. NAFNet's inference form (denoise.fused.nafnet) shares this forward and
+    # overrides the two for its NHWC blocks.
+    @staticmethod
+    def _to_blocks(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    @staticmethod
+    def _from_blocks(x: torch.Tensor) -> torch.Tensor:
+        return x
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         _, _, h, w = x.shape

@@ -86,8 +86,14 @@ def load_test_pairs(
     ]
 
 
-def _percentile_ms(times: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(times) * 1000.0, q))
+def latency_ms(times: list[float]) -> dict[str, float]:
+    """Median and 95th percentile of request times (given in seconds), in ms, under the keys
+    that both deploy stages (``triton-smoke``, ``build-trt``) report."""
+    ms = np.asarray(times) * 1000.0
+    return {
+        "latency_p50_ms": float(np.percentile(ms, 50)),
+        "latency_p95_ms": float(np.percentile(ms, 95)),
+    }
 
 
 def _measure(
@@ -182,8 +188,7 @@ def smoke_test(
                     "max_abs_diff_vs_onnxruntime": diff,
                     "psnr_out": psnr_out,
                     "psnr_in": psnr_in,
-                    "latency_p50_ms": _percentile_ms(times, 50),
-                    "latency_p95_ms": _percentile_ms(times, 95),
+                    **latency_ms(times),
                     "throughput_img_s": len(times) / sum(times),
                 }
                 if model != TRT_MODEL and not diff <= settings.tolerance:
