@@ -13,6 +13,7 @@ from typing import Any
 from common import PARAMS_FILE, load_params, run_stage
 
 from denoise.errors import DenoiseError
+from denoise.params import check_keys
 from denoise.paths import RAW_DIR
 
 
@@ -43,10 +44,12 @@ def from_sidd(cfg: dict[str, Any], out_dir: Path) -> None:
     print(f"SIDD-Small sRGB extracted to {out_dir}")
 
 
-# source name -> (function, the keys its params section must have)
-SOURCES: dict[str, tuple[Callable[[dict[str, Any], Path], None], tuple[str, ...]]] = {
-    "synthetic": (from_synthetic, ("instances", "height", "width", "seed")),
-    "sidd": (from_sidd, ("url", "size", "md5")),
+# source name -> (function, the keys its params section must have, those it may have)
+SOURCES: dict[
+    str, tuple[Callable[[dict[str, Any], Path], None], tuple[str, ...], tuple[str, ...]]
+] = {
+    "synthetic": (from_synthetic, ("instances", "height", "width", "seed"), ()),
+    "sidd": (from_sidd, ("url", "size", "md5"), ("cache_dir",)),
 }
 
 
@@ -57,11 +60,11 @@ def main(params_file: Path = PARAMS_FILE, out_dir: Path = RAW_DIR) -> None:
         raise DenoiseError(
             f"{params_file}: unknown data.source {source!r}; expected one of {', '.join(SOURCES)}"
         )
-    make, required = SOURCES[source]
+    make, required, optional = SOURCES[source]
     cfg = data.get(source) or {}
-    missing = [f"data.{source}.{key}" for key in required if key not in cfg]
-    if missing:
-        raise DenoiseError(f"{params_file}: missing {', '.join(missing)}")
+    # a typo is an error, not a silently ignored key
+    check_keys(data, (), {"source", *SOURCES}, f"{params_file} data")
+    check_keys(cfg, required, {*required, *optional}, f"{params_file} data.{source}")
     make(cfg, out_dir)
 
 

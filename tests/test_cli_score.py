@@ -153,11 +153,15 @@ def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
     assert report["output"]["psnr"] == pytest.approx(np.mean(refs), abs=5e-5)
 
 
-@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable"])
+@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable", "json"])
 def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -> None:
     root = tmp_path / "pairs"
     flat_pairs(root, ["a.png"])
-    if problem == "unmatched":
+    extra: list[str] = []
+    if problem == "json":  # refused before any scoring: no table printed
+        (tmp_path / "scores").mkdir()
+        extra, culprit = ["--json", str(tmp_path / "scores")], "scores: is a folder"
+    elif problem == "unmatched":
         write_rgb8(root / "noisy" / "lonely.png", pair(5)[0])
         culprit = "lonely.png"
     elif problem == "size":
@@ -168,10 +172,12 @@ def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -
         (root / "noisy" / "broken.png").write_bytes(b"\x89PNG not really")
         write_rgb8(root / "clean" / "broken.png", pair(5)[1])
         culprit = "broken.png"
-    result = runner.invoke(app, ["score", "--pairs", str(root), "--model", str(model_files["pt"])])
+    cmd = ["score", "--pairs", str(root), "--model", str(model_files["pt"]), *extra]
+    result = runner.invoke(app, cmd)
     assert result.exit_code != 0
     assert culprit in result.output and "error:" in result.output
     assert "Traceback" not in result.output
+    assert "PSNR" not in result.output  # no scores: the error came first
 
 
 def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) -> None:

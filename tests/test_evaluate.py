@@ -208,8 +208,22 @@ def test_missing_checkpoint_and_bad_params(tmp_path: Path, split: Path) -> None:
             speed_path=tmp_path / "s.json",
             plots_dir=tmp_path / "p",
         )
-    with pytest.raises(DenoiseError, match=r"params\.yaml evaluate"):
+    with pytest.raises(DenoiseError, match=r"params\.yaml evaluate: missing nlm, overlap"):
         EvalParams.from_dict({"models": ["nafnet"], "tile": 32})
+
+
+def test_params_typos_are_errors_at_every_level() -> None:
+    good = params()
+    assert (good.nlm.h, good.nlm.template, good.strip.zoom) == ((2.0, 12.0), 7, 2)
+    nlm, strip = {"h": [2], "h_color": [2], "val_patches": 3}, {"crop": 24}
+    for over, where in (
+        ({"overlapp": 8}, "evaluate: unknown overlapp"),
+        ({"nlm": {**nlm, "templte": 5}}, "evaluate.nlm: unknown templte"),
+        ({"strip": {**strip, "zooom": 3}}, "evaluate.strip: unknown zooom"),
+        ({"nlm": {**nlm, "h": "strong"}}, "evaluate: invalid value"),
+    ):
+        with pytest.raises(DenoiseError, match=rf"params\.yaml {where}"):
+            params(**over)
 
 
 def _flat_pairs_root(tmp_path: Path, problem: str) -> tuple[Path, Path, str]:

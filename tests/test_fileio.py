@@ -1,6 +1,7 @@
 """Atomic outputs and validated image input."""
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -38,6 +39,33 @@ def test_atomic_path_replaces_a_folder_whole(tmp_path: Path) -> None:
         tmp.mkdir()
         (tmp / "fresh.txt").write_text("x")
     assert sorted(p.name for p in target.iterdir()) == ["fresh.txt"]
+
+
+def test_a_folder_swap_that_fails_puts_the_old_folder_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "dir"
+    (target / "old.txt").parent.mkdir()
+    (target / "old.txt").write_text("old")
+    replace = os.replace
+
+    def interrupted(src: Path, dst: Path) -> None:
+        if Path(src).parent.name.endswith(".tmp") and Path(src).name == "dir":  # the new one in
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("new")
+    assert (target / "old.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+
+
+def test_the_longest_legal_name_can_be_written(tmp_path: Path) -> None:
+    path = tmp_path / ("n" * 251 + ".png")  # 255 bytes: the temporary's name must fit too
+    write_rgb8(path, np.zeros((4, 4, 3), np.uint8))
+    assert path.is_file()
 
 
 def test_write_json_is_stable(tmp_path: Path) -> None:

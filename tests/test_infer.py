@@ -496,6 +496,59 @@ def test_a_folder_without_photos_is_an_error_the_others_still_run(tmp_path: Path
     assert not (tmp_path / "o").exists()
 
 
+def test_unreadable_folders_and_failed_inferences_are_skipped_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a user without permission sees them (Python 3.11's ``is_dir`` raises), and a model
+    that runs out of memory on one photo: each is one line, and the other photos still run."""
+    for name, size in (("big.png", 40), ("small.png", 8)):
+        write_image(tmp_path / "in" / name, np.zeros((size, size, 3), np.uint8))
+    (tmp_path / "locked").mkdir()
+    is_dir = Path.is_dir
+
+    def denied(self: Path) -> bool:
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", denied)
+
+    class RunsOutOfMemory(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[-1] > 16:
+                raise torch.OutOfMemoryError("DefaultCPUAllocator: can't allocate memory")
+            return x
+
+    errors: list[tuple[Path, str]] = []
+    written = denoise_files(
+        [tmp_path / "locked", tmp_path / "in"], TorchBackend(RunsOutOfMemory()), tile=0,
+        overlap=0, out_dir=tmp_path / "out", progress=False,
+        on_error=lambda p, m: errors.append((p, m)),
+    )  # fmt: skip
+    assert written == [tmp_path / "out" / "small_denoised.png"]
+    assert errors[0] == (
+        tmp_path / "locked",
+        f"{tmp_path / 'locked'}: cannot read (Permission denied)",
+    )
+    path, message = errors[1]
+    assert path == tmp_path / "in" / "big.png" and "\n" not in message
+    assert "torch: inference on a (1, 3, 40, 40) batch failed (DefaultCPUAllocator" in message
+
+
+def test_an_output_type_without_an_encoder_is_refused_before_the_work(tmp_path: Path) -> None:
+    (tmp_path / "anim.gif").write_bytes(b"GIF89a not read: refused before")
+    backend, errors = Recorder(), []
+    written = denoise_files(
+        [tmp_path / "anim.gif"], backend, tile=0, overlap=0, progress=False,
+        on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [] and backend.shapes == []
+    assert errors == [
+        f"{tmp_path / 'anim_denoised.gif'}: cannot write .gif images; convert the input to "
+        ".png, .jpg or .tif"
+    ]
+
+
 @pytest.mark.parametrize(
     ("tile", "overlap", "message"),
     [

@@ -555,8 +555,15 @@ def test_stage_unknown_source_is_one_line_error(tmp_path: Path) -> None:
 def test_stage_missing_keys_are_named(tmp_path: Path) -> None:
     stage = _stage_module()
     params = _write_params(tmp_path, {"source": "sidd", "sidd": {"url": "http://x/a.zip"}})
-    with pytest.raises(DenoiseError, match=r"missing data\.sidd\.size, data\.sidd\.md5"):
+    with pytest.raises(DenoiseError, match=r"data\.sidd: missing size, md5$"):
         stage.main(params, tmp_path / "raw")
+    sidd = {"url": "u", "size": 1, "md5": "m"}
+    for data, where in (
+        ({"source": "sidd", "sid": {}, "sidd": sidd}, r"data: unknown sid$"),
+        ({"source": "sidd", "sidd": {**sidd, "cache": "d"}}, r"data\.sidd: unknown cache$"),
+    ):
+        with pytest.raises(DenoiseError, match=where):
+            stage.main(_write_params(tmp_path, data), tmp_path / "raw")
 
 
 def test_stage_synthetic_calls_the_camera(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

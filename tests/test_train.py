@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from denoise.checkpoint import load_model, read_checkpoint
-from denoise.data.patch_store import write_patch_store
+from denoise.data.patch_store import read_patch_store, write_patch_store
 from denoise.errors import DenoiseError
 from denoise.train import train_model
 from denoise.training import distributed, resume, tracking
@@ -153,8 +154,8 @@ def test_interrupted_run_resumes_bit_identically(
             assert (resumed_live / rel).read_bytes() == (straight_live / rel).read_bytes(), rel
 
 
-@pytest.mark.parametrize("change", ["params", "code"])
-def test_resume_state_from_other_params_or_code_is_ignored(
+@pytest.mark.parametrize("change", ["params", "code", "data"])
+def test_resume_state_from_other_params_code_or_data_is_ignored(
     split: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -174,12 +175,30 @@ def test_resume_state_from_other_params_or_code_is_ignored(
     cfg = _cfg(iters=6, lr=5e-4) if change == "params" else _cfg(iters=6)
     if change == "code":  # an edit to the package between the interruption and the re-run
         monkeypatch.setattr(resume, "code_identity", lambda package=None: "edited")
-    changed = _run(cfg, split, tmp_path)
+    data = split
+    if change == "data":  # e.g. another crop_split: one patch differs, same shape
+        noisy, clean = (np.array(a) for a in read_patch_store(split / "train"))
+        noisy[3] = 255 - noisy[3]  # neither the first, the middle nor the last patch
+        data = tmp_path / "edited"
+        write_patch_store(data / "train", noisy, clean)
+        shutil.copytree(split / "val", data / "val")
+    changed = _run(cfg, data, tmp_path)
     out = capsys.readouterr().out
     assert "starting from scratch" in out and "resuming" not in out
-    fresh = _run(cfg, split, tmp_path / "fresh")
+    fresh = _run(cfg, data, tmp_path / "fresh")
     for k, v in fresh["params"].items():
         assert torch.equal(changed["params"][k], v), k
+
+
+def test_resumed_curves_keep_their_header_when_every_row_is_cut(tmp_path: Path) -> None:
+    val = tmp_path / "plots" / "metrics" / "val"
+    val.mkdir(parents=True)
+    (val / "psnr.tsv").write_text("step\tpsnr\n500\t30.0\n")
+    (val / "ssim.tsv").write_text("\n500\t0.9\n")  # headless: cannot be cut, so removed
+    for _ in range(2):  # interrupted again before the next validation: resumed from 400 twice
+        tracking._truncate(tmp_path, 400)
+    assert (val / "psnr.tsv").read_text() == f"step\tpsnr{os.linesep}"
+    assert not (val / "ssim.tsv").exists()
 
 
 def test_code_identity_changes_with_any_source_file(tmp_path: Path) -> None:
@@ -225,6 +244,9 @@ def test_config_from_params_merges_and_rejects_typos() -> None:
     assert (cfg.seed, cfg.iters, cfg.lr, cfg.betas) == (7, 5, 2e-4, (0.9, 0.99))
     with pytest.raises(DenoiseError, match=r"train.nafnet: unknown itres"):
         TrainConfig.from_params({"nafnet": {"itres": 5}}, "nafnet")
+    for typo in ({"sed": 7}, {"val_patchs": 4}, {"nafnett": {"iters": 5}}):  # beside a section
+        with pytest.raises(DenoiseError, match=rf"params.yaml train: unknown {next(iter(typo))}"):
+            TrainConfig.from_params({**train, **typo}, "nafnet")
     with pytest.raises(DenoiseError, match=r"no train\.dncnn"):
         TrainConfig.from_params(train, "dncnn")
 

@@ -82,6 +82,8 @@ def score(
     kind = backend_for_file(model)
     if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
         raise DenoiseError(f"{model}: model file not found")
+    if json_out is not None and json_out.is_dir():  # before the scoring, too
+        raise DenoiseError(f"{json_out}: is a folder; --json takes a file name")
     count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
     backend = open_backend(kind, model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)

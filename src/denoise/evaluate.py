@@ -40,6 +40,7 @@ from denoise.errors import DenoiseError
 from denoise.fileio import IMAGE_SUFFIXES, atomic_path, read_rgb8, write_bytes_atomic, write_json
 from denoise.infer import Backend, denoise_image, open_backend
 from denoise.metrics import psnr, ssim
+from denoise.params import checked_section
 from denoise.plots import comparison_strip, detailed_crop, psnr_bar_chart
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
@@ -273,39 +274,55 @@ def tune_nlm(
 
 
 @dataclass(frozen=True)
+class NlmParams:
+    """``evaluate.nlm``: the grid of OpenCV non-local-means strengths tried on val patches."""
+
+    h: tuple[float, ...]
+    h_color: tuple[float, ...]
+    val_patches: int
+    template: int = 7
+    search: int = 21
+
+
+@dataclass(frozen=True)
+class StripParams:
+    """``evaluate.strip``: the comparison strips' crop and its enlargement."""
+
+    crop: int = 96
+    zoom: int = 3
+
+
+@dataclass(frozen=True)
 class EvalParams:
     """The ``evaluate`` section of params.yaml."""
 
     models: tuple[str, ...]
     tile: int
     overlap: int
-    nlm_h: tuple[float, ...]
-    nlm_h_color: tuple[float, ...]
-    nlm_val_patches: int
-    nlm_template: int = 7
-    nlm_search: int = 21
-    strip_crop: int = 96
-    strip_zoom: int = 3
+    nlm: NlmParams
+    strip: StripParams = field(default_factory=StripParams)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalParams:
+        """Checked like every section: a missing or unknown key (a typo) is an error."""
         try:
-            nlm, strip = d["nlm"], d.get("strip", {})
+            top = checked_section(cls, d, "evaluate")
+            nlm = checked_section(NlmParams, top["nlm"], "evaluate.nlm")
+            strip = checked_section(StripParams, top.get("strip"), "evaluate.strip")
             p = cls(
-                tuple(str(m) for m in d["models"]),
-                int(d["tile"]),
-                int(d["overlap"]),
-                tuple(float(h) for h in nlm["h"]),
-                tuple(float(h) for h in nlm["h_color"]),
-                int(nlm["val_patches"]),
-                int(nlm.get("template", 7)),
-                int(nlm.get("search", 21)),
-                int(strip.get("crop", 96)),
-                int(strip.get("zoom", 3)),
+                tuple(str(m) for m in top["models"]),
+                int(top["tile"]),
+                int(top["overlap"]),
+                NlmParams(
+                    h=tuple(float(h) for h in nlm.pop("h")),
+                    h_color=tuple(float(h) for h in nlm.pop("h_color")),
+                    **{k: int(v) for k, v in nlm.items()},
+                ),
+                StripParams(**{k: int(v) for k, v in strip.items()}),
             )
-        except (KeyError, TypeError, ValueError) as e:
-            raise DenoiseError(f"params.yaml evaluate: missing or invalid value ({e})") from None
-        if not p.nlm_h or not p.nlm_h_color or p.nlm_val_patches < 1:
+        except (TypeError, ValueError) as e:
+            raise DenoiseError(f"params.yaml evaluate: invalid value ({e})") from None
+        if not p.nlm.h or not p.nlm.h_color or p.nlm.val_patches < 1:
             raise DenoiseError(
                 "params.yaml evaluate.nlm: h and h_color need at least one "
                 "value and val_patches must be >= 1"
@@ -419,20 +436,20 @@ def evaluate(
     split_dir, plots_dir = Path(split_dir), Path(plots_dir)
     pairs = find_pairs(split_dir / "test")
     backends = {name: open_backend("torch", path) for name, path in checkpoints.items()}
-    val_noisy, val_clean = _val_samples(split_dir / "val", params.nlm_val_patches)
+    val_noisy, val_clean = _val_samples(split_dir / "val", params.nlm.val_patches)
     h, hc, val_psnr = tune_nlm(
         val_noisy,
         val_clean,
-        params.nlm_h,
-        params.nlm_h_color,
-        template=params.nlm_template,
-        search=params.nlm_search,
+        params.nlm.h,
+        params.nlm.h_color,
+        template=params.nlm.template,
+        search=params.nlm.search,
         progress=progress,
     )
     methods: dict[str, Denoiser] = {
         "noisy": lambda img: img,
         "nlm": partial(
-            nlm_denoise, h=h, h_color=hc, template=params.nlm_template, search=params.nlm_search
+            nlm_denoise, h=h, h_color=hc, template=params.nlm.template, search=params.nlm.search
         ),
     }
     for name, backend in backends.items():
@@ -445,8 +462,8 @@ def evaluate(
         for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
             noisy, clean = read_pair(pair)
             groups = {g: fn(pair.instance) for g, fn in GROUPINGS.items()} if pair.instance else {}
-            y, x = detailed_crop(clean, params.strip_crop)
-            c = min(params.strip_crop, *clean.shape[:2])
+            y, x = detailed_crop(clean, params.strip.crop)
+            c = min(params.strip.crop, *clean.shape[:2])
             panels = []
             for method, denoiser in methods.items():
                 out, s_per_mp = _timed(denoiser, noisy)
@@ -458,7 +475,7 @@ def evaluate(
                 )
                 panels.append((f"{method} {score.psnr:.2f} dB", out[y : y + c, x : x + c]))
             panels.append(("clean", clean[y : y + c, x : x + c]))
-            comparison_strip(strips_dir / f"{pair.name}.png", panels, zoom=params.strip_zoom)
+            comparison_strip(strips_dir / f"{pair.name}.png", panels, zoom=params.strip.zoom)
 
     summary = {
         "test_images": len(pairs),

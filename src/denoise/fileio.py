@@ -36,17 +36,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
     Works for files and folders. On an exception the temporary is removed and ``target`` is
     left as it was. A folder being replaced is first renamed aside (into the temporary), so
-    an interruption never leaves half of the old folder, only the old or the new one whole.
+    an interruption never leaves half of the old folder, only the old or the new one whole;
+    a kill in the instant between the two renames leaves the old one whole in the hidden
+    temporary beside ``target`` (``.<name>.*.tmp/.replaced``).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    staged = tmp / target.name
+    # the name cut short: the temporary's own name must fit in 255 bytes like the target's
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent))
+    staged, aside = tmp / target.name, tmp / ".replaced"
     try:
         yield staged
-        if target.is_dir() and not target.is_symlink():
-            os.replace(target, tmp / ".replaced")  # deleted with ``tmp`` below
-        os.replace(staged, target)
+        try:
+            if target.is_dir() and not target.is_symlink():
+                os.replace(target, aside)  # deleted with ``tmp`` below
+            os.replace(staged, target)
+        except BaseException:
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)  # the old one back, before ``tmp`` goes
+            raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -184,9 +192,9 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     Every refusal is a :class:`DenoiseError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DenoiseError(f"{path}: file not found")
     try:
+        if not path.is_file():
+            raise DenoiseError(f"{path}: file not found")
         data = path.read_bytes()
     except OSError as e:
         raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -231,6 +239,16 @@ def read_image(path: str | Path, *, keep16: bool = False, allow_convert: bool = 
 def read_rgb8(path: str | Path, *, allow_convert: bool = True) -> np.ndarray:
     """:func:`read_image` as ``(H, W, 3)`` uint8: what the data stages and the scores use."""
     return read_image(path, allow_convert=allow_convert)
+
+
+def check_writable_type(path: str | Path) -> None:
+    """A :class:`DenoiseError` if OpenCV has no encoder for ``path``'s suffix: checked before
+    a photo is denoised, since its output keeps the input's type."""
+    suffix = Path(path).suffix.lower() or ".png"
+    if not cv2.haveImageWriter(f"x{suffix}"):
+        raise DenoiseError(
+            f"{path}: cannot write {suffix} images; convert the input to .png, .jpg or .tif"
+        )
 
 
 def write_image(

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import DenoiseError, first_line
-from denoise.fileio import IMAGE_SUFFIXES, read_photo, write_image
+from denoise.fileio import IMAGE_SUFFIXES, check_writable_type, read_photo, write_image
 from denoise.fused.nafnet import fuse_nafnet
 from denoise.metrics import to_uint8
 
@@ -255,7 +255,13 @@ class TorchBackend:
             return self._replay(x) if self.cuda_graph else self._forward(x)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.forward(self.prepare(batch)).float().cpu().numpy()
+        try:
+            return self.forward(self.prepare(batch)).float().cpu().numpy()
+        except RuntimeError as e:  # out of memory above all (torch.OutOfMemoryError is one)
+            raise DenoiseError(
+                f"torch: inference on a {batch.shape} batch failed ({first_line(e)}); "
+                "a smaller --tile needs less memory"
+            ) from None
 
 
 @register_backend("torch")
@@ -467,31 +473,34 @@ def expand_inputs(
 ) -> list[Path]:
     """Files as given; a folder contributes its photos (not earlier ``*_denoised`` outputs).
 
-    A folder with no photo goes to ``on_empty(folder, message)`` (default: a
-    :class:`DenoiseError`). An empty string is refused outright: ``Path("")`` is the current
-    folder, so ``denoise run "$UNSET"`` would otherwise denoise every photo in it.
+    A folder with no photo, or one that cannot be read, goes to ``on_empty(folder, message)``
+    (default: a :class:`DenoiseError`). An empty string is refused outright: ``Path("")`` is
+    the current folder, so ``denoise run "$UNSET"`` would otherwise denoise every photo in it.
     """
     if any(isinstance(raw, str) and not raw for raw in inputs):
         raise DenoiseError('"": an empty input path (an unset shell variable?)')
     files: list[Path] = []
     for item in map(Path, inputs):
-        if item.is_dir():
+        try:
+            if not item.is_dir():
+                files.append(item)  # a missing or unreadable file is reported when read
+                continue
             photos = [
                 p
                 for p in sorted(item.iterdir())
-                if p.is_file()
-                and p.suffix.lower() in IMAGE_SUFFIXES
+                if p.suffix.lower() in IMAGE_SUFFIXES
                 and not p.stem.endswith("_denoised")
                 and not p.name.startswith(".")
+                and p.is_file()
             ]
-            if not photos:
-                message = f"{item}: no photos ({', '.join(IMAGE_SUFFIXES)})"
-                if on_empty is None:
-                    raise DenoiseError(message)
-                on_empty(item, message)
-            files += photos
-        else:
-            files.append(item)
+            message = f"{item}: no photos ({', '.join(IMAGE_SUFFIXES)})"
+        except OSError as e:  # Python 3.11's is_dir raises PermissionError, not False
+            photos, message = [], f"{item}: cannot read ({e.strerror or e})"
+        if not photos:
+            if on_empty is None:
+                raise DenoiseError(message)
+            on_empty(item, message)
+        files += photos
     # The same file named twice (alone and through its folder) is denoised once.
     return list({p.resolve(): p for p in files}.values())
 
@@ -499,9 +508,12 @@ def expand_inputs(
 def check_out_dir(out_dir: Path) -> None:
     """A :class:`DenoiseError` if ``out_dir`` cannot hold outputs. Nothing is created here
     (the first output creates the folder), so a run that fails leaves no empty folder."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DenoiseError(f"{out_dir}: output folder is a file")
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise DenoiseError(f"{out_dir}: output folder is a file")
+        existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    except OSError as e:
+        raise DenoiseError(f"{out_dir}: cannot use as output folder ({e.strerror or e})") from None
     if not existing.is_dir():
         raise DenoiseError(f"{out_dir}: cannot create the output folder ({existing} is a file)")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -548,15 +560,16 @@ def denoise_files(
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
+            check_writable_type(dst)  # before the work, not after minutes of it
             photo = read_photo(src)
             out = denoise_image(
                 photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many
             )
             write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
             written.append(dst)
-        except DenoiseError as e:
+        except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
             if on_error is None:
                 raise
-            msg = str(e)
+            msg = str(e) if isinstance(e, DenoiseError) else f"{e.strerror or e}"
             on_error(src, msg if str(src) in msg or str(dst) in msg else f"{src}: {msg}")
     return written

@@ -7,7 +7,7 @@ and a missing file or section one line naming it, not a traceback.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,20 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     return Params(data, path)
 
 
+def check_keys(
+    section: Mapping[str, Any], required: Iterable[str], known: Iterable[str], where: str
+) -> None:
+    """A one-line :class:`DenoiseError`, ``<where>: missing a, b; unknown c``, if a required
+    key is missing from ``section`` or one of its keys is not ``known`` (a typo)."""
+    missing = [k for k in required if k not in section]
+    unknown = sorted(set(section) - set(known))
+    if missing or unknown:
+        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"unknown {', '.join(unknown)}"] if unknown else []
+        )
+        raise DenoiseError(f"{where}: {'; '.join(parts)}")
+
+
 def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
     """A copy of ``section`` whose keys are ``cls``'s fields: none unknown, none required missing.
 
@@ -49,17 +63,10 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
     """
     section = dict(section or {})
     fields = dataclasses.fields(cls)
-    known = {f.name for f in fields}
-    required = {
+    required = sorted(
         f.name
         for f in fields
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
-    }
-    missing = sorted(required - set(section))
-    unknown = sorted(set(section) - known)
-    if missing or unknown:
-        parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
-            [f"unknown {', '.join(unknown)}"] if unknown else []
-        )
-        raise DenoiseError(f"params.yaml {where}: {'; '.join(parts)}")
+    )
+    check_keys(section, required, {f.name for f in fields}, f"params.yaml {where}")
     return section

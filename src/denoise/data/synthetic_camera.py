@@ -3,7 +3,8 @@
 ``generate_dataset`` writes exactly the SIDD-Small sRGB layout (see :mod:`sidd_layout`), so every
 later stage reads simulated and real data through the same code.
 
-Clean content (the scene decides the family, so holding out scenes holds out content):
+Clean content (the scene decides the family, so holding out scenes holds out the photo, or
+the layout and palette of the discs; the dead-leaves scenes share their three texture photos):
   scenes 1-6   crops/rescales of colour photos shipped inside the scikit-image wheel (astronaut,
                coffee, chelsea, rocket, immunohistochemistry, motorcycle); no download.
   scenes 7-10  procedural dead leaves: discs front to back, power-law radii p(r) ~ r^-3, colours

@@ -29,10 +29,15 @@ def _register_all() -> None:
     from denoise.models import dncnn, nafnet  # noqa: F401  (importing registers them)
 
 
-def _model_class(name: str) -> type[nn.Module]:
+def model_names() -> list[str]:
+    """The names of the registered networks (params.yaml's ``model``, a checkpoint's)."""
     _register_all()
-    if name not in MODELS:
-        raise DenoiseError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return sorted(MODELS)
+
+
+def _model_class(name: str) -> type[nn.Module]:
+    if name not in model_names():
+        raise DenoiseError(f"unknown model {name!r}; known: {', '.join(model_names())}")
     return MODELS[name]
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from denoise.errors import DenoiseError
+from denoise.models.registry import model_names
 from denoise.params import checked_section
 
 #: Keys of the shared ``train`` section that are not per-model sections.
@@ -52,7 +53,11 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, train: dict[str, Any], model: str) -> TrainConfig:
-        """Build from the ``train`` params section; unknown keys are an error (typos)."""
+        """Build from the ``train`` params section; unknown keys are an error (typos), in the
+        model's section and beside it (a key that is neither shared nor a model's name)."""
+        unknown = sorted(set(train) - set(SHARED_KEYS) - set(model_names()))
+        if unknown:
+            raise DenoiseError(f"params.yaml train: unknown {', '.join(unknown)}")
         if model not in train or not isinstance(train[model], dict):
             raise DenoiseError(f"params.yaml: no train.{model} section")
         merged = {k: train[k] for k in SHARED_KEYS if k in train}

@@ -10,11 +10,14 @@ pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from denoise.fileio import write_bytes_atomic
 
 
 class Tracker:
@@ -61,18 +64,27 @@ class Tracker:
 
 
 def _truncate(live_dir: Path, step: int) -> None:
-    """Drop what an interrupted run logged after its last resume state (steps > ``step``)."""
+    """Drop what an interrupted run logged after its last resume state (steps > ``step``).
+
+    The columns come from the header, not from a row: a file whose rows all come later keeps
+    its header (without it DVCLive would append headless rows). A file without a ``step``
+    column cannot be cut and is removed; DVCLive starts it anew. Rewritten atomically.
+    """
     for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
         with open(tsv, newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t"))
-            fields = list(rows[0]) if rows else []
-        kept = [r for r in rows if int(r["step"]) <= step]
-        with open(tsv, "w", newline="") as f:
-            # DVCLive's own line ending (csv's default is \r\n): a resumed history must be
-            # byte-identical to an uninterrupted one, or dvc.lock records a different hash.
-            w = csv.DictWriter(f, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
-            w.writeheader()
-            w.writerows(kept)
+            reader = csv.DictReader(f, delimiter="\t")
+            fields = list(reader.fieldnames or [])
+            rows = list(reader) if "step" in fields else []
+        if "step" not in fields:
+            tsv.unlink()
+            continue
+        out = io.StringIO()
+        # DVCLive's own line ending (csv's default is \r\n): a resumed history must be
+        # byte-identical to an uninterrupted one, or dvc.lock records a different hash.
+        w = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
+        w.writeheader()
+        w.writerows(r for r in rows if int(r["step"]) <= step)
+        write_bytes_atomic(tsv, out.getvalue().encode())
     images = live_dir / "plots" / "images"
     for png in images.rglob("*.png") if images.is_dir() else []:
         if png.stem.isdigit() and int(png.stem) > step:
