@@ -203,6 +203,10 @@ def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) ->
     result = runner.invoke(app, args)
     assert result.exit_code == 1
     assert "bad.png" in result.output and "1 of 4" in result.output
+    assert result.stdout.splitlines() == [
+        str(tmp_path / name)
+        for name in ("one_denoised.png", "two_denoised.jpg", "deep_denoised.png")
+    ]
     assert not (tmp_path / "bad_denoised.png").exists()
     out = read_rgb8(tmp_path / "one_denoised.png")
     assert out.shape == noisy.shape and not np.array_equal(out, noisy)

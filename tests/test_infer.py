@@ -535,6 +535,19 @@ def test_unreadable_folders_and_failed_inferences_are_skipped_by_name(
     assert "torch: inference on a (1, 3, 40, 40) batch failed (DefaultCPUAllocator" in message
 
 
+def test_each_output_and_each_failure_is_reported_as_it_happens(tmp_path: Path) -> None:
+    for name in ("a.png", "c.png"):
+        write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "b.png").write_bytes(b"not an image")
+    events: list[tuple[str, str]] = []
+    denoise_files(
+        [tmp_path / n for n in ("a.png", "b.png", "c.png")], Recorder(), tile=0, overlap=0,
+        progress=False, on_error=lambda p, m: events.append(("failed", p.name)),
+        on_written=lambda p: events.append(("wrote", p.name)),
+    )  # fmt: skip
+    assert events == [("wrote", "a_denoised.png"), ("failed", "b.png"), ("wrote", "c_denoised.png")]
+
+
 def test_an_output_type_without_an_encoder_is_refused_before_the_work(tmp_path: Path) -> None:
     (tmp_path / "anim.gif").write_bytes(b"GIF89a not read: refused before")
     backend, errors = Recorder(), []

@@ -183,9 +183,8 @@ def run(
         overwrite=overwrite,
         progress=sys.stderr.isatty(),  # bars in a log file would bury the error lines
         on_error=report,
+        on_written=lambda path: tqdm.write(str(path), file=sys.stdout),
     )
-    for path in written:
-        typer.echo(path)
     if failed:
         typer.echo(f"{len(failed)} of {len(failed) + len(written)} inputs failed", err=True)
         raise typer.Exit(1)

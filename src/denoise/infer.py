@@ -530,8 +530,10 @@ def denoise_files(
     overwrite: bool = False,
     progress: bool = True,
     on_error: Callable[[Path, str], None] | None = None,
+    on_written: Callable[[Path], None] | None = None,
 ) -> list[Path]:
-    """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written.
+    """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written, each also
+    passed to ``on_written`` as soon as it is (so a run cut short has said what it wrote).
 
     An output is upright, grey if its input was, and carries its input's colour profile and
     EXIF into JPEG and PNG (:mod:`denoise.photo_metadata`).
@@ -566,10 +568,13 @@ def denoise_files(
                 photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many
             )
             write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
-            written.append(dst)
         except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
             if on_error is None:
                 raise
             msg = str(e) if isinstance(e, DenoiseError) else f"{e.strerror or e}"
             on_error(src, msg if str(src) in msg or str(dst) in msg else f"{src}: {msg}")
+            continue
+        written.append(dst)
+        if on_written is not None:
+            on_written(dst)
     return written
