@@ -7,6 +7,8 @@ level) and bf16 NHWC tensors, times (``triton.testing.do_bench``, median ms):
 
 - ``unfused``: cuDNN's depthwise convolution, then the gate and the channel mean in PyTorch,
   torch.compile'd (what the compiled network does);
+- ``shifted``: the convolution as nine shifted taps, torch.compile'd (inductor fuses the taps,
+  the gate and the mean);
 - the Triton kernel with its default block sizes, and with a few other block sizes;
 
 and the memory traffic the kernel needs at least (read ``2C``, write ``C`` channels), as GB/s.
@@ -21,7 +23,7 @@ import torch
 import triton
 
 from denoise.fileio import write_json
-from denoise.fused.dwconv_gate import dwconv_gate_reference
+from denoise.fused.dwconv_gate import dwconv_gate_reference, dwconv_gate_shifted
 from denoise.fused.dwconv_gate_triton import block_sizes, dwconv_gate_triton
 
 VARIANTS = [
@@ -36,7 +38,7 @@ VARIANTS = [
 ]
 
 
-def measure_level(batch: int, size: int, c: int, unfused) -> dict[str, object]:
+def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, object]:
     """One NAFNet level: ``size`` x ``size`` pixels, ``2 * c`` channels into the kernel."""
     x = torch.randn(batch, size, size, 2 * c, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(2 * c, 9, device="cuda", dtype=torch.bfloat16)
@@ -50,6 +52,8 @@ def measure_level(batch: int, size: int, c: int, unfused) -> dict[str, object]:
         "max_mean_error_vs_fp32": float((mean - want_mean).abs().max()),
         "max_abs": float(want_gate.abs().max()),
         "unfused_ms": triton.testing.do_bench(lambda: unfused(x, w, b)),
+        "shifted_ms": triton.testing.do_bench(lambda: shifted(x, w, b)),
+        "max_shifted_error_vs_fp32": float((shifted(x, w, b)[0].float() - want_gate).abs().max()),
         "default_blocks": list(block_sizes(size, size, c)),
     }
     times = {}
@@ -59,6 +63,7 @@ def measure_level(batch: int, size: int, c: int, unfused) -> dict[str, object]:
     row["kernel_ms"] = times
     least_bytes = x.numel() * 2 * 3 // 2  # read 2C channels, write C, bf16
     row["best_kernel_gb_per_s"] = round(least_bytes / min(times.values()) / 1e6, 1)
+    row["shifted_gb_per_s"] = round(least_bytes / row["shifted_ms"] / 1e6, 1)
     return row
 
 
@@ -69,11 +74,15 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=32)
     ap.add_argument("--json", default="benchmarks/results/dwconv_gate_speed.json")
     args = ap.parse_args()
-    unfused = torch.compile(dwconv_gate_reference)
+    # Static shapes: by default the second level's shape would recompile both as one dynamic
+    # kernel for all levels (75 GB/s for the shifted form on an H100), unlike in the network,
+    # where every block has its own static shape.
+    unfused = torch.compile(dwconv_gate_reference, dynamic=False)
+    shifted = torch.compile(dwconv_gate_shifted, dynamic=False)
     rows = []
     size, c = args.size, args.width
     while size >= 32:
-        rows.append(measure_level(args.batch, size, c, unfused))
+        rows.append(measure_level(args.batch, size, c, unfused, shifted))
         print(rows[-1], flush=True)
         size, c = size // 2, c * 2
     write_json(args.json, {"batch": args.batch, "dtype": "bf16", "levels": rows})

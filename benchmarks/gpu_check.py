@@ -22,6 +22,10 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 9. ``fused``: NAFNet's inference form (``denoise.fused.nafnet``): its tests on the GPU,
    its kernel's speed per level (``dwconv_gate_speed.py``), the network eager and compiled
    beside the compiled cast model, then ``gpu_profile.py`` of the compiled inference form.
+10. ``shift``: the inference form with the depthwise convolution as nine shifted taps
+   (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
+   model; then the same tests, kernel speeds and profile as ``fused``, and the form with
+   cuDNN's convolution.
 
 Steps 1-6 fill one device call's budget, so the last two are for calls of their own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
@@ -70,6 +74,11 @@ FUSED_PATHS = [
     "torch-bf16-fused",
     "torch-bf16-fused-plain-compile",
     "torch-bf16-fused-compile",
+]
+SHIFT_PATHS = [
+    "torch-bf16-fused-shift-compile",
+    "torch-bf16-cast-compile",
+    "torch-bf16-fused-shift-graphs",
 ]
 
 
@@ -199,6 +208,7 @@ def main() -> None:
             "cast",
             "autotune",
             "fused",
+            "shift",
         ],
         help="only these steps (default: all)",
     )
@@ -299,16 +309,21 @@ def main() -> None:
     compile_step("compile", COMPILE_PATHS[1:], 240)
     compile_step("cast", CAST_PATHS, 360)
     compile_step("autotune", AUTOTUNE_PATHS, 540)
-    runner.run(
-        "fused-tests",
-        [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_nafnet.py"],
-        150,
-    )
+    tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_nafnet.py"]
     kernel = [py, "benchmarks/dwconv_gate_speed.py", "--json", str(out / "dwconv_gate_speed.json")]
+    profile = [py, "benchmarks/gpu_profile.py", "--top", "20", "--paths"]
+    runner.run("fused-tests", tests, 240)
     runner.run("fused-kernel", kernel, 90)
     compile_step("fused", FUSED_PATHS, 360)
-    profile = [py, "benchmarks/gpu_profile.py", "--top", "20", "--paths", FUSED_PATHS[-1]]
-    runner.run("fused-profile", [*profile, "--json", str(out / "gpu_profile_fused.json")], 240)
+    fused_profile = str(out / "gpu_profile_fused.json")
+    runner.run("fused-profile", [*profile, FUSED_PATHS[-1], "--json", fused_profile], 240)
+
+    compile_step("shift", SHIFT_PATHS, 300)
+    runner.run("shift-tests", tests, 240)
+    runner.run("shift-kernel", kernel, 120)
+    shift_profile = str(out / "gpu_profile_shift.json")
+    runner.run("shift-profile", [*profile, SHIFT_PATHS[0], "--json", shift_profile], 150)
+    compile_step("shift-plain", ["torch-bf16-fused-plain-compile"], 150)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

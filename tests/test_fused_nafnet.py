@@ -15,7 +15,7 @@ import torch
 from tiny_models import tiny_model
 
 from denoise.errors import DenoiseError
-from denoise.fused.dwconv_gate import dwconv_gate
+from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_shifted
 from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
 from denoise.infer import TorchBackend
 from denoise.models.dncnn import DnCNN
@@ -35,10 +35,11 @@ def perturbed_nafnet() -> torch.nn.Module:
     return tiny_model("nafnet", scale=0.2, config=CONFIG)
 
 
+@pytest.mark.parametrize("dwconv", ["conv", "shifted"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_fused_nafnet_computes_what_nafnet_does(channels_last: bool) -> None:
+def test_fused_nafnet_computes_what_nafnet_does(channels_last: bool, dwconv: str) -> None:
     net = perturbed_nafnet()
-    fused = fuse_nafnet(net)
+    fused = fuse_nafnet(net, dwconv)
     x = torch.rand(2, 3, 21, 30)  # not a multiple of the padding: the crop is exercised too
     if channels_last:
         net, fused = (m.to(memory_format=torch.channels_last) for m in (net, fused))
@@ -67,11 +68,13 @@ def test_torch_backend_fuse_option() -> None:
     fused = TorchBackend(net, device="cpu", fuse=True)
     assert type(fused.module).__name__ == "FusedNAFNet"
     np.testing.assert_allclose(fused(batch), plain, atol=2e-5)
-    blocks = TorchBackend(net, device="cpu", fuse=True, fuse_kernel=False).module.modules()
-    kernels = {b.triton_kernel for b in blocks if isinstance(b, FusedNAFBlock)}
-    assert kernels == {False}
+    blocks = TorchBackend(net, device="cpu", fuse=True, fuse_dwconv="conv").module.modules()
+    forms = {b.dwconv for b in blocks if isinstance(b, FusedNAFBlock)}
+    assert forms == {"conv"}
     with pytest.raises(DenoiseError, match=r"fuse: only a NAFNet.*DnCNN"):
         TorchBackend(DnCNN(), device="cpu", fuse=True)
+    with pytest.raises(DenoiseError, match=r"fuse: unknown depthwise form 'taps'.*shifted"):
+        TorchBackend(net, device="cpu", fuse=True, fuse_dwconv="taps")
 
 
 def test_dwconv_gate_off_cuda_is_the_reference() -> None:
@@ -82,6 +85,22 @@ def test_dwconv_gate_off_cuda_is_the_reference() -> None:
     conv = (window.reshape(9, 6) * w.T).sum(0) + b
     torch.testing.assert_close(gate[0, 1, 2], conv[:3] * conv[3:])
     torch.testing.assert_close(mean, gate.mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shifted_taps_are_the_depthwise_convolution(dtype: torch.dtype) -> None:
+    """Eager and compiled, the shifted form is the convolution up to one rounding to ``dtype``
+    (the convolution in FP32 is the reference for both)."""
+    torch.manual_seed(0)
+    x, w, b = (t.to(dtype) for t in (torch.randn(2, 7, 9, 12), torch.randn(12, 9), torch.randn(12)))
+    want_gate, want_mean = dwconv_gate(x.float(), w.float(), b.float(), how="conv")
+    tolerance = 1e-5 if dtype == torch.float32 else 0.01
+    for form in (dwconv_gate_shifted, torch.compile(dwconv_gate_shifted)):
+        gate, mean = form(x, w, b)
+        assert gate.dtype == dtype and mean.dtype == torch.float32
+        scale = want_gate.abs().max()
+        torch.testing.assert_close(gate.float(), want_gate, atol=tolerance * scale, rtol=0)
+        torch.testing.assert_close(mean, want_mean, atol=tolerance * scale, rtol=0)
 
 
 def run_interpreted(check: str) -> None:
@@ -105,32 +124,37 @@ def test_custom_op_compiles_as_one_opaque_call() -> None:
     run_interpreted("custom-op")
 
 
-def fused_and_plain_errors(device: str) -> tuple[float, float, float]:
-    """Mean absolute error against FP32 (on the CPU) of: the inference form in FP32 on
-    ``device``, the inference form cast to bf16 (compiled), and NAFNet itself cast to bf16."""
+def fused_and_plain_errors(device: str, dwconv: str) -> tuple[float, float, float]:
+    """Mean absolute error against FP32 (on the CPU) of: the inference form (depthwise form
+    ``dwconv``) in FP32 on ``device``, the inference form cast to bf16 (compiled), and NAFNet
+    itself cast to bf16."""
     net = perturbed_nafnet()
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
         want = net(x)
-        fused32 = fuse_nafnet(net).to(device)(x.to(device)).cpu()
+        fused32 = fuse_nafnet(net, dwconv).to(device)(x.to(device)).cpu()
         plain = copy.deepcopy(net).to(device, torch.bfloat16)(x.to(device, torch.bfloat16))
-        fused = fuse_nafnet(net).to(device, torch.bfloat16).to(memory_format=torch.channels_last)
+        fused = fuse_nafnet(net, dwconv).to(device, torch.bfloat16)
+        fused = fused.to(memory_format=torch.channels_last)
         xb = x.to(device, torch.bfloat16).contiguous(memory_format=torch.channels_last)
         compiled = torch.compile(fused)(xb)
     return tuple(float((y.float().cpu() - want).abs().mean()) for y in (fused32, compiled, plain))
 
 
-def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16() -> None:
-    fp32, fused, plain = fused_and_plain_errors("cpu")
+@pytest.mark.parametrize("dwconv", ["conv", "shifted"])
+def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16(dwconv: str) -> None:
+    fp32, fused, plain = fused_and_plain_errors("cpu", dwconv)
     assert fp32 < 1e-5
     assert 0 < fused < 2 * plain
 
 
 @needs_cuda
 @needs_triton
-def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The Triton kernel's path, checked the same way (no TF32 in the FP32 reference convs)."""
+@pytest.mark.parametrize("dwconv", ["triton", "conv", "shifted"])
+def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str) -> None:
+    """Each depthwise form on CUDA, checked the same way (no TF32 in the FP32 reference)."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    fp32, fused, plain = fused_and_plain_errors("cuda")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    fp32, fused, plain = fused_and_plain_errors("cuda", dwconv)
     assert fp32 < 1e-4
     assert 0 < fused < 2 * plain

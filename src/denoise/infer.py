@@ -139,9 +139,10 @@ class TorchBackend:
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
     - ``fuse``: NAFNet only: run its inference form (:mod:`denoise.fused.nafnet`: NHWC
-      blocks, folded parameters, depthwise convolution and gate in one Triton kernel on CUDA),
-      the same function with fewer passes over memory. ``fuse_kernel=False`` leaves out the
-      Triton kernel.
+      blocks, folded parameters, depthwise convolution and gate as one operation), the same
+      function with fewer passes over memory. ``fuse_dwconv`` names that operation's form:
+      ``"triton"`` (one Triton kernel on CUDA), ``"conv"`` or ``"shifted"``
+      (:mod:`denoise.fused.dwconv_gate`).
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
       process): cuDNN times its algorithms on each new input shape and keeps the fastest. It
       pays when one shape repeats (the bench) and costs a timing pass per new shape; the
@@ -165,7 +166,7 @@ class TorchBackend:
         cuda_graph: bool = False,
         cudnn_benchmark: bool = False,
         fuse: bool = False,
-        fuse_kernel: bool = True,
+        fuse_dwconv: str = "triton",
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -185,8 +186,8 @@ class TorchBackend:
         self.pad_multiple = pad_multiple_of(module)
         if fuse:
             try:
-                module = fuse_nafnet(module, fuse_kernel)
-            except TypeError as e:
+                module = fuse_nafnet(module, fuse_dwconv)  # type: ignore[arg-type]
+            except (TypeError, ValueError) as e:
                 raise DenoiseError(f"fuse: {e}") from None
         self.module = module.eval().to(self.device)
         if not self.amp:

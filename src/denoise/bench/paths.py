@@ -184,10 +184,38 @@ _PATHS = [
         "torch-bf16-fused-plain-compile",
         "torch",
         "bf16",
-        {"channels_last": True, "amp": False, "compile": True, "fuse": True, "fuse_kernel": False},
+        {"channels_last": True, "amp": False, "compile": True, "fuse": True, "fuse_dwconv": "conv"},
         needs_cuda=True,  # elsewhere the same as torch-bf16-fused-compile
         opt_in=True,
         description="torch-bf16-fused-compile without the Triton kernel (cuDNN, inductor)",
+    ),
+    # The depthwise convolution as nine shifted taps, fused with the gate by inductor.
+    *(
+        BenchPath(
+            name,
+            "torch",
+            precision,
+            {
+                "channels_last": True,
+                "amp": False,
+                "compile": how,
+                "fuse": True,
+                "fuse_dwconv": "shifted",
+            },
+            needs_cuda=how == "reduce-overhead",
+            opt_in=True,
+            description=description,
+        )
+        for name, precision, how, description in (
+            ("torch-fused-shift-compile", "fp32", True, "torch-fused-compile, dwconv as 9 taps"),
+            ("torch-bf16-fused-shift-compile", "bf16", True, "torch-bf16-fused-compile, 9 taps"),
+            (
+                "torch-bf16-fused-shift-graphs",
+                "bf16",
+                "reduce-overhead",
+                "torch-bf16-fused-shift-compile in CUDA graphs",
+            ),
+        )
     ),
     BenchPath(
         "tensorrt",

@@ -5,19 +5,31 @@
 convolution (zero padding) of ``x``, and ``mean`` its per-image channel means in FP32 (the
 input of NAFNet's channel attention).
 
-On CUDA with Triton it is one kernel (:mod:`denoise.fused.dwconv_gate_triton`), registered
-as the custom op ``denoise::dwconv_gate`` so ``torch.compile`` calls it as it is. Elsewhere it
-is the same computation in plain PyTorch, which inductor is free to fuse.
+Three forms of the same function (``how``):
+
+- ``"triton"``: on CUDA with Triton, one hand-written kernel
+  (:mod:`denoise.fused.dwconv_gate_triton`), registered as the custom op
+  ``denoise::dwconv_gate`` so ``torch.compile`` calls it as it is. Elsewhere ``"conv"``.
+- ``"conv"``: the depthwise convolution as a convolution (cuDNN, oneDNN), the gate and the
+  mean in PyTorch, which inductor is free to fuse.
+- ``"shifted"``: the convolution written as the sum of nine shifted copies of the input, each
+  times one weight per channel. Eager, that is nine passes over memory; under ``torch.compile``
+  inductor turns the taps, the bias and the gate into one generated kernel, with the zero
+  padding as masked loads, so the ``2C``-channel convolution output is never written.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+DwconvForm = Literal["triton", "conv", "shifted"]
+DWCONV_FORMS: tuple[DwconvForm, ...] = ("triton", "conv", "shifted")
 
 
 def dwconv_gate_reference(
@@ -29,6 +41,25 @@ def dwconv_gate_reference(
     first, second = conv.permute(0, 2, 3, 1).chunk(2, dim=-1)
     gate = first * second
     return gate, gate.float().mean(dim=(1, 2))
+
+
+def dwconv_gate_shifted(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same as :func:`dwconv_gate_reference`, the convolution as nine shifted taps.
+
+    Accumulates in FP32 (as a convolution does) and rounds once, to ``x``'s dtype, at the gate.
+    """
+    h, w = x.shape[1:3]
+    padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # one zero pixel around each image (NHWC)
+    weight = weight.float()
+    conv = bias.float()
+    for tap in range(9):
+        dy, dx = divmod(tap, 3)
+        conv = conv + padded[:, dy : dy + h, dx : dx + w].float() * weight[:, tap]
+    first, second = conv.chunk(2, dim=-1)
+    gate = first * second
+    return gate.to(x.dtype), gate.mean(dim=(1, 2))
 
 
 @torch.library.custom_op("denoise::dwconv_gate", mutates_args=())
@@ -49,10 +80,11 @@ def _(
 
 
 def dwconv_gate(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, triton_kernel: bool = True
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, how: DwconvForm = "triton"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gate, mean)`` of NHWC ``x``: the Triton kernel on CUDA (unless ``triton_kernel`` is
-    False), plain PyTorch elsewhere."""
-    if triton_kernel and x.is_cuda and HAS_TRITON:
+    """``(gate, mean)`` of NHWC ``x`` in the form ``how`` (see the module doc)."""
+    if how == "shifted":
+        return dwconv_gate_shifted(x, weight, bias)
+    if how == "triton" and x.is_cuda and HAS_TRITON:
         return _dwconv_gate_op(x, weight, bias)
     return dwconv_gate_reference(x, weight, bias)

@@ -10,7 +10,8 @@ and its arithmetic small, so on a GPU it is bound by how often each block reads 
 - LayerNorm's affine parameters are folded into the 1x1 convolution after it, and ``beta`` and
   ``gamma`` into the one before them.
 - The depthwise 3x3 convolution, SimpleGate and the channel mean for the attention are one
-  operation (:mod:`denoise.fused.dwconv_gate`, a single Triton kernel on CUDA).
+  operation (:mod:`denoise.fused.dwconv_gate`: a single Triton kernel on CUDA, or nine
+  shifted taps that inductor fuses with the gate).
 - The channel attention ``x * s`` (``s`` one scale per image and channel) is folded into the
   weights of the 1x1 convolution that follows, as one batched matrix product with per-image
   weights, so the scaled tensor is never written.
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoise.fused.dwconv_gate import dwconv_gate
+from denoise.fused.dwconv_gate import DWCONV_FORMS, DwconvForm, dwconv_gate
 from denoise.models.nafnet import LayerNorm2d, NAFBlock, NAFNet
 
 
@@ -52,9 +53,9 @@ def _scaled(conv: nn.Conv2d, scale: torch.Tensor) -> tuple[nn.Parameter, nn.Para
 class FusedNAFBlock(nn.Module):
     """One :class:`NAFBlock` on NHWC tensors, its parameters folded (see the module doc)."""
 
-    def __init__(self, block: NAFBlock, triton_kernel: bool = True) -> None:
+    def __init__(self, block: NAFBlock, dwconv: DwconvForm = "triton") -> None:
         super().__init__()
-        self.triton_kernel = triton_kernel
+        self.dwconv = dwconv
         self.eps = block.norm1.eps
         self.w1, self.b1 = _folded_norm(block.norm1, block.conv1)
         self.w_dw = _frozen(block.conv2.weight.reshape(block.conv2.out_channels, 9))
@@ -68,7 +69,7 @@ class FusedNAFBlock(nn.Module):
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
         n, h, w, c = inp.shape
         x = F.linear(F.layer_norm(inp, (c,), eps=self.eps), self.w1, self.b1)
-        x, mean = dwconv_gate(x, self.w_dw, self.b_dw, triton_kernel=self.triton_kernel)
+        x, mean = dwconv_gate(x, self.w_dw, self.b_dw, how=self.dwconv)
         attention = F.linear(mean.to(x.dtype), self.w_sca, self.b_sca)  # (n, c)
         # conv3(x * attention): the attention scales conv3's input channels, image by image
         weights = (self.w3 * attention[:, None, :]).transpose(1, 2)  # (n, c_in, c_out)
@@ -88,11 +89,11 @@ class FusedNAFNet(nn.Module):
     forward = NAFNet.forward
     _pad = NAFNet._pad
 
-    def __init__(self, net: NAFNet, triton_kernel: bool = True) -> None:
+    def __init__(self, net: NAFNet, dwconv: DwconvForm = "triton") -> None:
         super().__init__()
 
         def blocks(seq: nn.Sequential) -> nn.Sequential:
-            return nn.Sequential(*(FusedNAFBlock(b, triton_kernel) for b in seq))
+            return nn.Sequential(*(FusedNAFBlock(b, dwconv) for b in seq))
 
         self.intro = copy.deepcopy(net.intro)
         self.ending = copy.deepcopy(net.ending)
@@ -114,15 +115,17 @@ class FusedNAFNet(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-def fuse_nafnet(net: nn.Module, triton_kernel: bool = True) -> FusedNAFNet:
+def fuse_nafnet(net: nn.Module, dwconv: DwconvForm = "triton") -> FusedNAFNet:
     """The inference form of a NAFNet (a copy: ``net`` is left as it is).
 
-    ``triton_kernel=False`` keeps the depthwise convolution and the gate in plain PyTorch on
-    CUDA too (cuDNN's convolution, the gate left to inductor): on an H100 that pair was faster
-    than the Triton kernel at every level of NAFNet-w32, tied at the smallest
-    (``benchmarks/dwconv_gate_speed.py``).
+    ``dwconv`` picks the form of the depthwise convolution and gate
+    (:mod:`denoise.fused.dwconv_gate`). ``"conv"`` (cuDNN's convolution, the gate left to
+    inductor) was faster than the Triton kernel on an H100 at every level of NAFNet-w32, tied
+    at the smallest (``benchmarks/dwconv_gate_speed.py``).
     """
     if not isinstance(net, NAFNet):
         raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
+    if dwconv not in DWCONV_FORMS:
+        raise ValueError(f"unknown depthwise form {dwconv!r}; known: {', '.join(DWCONV_FORMS)}")
     with torch.no_grad():
-        return FusedNAFNet(net, triton_kernel).eval().requires_grad_(False)
+        return FusedNAFNet(net, dwconv).eval().requires_grad_(False)
