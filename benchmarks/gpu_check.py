@@ -24,14 +24,14 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
    beside the compiled cast model, then ``gpu_profile.py`` of the compiled inference form.
 10. ``shift``: the inference form with the depthwise convolution as nine shifted taps
    (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
-   model; then the same tests, kernel speeds and profile as ``fused``, and the form with
-   cuDNN's convolution.
+   model; then, unless ``fused`` ran them, the same tests and kernel speeds; then its profile.
 
-Steps 1-6 fill one device call's budget, so the last two are for calls of their own: a cold
+Steps 1-6 fill one device call's budget, so each later step is for a call of its own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
 
     python benchmarks/gpu_check.py OUT_DIR --steps versions cast --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps autotune --budget 560
+    python benchmarks/gpu_check.py OUT_DIR --steps shift --budget 440
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -312,18 +312,21 @@ def main() -> None:
     tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_nafnet.py"]
     kernel = [py, "benchmarks/dwconv_gate_speed.py", "--json", str(out / "dwconv_gate_speed.json")]
     profile = [py, "benchmarks/gpu_profile.py", "--top", "20", "--paths"]
-    runner.run("fused-tests", tests, 240)
-    runner.run("fused-kernel", kernel, 90)
+
+    def kernel_checks(step: str) -> None:
+        runner.run(f"{step}-tests", tests, 240)
+        runner.run(f"{step}-kernel", kernel, 120)
+
+    kernel_checks("fused")
     compile_step("fused", FUSED_PATHS, 360)
     fused_profile = str(out / "gpu_profile_fused.json")
     runner.run("fused-profile", [*profile, FUSED_PATHS[-1], "--json", fused_profile], 240)
 
     compile_step("shift", SHIFT_PATHS, 300)
-    runner.run("shift-tests", tests, 240)
-    runner.run("shift-kernel", kernel, 120)
+    if not runner.wants("fused"):
+        kernel_checks("shift")
     shift_profile = str(out / "gpu_profile_shift.json")
     runner.run("shift-profile", [*profile, SHIFT_PATHS[0], "--json", shift_profile], 150)
-    compile_step("shift-plain", ["torch-bf16-fused-plain-compile"], 150)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

@@ -154,7 +154,8 @@ def test_gpu_check_names_only_known_paths() -> None:
     from denoise.bench.paths import PATHS
 
     lists = [gpu_check.EAGER_PATHS, gpu_check.COMPILE_PATHS, gpu_check.CAST_PATHS]
-    assert set().union(*lists, gpu_check.AUTOTUNE_PATHS) <= set(PATHS)
+    lists += [gpu_check.AUTOTUNE_PATHS, gpu_check.FUSED_PATHS, gpu_check.SHIFT_PATHS]
+    assert set().union(*lists) <= set(PATHS)
 
 
 @pytest.mark.parametrize("steps", [None, {"train"}])

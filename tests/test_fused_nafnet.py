@@ -85,6 +85,8 @@ def test_dwconv_gate_off_cuda_is_the_reference() -> None:
     conv = (window.reshape(9, 6) * w.T).sum(0) + b
     torch.testing.assert_close(gate[0, 1, 2], conv[:3] * conv[3:])
     torch.testing.assert_close(mean, gate.mean(dim=(1, 2)))
+    with pytest.raises(ValueError, match="unknown depthwise form 'taps'"):
+        dwconv_gate(x, w, b, how="taps")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

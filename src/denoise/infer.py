@@ -31,6 +31,7 @@ from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, check_writable_type, read_photo, write_image
+from denoise.fused.dwconv_gate import DwconvForm
 from denoise.fused.nafnet import fuse_nafnet
 from denoise.metrics import to_uint8
 
@@ -166,7 +167,7 @@ class TorchBackend:
         cuda_graph: bool = False,
         cudnn_benchmark: bool = False,
         fuse: bool = False,
-        fuse_dwconv: str = "triton",
+        fuse_dwconv: DwconvForm = "triton",
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -186,7 +187,7 @@ class TorchBackend:
         self.pad_multiple = pad_multiple_of(module)
         if fuse:
             try:
-                module = fuse_nafnet(module, fuse_dwconv)  # type: ignore[arg-type]
+                module = fuse_nafnet(module, fuse_dwconv)
             except (TypeError, ValueError) as e:
                 raise DenoiseError(f"fuse: {e}") from None
         self.module = module.eval().to(self.device)

@@ -163,33 +163,8 @@ _PATHS = [
             ("autotune", AUTOTUNE_OPTIONS, "torch-bf16-cast-compile, max-autotune, 1x1 conv as mm"),
         )
     ),
-    # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory.
-    *(
-        BenchPath(
-            name,
-            "torch",
-            precision,
-            {"channels_last": True, "amp": False, "compile": how, "fuse": True},
-            opt_in=True,
-            description=description,
-        )
-        for name, precision, how, description in (
-            ("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
-            ("torch-fused-compile", "fp32", True, "torch.compile of torch-fused"),
-            ("torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"),
-            ("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
-        )
-    ),
-    BenchPath(
-        "torch-bf16-fused-plain-compile",
-        "torch",
-        "bf16",
-        {"channels_last": True, "amp": False, "compile": True, "fuse": True, "fuse_dwconv": "conv"},
-        needs_cuda=True,  # elsewhere the same as torch-bf16-fused-compile
-        opt_in=True,
-        description="torch-bf16-fused-compile without the Triton kernel (cuDNN, inductor)",
-    ),
-    # The depthwise convolution as nine shifted taps, fused with the gate by inductor.
+    # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory, its depthwise
+    # convolution and gate in one of three forms (denoise.fused.dwconv_gate).
     *(
         BenchPath(
             name,
@@ -200,19 +175,69 @@ _PATHS = [
                 "amp": False,
                 "compile": how,
                 "fuse": True,
-                "fuse_dwconv": "shifted",
+                "fuse_dwconv": dwconv,
             },
-            needs_cuda=how == "reduce-overhead",
+            needs_cuda=needs_cuda,
             opt_in=True,
             description=description,
         )
-        for name, precision, how, description in (
-            ("torch-fused-shift-compile", "fp32", True, "torch-fused-compile, dwconv as 9 taps"),
-            ("torch-bf16-fused-shift-compile", "bf16", True, "torch-bf16-fused-compile, 9 taps"),
+        for name, precision, how, dwconv, needs_cuda, description in (
+            (
+                "torch-fused",
+                "fp32",
+                False,
+                "triton",
+                False,
+                "NAFNet's inference form, FP32, channels_last",
+            ),
+            ("torch-fused-compile", "fp32", True, "triton", False, "torch.compile of torch-fused"),
+            (
+                "torch-bf16-fused",
+                "bf16",
+                False,
+                "triton",
+                False,
+                "torch-fused cast to bf16 (Triton kernel on CUDA)",
+            ),
+            (
+                "torch-bf16-fused-compile",
+                "bf16",
+                True,
+                "triton",
+                False,
+                "torch.compile of torch-bf16-fused",
+            ),
+            # CUDA only: elsewhere "triton" is "conv" too, the same as torch-bf16-fused-compile
+            (
+                "torch-bf16-fused-plain-compile",
+                "bf16",
+                True,
+                "conv",
+                True,
+                "torch-bf16-fused-compile, cuDNN's dwconv, no Triton kernel",
+            ),
+            (
+                "torch-fused-shift-compile",
+                "fp32",
+                True,
+                "shifted",
+                False,
+                "torch-fused-compile, dwconv as nine shifted taps",
+            ),
+            (
+                "torch-bf16-fused-shift-compile",
+                "bf16",
+                True,
+                "shifted",
+                False,
+                "torch-bf16-fused-compile, dwconv as nine taps",
+            ),
             (
                 "torch-bf16-fused-shift-graphs",
                 "bf16",
                 "reduce-overhead",
+                "shifted",
+                True,
                 "torch-bf16-fused-shift-compile in CUDA graphs",
             ),
         )

@@ -32,6 +32,12 @@ DwconvForm = Literal["triton", "conv", "shifted"]
 DWCONV_FORMS: tuple[DwconvForm, ...] = ("triton", "conv", "shifted")
 
 
+def check_dwconv_form(how: str) -> None:
+    """A ValueError unless ``how`` is one of :data:`DWCONV_FORMS`."""
+    if how not in DWCONV_FORMS:
+        raise ValueError(f"unknown depthwise form {how!r}; known: {', '.join(DWCONV_FORMS)}")
+
+
 def dwconv_gate_reference(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,7 +54,8 @@ def dwconv_gate_shifted(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The same as :func:`dwconv_gate_reference`, the convolution as nine shifted taps.
 
-    Accumulates in FP32 (as a convolution does) and rounds once, to ``x``'s dtype, at the gate.
+    Accumulates in FP32 (as a convolution does) and rounds once, to ``x``'s dtype, at the gate;
+    the mean is of the rounded gate, as in the other forms.
     """
     h, w = x.shape[1:3]
     padded = F.pad(x, (0, 0, 1, 1, 1, 1))  # one zero pixel around each image (NHWC)
@@ -58,8 +65,8 @@ def dwconv_gate_shifted(
         dy, dx = divmod(tap, 3)
         conv = conv + padded[:, dy : dy + h, dx : dx + w].float() * weight[:, tap]
     first, second = conv.chunk(2, dim=-1)
-    gate = first * second
-    return gate.to(x.dtype), gate.mean(dim=(1, 2))
+    gate = (first * second).to(x.dtype)
+    return gate, gate.float().mean(dim=(1, 2))
 
 
 @torch.library.custom_op("denoise::dwconv_gate", mutates_args=())
@@ -83,6 +90,7 @@ def dwconv_gate(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, how: DwconvForm = "triton"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gate, mean)`` of NHWC ``x`` in the form ``how`` (see the module doc)."""
+    check_dwconv_form(how)
     if how == "shifted":
         return dwconv_gate_shifted(x, weight, bias)
     if how == "triton" and x.is_cuda and HAS_TRITON:

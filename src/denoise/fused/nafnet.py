@@ -10,8 +10,8 @@ and its arithmetic small, so on a GPU it is bound by how often each block reads 
 - LayerNorm's affine parameters are folded into the 1x1 convolution after it, and ``beta`` and
   ``gamma`` into the one before them.
 - The depthwise 3x3 convolution, SimpleGate and the channel mean for the attention are one
-  operation (:mod:`denoise.fused.dwconv_gate`: a single Triton kernel on CUDA, or nine
-  shifted taps that inductor fuses with the gate).
+  operation (:mod:`denoise.fused.dwconv_gate`: a single Triton kernel on CUDA, the
+  convolution followed by the gate, or nine shifted taps that inductor fuses with the gate).
 - The channel attention ``x * s`` (``s`` one scale per image and channel) is folded into the
   weights of the 1x1 convolution that follows, as one batched matrix product with per-image
   weights, so the scaled tensor is never written.
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoise.fused.dwconv_gate import DWCONV_FORMS, DwconvForm, dwconv_gate
+from denoise.fused.dwconv_gate import DwconvForm, check_dwconv_form, dwconv_gate
 from denoise.models.nafnet import LayerNorm2d, NAFBlock, NAFNet
 
 
@@ -93,6 +93,7 @@ class FusedNAFNet(nn.Module):
 
     def __init__(self, net: NAFNet, dwconv: DwconvForm = "triton") -> None:
         super().__init__()
+        check_dwconv_form(dwconv)
 
         def blocks(seq: nn.Sequential) -> nn.Sequential:
             return nn.Sequential(*(FusedNAFBlock(b, dwconv) for b in seq))
@@ -127,7 +128,5 @@ def fuse_nafnet(net: nn.Module, dwconv: DwconvForm = "triton") -> FusedNAFNet:
     """
     if not isinstance(net, NAFNet):
         raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
-    if dwconv not in DWCONV_FORMS:
-        raise ValueError(f"unknown depthwise form {dwconv!r}; known: {', '.join(DWCONV_FORMS)}")
     with torch.no_grad():
         return FusedNAFNet(net, dwconv).eval().requires_grad_(False)
