@@ -153,7 +153,9 @@ def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
     assert report["output"]["psnr"] == pytest.approx(np.mean(refs), abs=5e-5)
 
 
-@pytest.mark.parametrize("problem", ["unmatched", "size", "unreadable", "json"])
+@pytest.mark.parametrize(
+    "problem", ["unmatched", "size", "unreadable", "json", "json-under-a-file", "tile"]
+)
 def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -> None:
     root = tmp_path / "pairs"
     flat_pairs(root, ["a.png"])
@@ -161,6 +163,11 @@ def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -
     if problem == "json":  # refused before any scoring: no table printed
         (tmp_path / "scores").mkdir()
         extra, culprit = ["--json", str(tmp_path / "scores")], "scores: is a folder"
+    elif problem == "json-under-a-file":
+        (tmp_path / "a.png").write_bytes(b"")
+        extra, culprit = ["--json", str(tmp_path / "a.png" / "s.json")], "a.png"
+    elif problem == "tile":
+        extra, culprit = ["--tile", "1", "--overlap", "0"], "tile 1 is too small"
     elif problem == "unmatched":
         write_rgb8(root / "noisy" / "lonely.png", pair(5)[0])
         culprit = "lonely.png"
@@ -245,6 +252,10 @@ def test_run_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch) ->
     write_rgb8(tmp_path / "x.png", pair(1)[0])
     result = runner.invoke(app, ["run", "x.png"])
     assert result.exit_code == 1 and "--model" in result.output
+    assert "no params.yaml in this folder" in result.output
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    result = runner.invoke(app, ["run", "x.png"])
+    assert result.exit_code == 1 and "no `model:` in params.yaml" in result.output
     (tmp_path / "params.yaml").write_text("model: nafnet\n")
     result = runner.invoke(app, ["run", "x.png"])
     assert result.exit_code == 1 and "models/nafnet.pt" in result.output
@@ -258,6 +269,9 @@ def test_run_refuses_an_empty_argument_instead_of_the_current_folder(
     result = runner.invoke(app, ["run", "", "--model", str(model_files["pt"])])
     assert result.exit_code == 1 and '"": an empty input path' in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]  # nothing denoised
+    result = runner.invoke(app, ["run", "x.png", "-o", "", "--model", str(model_files["pt"])])
+    assert result.exit_code == 1 and "-o/--out-dir is empty" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
     result = runner.invoke(app, ["run", ".", "--model", str(model_files["pt"])])
     assert result.exit_code == 0 and (tmp_path / "x_denoised.png").is_file()  # "." still works
 
@@ -268,6 +282,8 @@ def test_run_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> Non
     for args, message in (
         (["-o", str(tmp_path / "file")], "output folder is a file"),
         (["--tile", "64", "--overlap", "64"], "overlap 64 must be smaller than tile 64"),
+        (["--tile", "1", "--overlap", "0"], "tile 1 is too small: at least 16"),
+        (["--tile", "64", "--overlap", "33"], "overlap 33 must be at most half of tile 64"),
         (["--backend", "bogus"], "unknown backend 'bogus'"),
     ):
         result = runner.invoke(app, ["run", "x.png", "--model", missing, *args])

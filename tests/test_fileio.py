@@ -14,6 +14,7 @@ from denoise.fileio import (
     is_truncated_jpeg,
     read_photo,
     read_rgb8,
+    write_image,
     write_json,
     write_rgb8,
 )
@@ -150,6 +151,38 @@ def test_a_truncated_jpeg_is_refused_by_name(tmp_path: Path, progressive: int) -
         assert not is_truncated_jpeg(data + tail)
     (tmp_path / "motion.jpg").write_bytes(data + tail)
     assert read_rgb8(tmp_path / "motion.jpg").shape == (64, 64, 3)
+
+
+def test_corrupt_data_is_refused_and_the_decoders_say_nothing(tmp_path: Path, capfd) -> None:
+    """libjpeg decodes a JPEG with damaged entropy data (garbled rows) and libpng gives up on a
+    cut PNG; both write to the error stream themselves. One error naming the file, no more."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    mid = len(data) // 2
+    for i in range(mid, mid + 40):  # new values, never a marker (0xFF) or after one
+        if data[i] != 0xFF and data[i - 1] != 0xFF:
+            data[i] = int(rng.integers(0, 255))
+    (tmp_path / "flip.jpg").write_bytes(bytes(data))
+    assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+    assert "Corrupt JPEG data" in capfd.readouterr().err  # OpenCV alone: decoded, with a warning
+    with pytest.raises(DenoiseError, match=r"flip\.jpg: corrupt image data \(Corrupt JPEG data"):
+        read_rgb8(tmp_path / "flip.jpg")
+    png = cv2.imencode(".png", img)[1].tobytes()
+    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
+    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image"):
+        read_rgb8(tmp_path / "cut.png")
+    (tmp_path / "good.png").write_bytes(png)
+    np.testing.assert_array_equal(read_rgb8(tmp_path / "good.png"), img[..., ::-1])  # BGR file
+    captured = capfd.readouterr()
+    assert "JPEG" not in captured.err and "libpng" not in captured.err, captured.err
+
+
+@pytest.mark.parametrize("suffix", [".ppm", ".pnm"])
+def test_sixteen_bit_netpbm_stays_sixteen_bit(tmp_path: Path, suffix: str) -> None:
+    deep = np.random.default_rng(0).integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    write_image(tmp_path / f"x{suffix}", deep)
+    np.testing.assert_array_equal(read_photo(tmp_path / f"x{suffix}").rgb, deep)
 
 
 def test_a_file_output_never_replaces_a_folder(tmp_path: Path) -> None:

@@ -446,16 +446,17 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
     with pytest.raises(DenoiseError, match=r"sub: cannot create the output folder \(.*blocked is"):
         run(a, out="blocked/sub")
     # An output that cannot be written (a folder in its place, kept whole even with
-    # --overwrite) is one error naming it, and the run goes on.
+    # --overwrite) is one error naming it, before the photo is denoised, and the run goes on.
     errors.clear()
     (tmp_path / "out3" / "x_denoised.png").mkdir(parents=True)
     (tmp_path / "out3" / "x_denoised.png" / "keep.txt").write_text("keep")
+    recorder = Recorder()
     outputs = denoise_files(
-        [a], Recorder(), tile=0, overlap=0, out_dir=tmp_path / "out3", overwrite=True,
+        [a], recorder, tile=0, overlap=0, out_dir=tmp_path / "out3", overwrite=True,
         progress=False, on_error=lambda p, m: errors.append((p, m)),
     )  # fmt: skip
-    assert outputs == [] and len(errors) == 1
-    assert errors[0][1].endswith("x_denoised.png: is a folder; not replaced by a file")
+    assert outputs == [] and len(errors) == 1 and recorder.shapes == []
+    assert errors[0][1].endswith("x_denoised.png: is a folder; not replaced by an output")
     assert (tmp_path / "out3" / "x_denoised.png" / "keep.txt").read_text() == "keep"
 
 

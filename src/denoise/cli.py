@@ -50,8 +50,23 @@ def version() -> None:
 # Tiled inference defaults for the commands: 512 px tiles keep a 12 MP photo within ~1 GB.
 DEFAULT_TILE = 512
 DEFAULT_OVERLAP = 32
-TileOpt = Annotated[int, typer.Option(help="Tile size in pixels (0: whole image at once).")]
-OverlapOpt = Annotated[int, typer.Option(help="Minimum overlap of neighbouring tiles, pixels.")]
+TileOpt = Annotated[
+    int, typer.Option(help="Tile size in pixels, at least 16 (0: whole image at once).")
+]
+OverlapOpt = Annotated[
+    int, typer.Option(help="Minimum overlap of neighbouring tiles, pixels (at most half a tile).")
+]
+
+
+def check_json_out(path: Path | None) -> None:
+    """Refuse a ``--json`` file that cannot be written, before the work that fills it."""
+    from denoise.infer import check_out_dir
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise DenoiseError(f"{path}: is a folder; --json takes a file name")
+    check_out_dir(path.parent)
 
 
 @app.command()
@@ -77,13 +92,13 @@ def score(
     """Score a model on noisy/clean pairs: PSNR and SSIM of input and output per image."""
     from denoise.evaluate import format_score_table, pairs_to_score, score_pairs, tiled_denoiser
     from denoise.fileio import write_json
-    from denoise.infer import backend_for_file, open_backend
+    from denoise.infer import backend_for_file, check_tiling, open_backend
 
+    check_tiling(tile, overlap, command_line=True)
     kind = backend_for_file(model)
     if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
         raise DenoiseError(f"{model}: model file not found")
-    if json_out is not None and json_out.is_dir():  # before the scoring, too
-        raise DenoiseError(f"{json_out}: is a folder; --json takes a file name")
+    check_json_out(json_out)  # before the scoring, too
     count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
     backend = open_backend(kind, model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
@@ -102,15 +117,16 @@ def run(
         typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or folders of them."),
     ],
     out_dir: Annotated[
-        Path | None,
+        str | None,  # str, not Path: -o "" must not become the current folder
         typer.Option("-o", "--out-dir", help="Write outputs here instead of beside each input."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             help="Checkpoint (ours, or released NAFNet/KAIR .pth), ONNX or engine file, or "
-            "the served model's name for triton. Default: "
-            "models/<model>.pt, <model> from params.yaml."
+            "the served model's name for triton. Default: <model> from params.yaml: "
+            "models/<model>.pt (torch), the file the pipeline exported to model_repository/ "
+            "(onnxruntime, tensorrt), the served <model> (triton)."
         ),
     ] = None,
     backend: Annotated[
@@ -152,9 +168,11 @@ def run(
     from denoise.infer import check_out_dir, check_tiling, denoise_files, open_backend
     from denoise.model_choice import resolve_model
 
-    check_tiling(tile, overlap)  # before the model loads: a mistyped option fails at once
+    check_tiling(tile, overlap, command_line=True)  # before the model loads
+    if out_dir == "":
+        raise DenoiseError("-o/--out-dir is empty (an unset variable?)")
     if out_dir is not None:
-        check_out_dir(out_dir)
+        check_out_dir(Path(out_dir))
     name, target = resolve_model(model, backend)
     options: dict[str, Any] = {}
     if url:
@@ -277,6 +295,7 @@ def bench(
     from denoise.fileio import write_json
 
     names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]
+    check_json_out(json_out)  # before minutes of measuring
     report = run_bench(
         model,
         arch=arch,

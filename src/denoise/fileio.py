@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 IMAGE_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp")
-_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff")
+_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
 
 
 def _to_8bit(img: np.ndarray) -> np.ndarray:
@@ -168,16 +169,43 @@ class Photo:
 _TIFF_MAGIC = (*TIFF_HEADERS, b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF
 
 
+# What libjpeg and libpng write to the error stream (not through OpenCV's log) about a file
+# they decode anyway: libjpeg's corrupt-data warnings mean garbled rows in the image.
+_CORRUPT_DATA = ("Corrupt JPEG data", "Premature end of JPEG", "libpng error")
+_BENIGN = ("libpng warning",)  # e.g. "iCCP: known incorrect sRGB profile": the pixels are fine
+
+
 def _decode(path: Path, data: bytes) -> np.ndarray | None:
-    """OpenCV's decode with its own log lines silenced: a bad file is reported once, by us,
-    as one line naming it, not also as decoder warnings in the user's log."""
+    """OpenCV's decode with the decoders' messages caught: a bad file is reported once, by us,
+    as one line naming it, not also as decoder warnings in the user's log, and an image that
+    decodes with a corrupt-data warning is refused rather than passed on garbled.
+
+    libjpeg and libpng write to file descriptor 2 themselves, so that is what is captured;
+    lines that are not theirs (another thread's) are passed on to the error stream."""
     previous = cv2.setLogLevel(0)  # 0: silent
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:
-        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
+        with tempfile.TemporaryFile() as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            except cv2.error as e:
+                raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
+            finally:
+                os.dup2(saved, 2)
+            log.seek(0)
+            lines = log.read().decode(errors="replace").splitlines()
     finally:
+        os.close(saved)
         cv2.setLogLevel(previous)
+    corrupt = [line for line in lines if line.startswith(_CORRUPT_DATA)]
+    other = [line for line in lines if line and not line.startswith(_CORRUPT_DATA + _BENIGN)]
+    if other:
+        print(*other, sep="\n", file=sys.stderr)
+    if corrupt and img is not None:
+        raise DenoiseError(f"{path}: corrupt image data ({corrupt[0].strip()})")
+    return img
 
 
 def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = True) -> Photo:

@@ -92,7 +92,7 @@ def backend_for_file(model: str | Path) -> str:
     suffix = Path(model).suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise DenoiseError(
-            f"{model}: unknown model file type {suffix!r} (expected .pt, .onnx or .plan)"
+            f"{model}: unknown model file type {suffix!r} (expected .pt, .pth, .onnx or .plan)"
         )
     return MODEL_SUFFIXES[suffix]
 
@@ -383,14 +383,26 @@ def _axis_plan(
     return starts, size, windows, total
 
 
-def check_tiling(tile: int, overlap: int) -> None:
-    """Refuse a negative tile or overlap, and an overlap not smaller than the tile."""
+# The command line's floor: smaller tiles (or overlaps above half a tile) multiply the number
+# of network calls (a 12-megapixel photo at --tile 1 is millions) for worse output.
+MIN_CLI_TILE = 16
+
+
+def check_tiling(tile: int, overlap: int, *, command_line: bool = False) -> None:
+    """Refuse a negative tile or overlap, and an overlap not smaller than the tile; with
+    ``command_line``, also a tile under :data:`MIN_CLI_TILE` and an overlap above half a tile."""
     if tile < 0:
         raise DenoiseError(f"tile {tile} must be >= 0 (0: the whole image at once)")
     if overlap < 0:
         raise DenoiseError(f"overlap {overlap} must be >= 0")
     if tile > 0 and overlap >= tile:
         raise DenoiseError(f"overlap {overlap} must be smaller than tile {tile}")
+    if command_line and 0 < tile < MIN_CLI_TILE:
+        raise DenoiseError(
+            f"tile {tile} is too small: at least {MIN_CLI_TILE} (0: the whole image at once)"
+        )
+    if command_line and tile > 0 and overlap > tile // 2:
+        raise DenoiseError(f"overlap {overlap} must be at most half of tile {tile}")
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -562,6 +574,8 @@ def denoise_files(
                 if first.resolve() == dst.resolve():
                     raise DenoiseError(f"{dst}: is an input of this run; not overwritten")
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
+            if dst.is_dir():  # before the work: --overwrite would not replace it either
+                raise DenoiseError(f"{dst}: is a folder; not replaced by an output")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
             check_writable_type(dst)  # before the work, not after minutes of it

@@ -46,10 +46,14 @@ def resolve_model(
 
             return backend, str(exported_model(backend, repository))
         if name is None:
+            where = (
+                f"no `model:` in {params_path}"
+                if Path(params_path).is_file()
+                else f"no {params_path} in this folder"
+            )
             raise DenoiseError(
-                f"no model given and no `model:` in {params_path}: pass --model "
-                "PATH (a .pt checkpoint or .onnx file), or train one with "
-                "`dvc repro` in the project folder"
+                f"no model given and {where}: pass --model PATH (a .pt checkpoint or .onnx "
+                "file), or train one with `dvc repro` in the project folder"
             )
         if backend not in (None, "torch"):
             raise DenoiseError(f"backend {backend!r} needs --model (the file to run)")

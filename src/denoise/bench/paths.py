@@ -36,7 +36,7 @@ class BenchPath:
 # tuning, CUDA graphs) with every 1x1 convolution lowered to a matmul, which lets the templates
 # take in the element-wise work around it: NAFNet is mostly 1x1 convolutions. The other
 # convolutions stay with cuDNN: on an H100 inductor's Triton candidates for the depthwise 3x3
-# convolutions ran about 70x slower than cuDNN, and timing them took much of a compile that
+# convolutions ran 77-176x slower than cuDNN, and timing them took much of a compile that
 # was still running after 283 s.
 AUTOTUNE_OPTIONS: dict[str, Any] = {
     "max_autotune": True,
