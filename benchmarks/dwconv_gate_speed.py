@@ -9,7 +9,12 @@ level) and bf16 NHWC tensors, times (``triton.testing.do_bench``, median ms):
   torch.compile'd (what the compiled network does);
 - ``shifted``: the convolution as nine shifted taps, torch.compile'd (inductor fuses the taps,
   the gate and the mean);
-- the Triton kernel with its default block sizes, and with a few other block sizes;
+- the Triton kernel with its default block sizes, and with a few other block sizes that fit
+  the level;
+- the kernel's rolling form (each input row read once, three rows of sums), likewise;
+
+(the kernels' times include their wrapper's two small reductions of the channel sums, as in
+the network),
 
 and the memory traffic the kernel needs at least (read ``2C``, write ``C`` channels), as GB/s.
 CUDA only.
@@ -18,24 +23,48 @@ CUDA only.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 import triton
 
 from denoise.fileio import write_json
 from denoise.fused.dwconv_gate import dwconv_gate_reference, dwconv_gate_shifted
-from denoise.fused.dwconv_gate_triton import block_sizes, dwconv_gate_triton
+from denoise.fused.dwconv_gate_triton import Blocks, block_sizes, dwconv_gate_triton
 
 VARIANTS = [
-    (1, 64, 32, 4),
-    (4, 64, 32, 4),
-    (16, 64, 32, 4),
-    (8, 128, 32, 4),
-    (8, 32, 64, 4),
-    (8, 64, 64, 8),
-    (8, 16, 128, 4),
-    (32, 32, 32, 4),
+    Blocks(1, 64, 32, 4),
+    Blocks(4, 64, 32, 4),
+    Blocks(16, 64, 32, 4),
+    Blocks(8, 128, 32, 4),
+    Blocks(8, 32, 64, 4),
+    Blocks(8, 64, 64, 8),
+    Blocks(8, 16, 128, 4),
+    Blocks(32, 32, 32, 4),
 ]
+# 32 channels, so each fits every level. Compiled for an H100 without one (ptxas): 8 outputs
+# a thread take 252 registers, so 8 warps a multiprocessor; 4 a thread take 138-167 with
+# prefetch (stages > 1), so more warps fit; 8 a thread with prefetch spill.
+ROLLING_VARIANTS = [
+    Blocks(8, 32, 32, 4),
+    Blocks(32, 32, 32, 4),
+    Blocks(16, 16, 32, 4),
+    Blocks(16, 32, 32, 8),
+    Blocks(16, 32, 32, 4, stages=2),
+    Blocks(16, 16, 32, 4, stages=3),
+    Blocks(16, 32, 32, 8, stages=3),
+    Blocks(8, 16, 32, 4, stages=3),
+]
+
+
+def time_kernel(x, w, b, variants: list[Blocks], rolling: bool) -> dict[str, float]:
+    """Median ms of the kernel (and its wrapper's two small reductions) per block sizes."""
+    times = {}
+    for blocks in variants:
+        if blocks.rows <= x.shape[1] and blocks.channels <= x.shape[-1] // 2:
+            run = partial(dwconv_gate_triton, x, w, b, blocks, rolling)
+            times[str(blocks)] = triton.testing.do_bench(run)
+    return times
 
 
 def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, object]:
@@ -44,25 +73,28 @@ def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, 
     w = torch.randn(2 * c, 9, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(2 * c, device="cuda", dtype=torch.bfloat16)
     gate, mean = dwconv_gate_triton(x, w, b)
+    rolling_gate, rolling_mean = dwconv_gate_triton(x, w, b, rolling=True)
     want_gate, want_mean = dwconv_gate_reference(x.float(), w.float(), b.float())
     row: dict[str, object] = {
         "size": size,
         "channels_in": 2 * c,
         "max_error_vs_fp32": float((gate.float() - want_gate).abs().max()),
         "max_mean_error_vs_fp32": float((mean - want_mean).abs().max()),
+        "max_rolling_error_vs_fp32": float((rolling_gate.float() - want_gate).abs().max()),
+        "max_rolling_mean_error_vs_fp32": float((rolling_mean - want_mean).abs().max()),
         "max_abs": float(want_gate.abs().max()),
         "unfused_ms": triton.testing.do_bench(lambda: unfused(x, w, b)),
         "shifted_ms": triton.testing.do_bench(lambda: shifted(x, w, b)),
         "max_shifted_error_vs_fp32": float((shifted(x, w, b)[0].float() - want_gate).abs().max()),
-        "default_blocks": list(block_sizes(size, size, c)),
+        "default_blocks": str(block_sizes(size, size, c)),
+        "default_rolling_blocks": str(block_sizes(size, size, c, rolling=True)),
     }
-    times = {}
-    for blocks in [block_sizes(size, size, c), *VARIANTS]:
-        key = "x".join(map(str, blocks))
-        times[key] = triton.testing.do_bench(lambda: dwconv_gate_triton(x, w, b, blocks))  # noqa: B023
-    row["kernel_ms"] = times
+    times = time_kernel(x, w, b, [block_sizes(size, size, c), *VARIANTS], False)
+    rolling = time_kernel(x, w, b, [block_sizes(size, size, c, True), *ROLLING_VARIANTS], True)
+    row["kernel_ms"], row["rolling_kernel_ms"] = times, rolling
     least_bytes = x.numel() * 2 * 3 // 2  # read 2C channels, write C, bf16
     row["best_kernel_gb_per_s"] = round(least_bytes / min(times.values()) / 1e6, 1)
+    row["best_rolling_kernel_gb_per_s"] = round(least_bytes / min(rolling.values()) / 1e6, 1)
     row["shifted_gb_per_s"] = round(least_bytes / row["shifted_ms"] / 1e6, 1)
     return row
 

@@ -116,9 +116,10 @@ def run_interpreted(check: str) -> None:
 
 
 @needs_triton
-def test_triton_kernel_matches_the_reference() -> None:
+@pytest.mark.parametrize("kernel", ["kernel", "rolling-kernel"])
+def test_triton_kernel_matches_the_reference(kernel: str) -> None:
     """Widths and heights not a multiple of the blocks, odd channel counts, bf16 rounding."""
-    run_interpreted("kernel")
+    run_interpreted(kernel)
 
 
 @needs_triton

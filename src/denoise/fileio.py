@@ -175,6 +175,26 @@ _CORRUPT_DATA = ("Corrupt JPEG data", "Premature end of JPEG", "libpng error")
 _BENIGN = ("libpng warning",)  # e.g. "iCCP: known incorrect sRGB profile": the pixels are fine
 
 
+@contextlib.contextmanager
+def _fd2_captured() -> Iterator[list[str]]:
+    """File descriptor 2 redirected to a temporary file for the block; the lines written to it
+    are in the yielded list once the block ends (also when it raises)."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                log.seek(0)
+                lines.extend(log.read().decode(errors="replace").splitlines())
+    finally:
+        os.close(saved)
+
+
 def _decode(path: Path, data: bytes) -> np.ndarray | None:
     """OpenCV's decode with the decoders' messages caught: a bad file is reported once, by us,
     as one line naming it, not also as decoder warnings in the user's log, and an image that
@@ -183,21 +203,12 @@ def _decode(path: Path, data: bytes) -> np.ndarray | None:
     libjpeg and libpng write to file descriptor 2 themselves, so that is what is captured;
     lines that are not theirs (another thread's) are passed on to the error stream."""
     previous = cv2.setLogLevel(0)  # 0: silent
-    sys.stderr.flush()
-    saved = os.dup(2)
     try:
-        with tempfile.TemporaryFile() as log:
-            os.dup2(log.fileno(), 2)
-            try:
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            except cv2.error as e:
-                raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
-            finally:
-                os.dup2(saved, 2)
-            log.seek(0)
-            lines = log.read().decode(errors="replace").splitlines()
+        with _fd2_captured() as lines:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
     finally:
-        os.close(saved)
         cv2.setLogLevel(previous)
     corrupt = [line for line in lines if line.startswith(_CORRUPT_DATA)]
     other = [line for line in lines if line and not line.startswith(_CORRUPT_DATA + _BENIGN)]

@@ -5,9 +5,18 @@ bias), SimpleGate (first half of the channels times the second half) and the per
 sums of the result (for NAFNet's channel attention), in FP32, one slot per program. Unfused,
 the convolution writes ``2C`` channels that the gate reads back; here they never leave the
 registers. Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
+
+The kernel has two forms of its row loop. ``_rows`` (the one ``dwconv_gate`` runs) loads each
+output's nine neighbours, so every input is loaded nine times, from the caches after the first;
+on an H100 it reached a quarter of the memory bandwidth. ``_rolling_rows`` loads each input row
+once per horizontal shift and keeps three rows of sums; it is the candidate to replace it,
+checked for correctness under the interpreter and not yet timed on a GPU
+(``benchmarks/dwconv_gate_speed.py`` times both).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -27,6 +36,8 @@ def _dwconv_gate_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
+    ROLLING: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     # One program: BLOCK_H rows (one after another) x BLOCK_W pixels x BLOCK_C channels.
     tiles_h = tl.cdiv(H, BLOCK_H)
@@ -34,14 +45,30 @@ def _dwconv_gate_kernel(
     y0 = (tl.program_id(0) % tiles_h) * BLOCK_H
     xs = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
     cs = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    if ROLLING:
+        partial = _rolling_rows(
+            x_ptr, w_ptr, b_ptr, out_ptr, H, W, C, image, y0, xs, cs, BLOCK_H, STAGES
+        )
+    else:
+        partial = _rows(x_ptr, w_ptr, b_ptr, out_ptr, H, W, C, image, y0, xs, cs, BLOCK_H)
+    # Each program's own slot: no atomics, so the sums are the same on every run.
+    tile = (tl.program_id(0) % tiles_h) * tl.num_programs(1) + tl.program_id(1)
+    tiles = tiles_h * tl.num_programs(1)
+    tl.store(sum_ptr + (image * tiles + tile) * C + cs, partial, mask=cs < C)
+
+
+@triton.jit
+def _rows(x_ptr, w_ptr, b_ptr, out_ptr, H, W, C, image, y0, xs, cs, BLOCK_H: tl.constexpr):
+    """The measured form: each output row loads its nine taps of each half of the channels.
+    Returns the program's channel sums."""
     c_ok = cs < C
     bias1 = tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)
     bias2 = tl.load(b_ptr + cs + C, mask=c_ok, other=0.0).to(tl.float32)
-    partial = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    partial = tl.zeros(cs.shape, dtype=tl.float32)
     for r in range(BLOCK_H):
         y = y0 + r
-        first = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32) + bias1[None, :]
-        second = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32) + bias2[None, :]
+        first = tl.zeros((xs.shape[0], cs.shape[0]), dtype=tl.float32) + bias1[None, :]
+        second = tl.zeros((xs.shape[0], cs.shape[0]), dtype=tl.float32) + bias2[None, :]
         for dy in tl.static_range(3):
             yy = y + dy - 1
             y_ok = (yy >= 0) & (yy < H)
@@ -60,48 +87,152 @@ def _dwconv_gate_kernel(
         out = out_ptr + (((image * H + y).to(tl.int64) * W + xs) * C)[:, None] + cs[None, :]
         tl.store(out, gated, mask=ok)
         partial += tl.sum(tl.where(ok, gated.to(tl.float32), 0.0), axis=0)
-    # Each program's own slot: no atomics, so the sums are the same on every run.
-    tile = (tl.program_id(0) % tiles_h) * tl.num_programs(1) + tl.program_id(1)
-    tiles = tiles_h * tl.num_programs(1)
-    tl.store(sum_ptr + (image * tiles + tile) * C + cs, partial, mask=c_ok)
+    return partial
 
 
-def block_sizes(height: int, width: int, channels: int) -> tuple[int, int, int, int]:
-    """(rows, pixels along a row, channels, warps) per program: about 2048 outputs a row."""
+@triton.jit
+def _tap_weights(w_ptr, cs, c_ok, dy: tl.constexpr):
+    """One row of a 3x3 kernel (taps ``3 * dy`` .. ``3 * dy + 2``) as three [1, BLOCK_C] rows."""
+    base = w_ptr + cs * 9 + dy * 3
+    w0 = tl.load(base, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(base + 1, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(base + 2, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    return w0, w1, w2
+
+
+@triton.jit
+def _shifted_row(row_ptr, xs, stride, W, ok):
+    """An input row (``row_ptr``: its first pixel, [1, BLOCK_C] channels) at pixels ``xs - 1``,
+    ``xs`` and ``xs + 1``, ``stride`` elements apart, zero outside the image and ``ok``."""
+    in_left = (xs >= 1) & (xs <= W)  # the last program's pixels may lie past the row's end
+    left = tl.load(row_ptr + ((xs - 1) * stride)[:, None], mask=ok & in_left[:, None], other=0.0)
+    mid = tl.load(row_ptr + (xs * stride)[:, None], mask=ok & (xs < W)[:, None], other=0.0)
+    right = tl.load(
+        row_ptr + ((xs + 1) * stride)[:, None], mask=ok & (xs + 1 < W)[:, None], other=0.0
+    )
+    return left.to(tl.float32), mid.to(tl.float32), right.to(tl.float32)
+
+
+@triton.jit
+def _add_taps(acc, t0, t1, t2, w0, w1, w2):
+    """``acc`` plus three taps, one at a time: written as one sum, the products are kept apart
+    and the compiled loop needs more instructions and registers (SASS per row at the default
+    blocks: 407 instructions against 347)."""
+    acc += t0 * w0
+    acc += t1 * w1
+    acc += t2 * w2
+    return acc
+
+
+@triton.jit
+def _rolling_rows(
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    H,
+    W,
+    C,
+    image,
+    y0,
+    xs,
+    cs,
+    BLOCK_H: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """The candidate: each input row is read once (at three horizontal shifts) instead of once
+    per output row it feeds. It adds its three rows of taps to three accumulators, for the
+    output rows above, at and below it, and the one above is then complete: 6 loads per input
+    row, against 18 per output row. The weights are loaded once, before the loop. STAGES > 1
+    has Triton prefetch the next rows (through shared memory) while this row is summed.
+    Returns the program's channel sums."""
+    c_ok = cs < C
+    f0, f1, f2 = _tap_weights(w_ptr, cs, c_ok, 0)
+    f3, f4, f5 = _tap_weights(w_ptr, cs, c_ok, 1)
+    f6, f7, f8 = _tap_weights(w_ptr, cs, c_ok, 2)
+    s0, s1, s2 = _tap_weights(w_ptr + C * 9, cs, c_ok, 0)
+    s3, s4, s5 = _tap_weights(w_ptr + C * 9, cs, c_ok, 1)
+    s6, s7, s8 = _tap_weights(w_ptr + C * 9, cs, c_ok, 2)
+    zero = tl.zeros((xs.shape[0], cs.shape[0]), dtype=tl.float32)
+    bias1 = zero + tl.load(b_ptr + cs, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    bias2 = zero + tl.load(b_ptr + cs + C, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    above1, at1, below1 = bias1, bias1, bias1
+    above2, at2, below2 = bias2, bias2, bias2
+    sums = zero  # summed over rows here, across pixels once at the end
+    channels = cs[None, :]
+    for i in tl.range(BLOCK_H + 2, num_stages=STAGES):  # input rows y0 - 1 .. y0 + BLOCK_H
+        yy = y0 - 1 + i
+        y_ok = (yy >= 0) & (yy < H)
+        row_ptr = x_ptr + ((image * H + yy).to(tl.int64) * W) * (2 * C) + channels
+        ok = y_ok & c_ok[None, :]
+        a0, a1, a2 = _shifted_row(row_ptr, xs, 2 * C, W, ok)
+        above1 = _add_taps(above1, a0, a1, a2, f6, f7, f8)
+        at1 = _add_taps(at1, a0, a1, a2, f3, f4, f5)
+        below1 = _add_taps(below1, a0, a1, a2, f0, f1, f2)
+        b0, b1, b2 = _shifted_row(row_ptr + C, xs, 2 * C, W, ok)
+        above2 = _add_taps(above2, b0, b1, b2, s6, s7, s8)
+        at2 = _add_taps(at2, b0, b1, b2, s3, s4, s5)
+        below2 = _add_taps(below2, b0, b1, b2, s0, s1, s2)
+        # Output row yy - 1 now has all nine taps; rows before y0 (i < 2) are not ours.
+        y = yy - 1
+        gated = (above1 * above2).to(out_ptr.dtype.element_ty)
+        done = ((xs < W) & (y < H) & (i >= 2))[:, None] & c_ok[None, :]
+        out = out_ptr + (((image * H + y).to(tl.int64) * W + xs) * C)[:, None] + channels
+        tl.store(out, gated, mask=done)
+        sums += tl.where(done, gated.to(tl.float32), 0.0)
+        above1, at1, below1 = at1, below1, bias1
+        above2, at2, below2 = at2, below2, bias2
+    return tl.sum(sums, axis=0)
+
+
+class Blocks(NamedTuple):
+    """What one program covers, and how it runs."""
+
+    rows: int
+    pixels: int  # along a row; a power of two
+    channels: int  # a power of two
+    warps: int
+    stages: int = 1  # the rolling kernel's prefetch depth (1: none); the other ignores it
+
+    def __str__(self) -> str:
+        """``rows x pixels x channels x warps``, then ``s<stages>`` if there is prefetch."""
+        sizes = f"{self.rows}x{self.pixels}x{self.channels}x{self.warps}"
+        return sizes + (f"s{self.stages}" if self.stages > 1 else "")
+
+
+def block_sizes(height: int, width: int, channels: int, rolling: bool = False) -> Blocks:
+    """About 2048 outputs a row, or 1024 and twice the rows for the rolling kernel (it holds
+    three rows of sums): 8 per thread of 4 warps, with no spills at 32 channels (ptxas)."""
     block_c = min(64, triton.next_power_of_2(channels))
-    block_w = min(triton.next_power_of_2(width), max(16, 2048 // block_c))
-    return min(8, height), block_w, block_c, 4
+    outputs = 1024 if rolling else 2048
+    block_w = min(triton.next_power_of_2(width), max(16, outputs // block_c))
+    return Blocks(min(16 if rolling else 8, height), block_w, block_c, 4)
 
 
 def dwconv_gate_triton(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor,
-    blocks: tuple[int, int, int, int] | None = None,
+    blocks: Blocks | None = None,
+    rolling: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` contiguous NHWC (N, H, W, 2C); ``weight`` (2C, 9); ``bias`` (2C,).
 
     Returns the gated output (N, H, W, C) in ``x``'s dtype and its per-image channel means
-    (N, C) in FP32. ``blocks`` overrides :func:`block_sizes` (the speed benchmark).
+    (N, C) in FP32. ``blocks`` overrides :func:`block_sizes`, and ``rolling`` runs the
+    rolling form of the kernel (the speed benchmark).
     """
     n, h, w, c2 = x.shape
     c = c2 // 2
-    block_h, block_w, block_c, warps = blocks or block_sizes(h, w, c)
-    grid = (n * triton.cdiv(h, block_h), triton.cdiv(w, block_w), triton.cdiv(c, block_c))
+    blocks = blocks or block_sizes(h, w, c, rolling)
+    grid = (n * triton.cdiv(h, blocks.rows), triton.cdiv(w, blocks.pixels))
+    grid += (triton.cdiv(c, blocks.channels),)
     out = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device)
     sums = torch.empty((n, grid[0] // n * grid[1], c), dtype=torch.float32, device=x.device)
+    args = (x, weight, bias, out, sums, h, w, c)
+    sizes = {"BLOCK_H": blocks.rows, "BLOCK_W": blocks.pixels, "BLOCK_C": blocks.channels}
+    stages = blocks.stages if rolling else 1  # the row form has no prefetch
     _dwconv_gate_kernel[grid](
-        x,
-        weight,
-        bias,
-        out,
-        sums,
-        h,
-        w,
-        c,
-        BLOCK_H=block_h,
-        BLOCK_W=block_w,
-        BLOCK_C=block_c,
-        num_warps=warps,
+        *args, **sizes, ROLLING=rolling, STAGES=stages, num_warps=blocks.warps
     )
     return out, sums.sum(dim=1) / (h * w)

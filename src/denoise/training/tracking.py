@@ -74,8 +74,8 @@ def _truncate(live_dir: Path, step: int) -> None:
         with open(tsv, newline="") as f:
             reader = csv.DictReader(f, delimiter="\t")
             fields = list(reader.fieldnames or [])
-            rows = list(reader) if "step" in fields else []
-        if "step" not in fields:
+            kept = [r for r in reader if int(r["step"]) <= step] if "step" in fields else None
+        if kept is None:
             tsv.unlink()
             continue
         out = io.StringIO()
@@ -83,7 +83,7 @@ def _truncate(live_dir: Path, step: int) -> None:
         # byte-identical to an uninterrupted one, or dvc.lock records a different hash.
         w = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
         w.writeheader()
-        w.writerows(r for r in rows if int(r["step"]) <= step)
+        w.writerows(kept)
         write_bytes_atomic(tsv, out.getvalue().encode())
     images = live_dir / "plots" / "images"
     for png in images.rglob("*.png") if images.is_dir() else []:

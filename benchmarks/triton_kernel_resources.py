@@ -1,0 +1,128 @@
+"""What the depthwise-convolution + gate kernels compile to for an H100, on a machine without one.
+
+    python benchmarks/triton_kernel_resources.py [--json OUT]
+
+Triton compiles a kernel for a GPU it is not running on (``triton.compile`` with a target),
+and its wheel brings NVIDIA's ``ptxas`` and ``cuobjdump``. For both forms of the kernel in
+:mod:`denoise.fused.dwconv_gate_triton`, at each block sizes ``dwconv_gate_speed.py`` times,
+compiled for sm_90 as the launcher would (16-byte aligned pointers, sizes that are multiples
+of 16, as at every NAFNet-w32 level), this records:
+
+- registers per thread, spill (stack) bytes and shared memory;
+- the loop that produces one output row per iteration (the whole kernel where a program has
+  one row): its SASS instructions per warp, its memory instructions by kind and width, and
+  instructions per output.
+
+A configuration that spills, or needs more instructions per output, is unlikely to be the
+faster; how fast any of them is only a GPU can say (``dwconv_gate_speed.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dwconv_gate_speed import ROLLING_VARIANTS, VARIANTS
+
+from denoise.fileio import write_json
+from denoise.fused.dwconv_gate_triton import Blocks, _dwconv_gate_kernel, block_sizes
+
+H100 = GPUTarget("cuda", 90, 32)
+TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+SIGNATURE = {
+    "x_ptr": "*bf16",
+    "w_ptr": "*bf16",
+    "b_ptr": "*bf16",
+    "out_ptr": "*bf16",
+    "sum_ptr": "*fp32",
+    "H": "i32",
+    "W": "i32",
+    "C": "i32",
+}
+MEMORY_OPS = ("LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS")
+
+
+def compile_for_h100(blocks: Blocks, rolling: bool) -> tuple[bytes, int]:
+    """The cubin of one kernel at ``blocks``, as Triton would launch it on an H100, and the
+    shared memory it asks for at launch."""
+    sizes = {"BLOCK_H": blocks.rows, "BLOCK_W": blocks.pixels, "BLOCK_C": blocks.channels}
+    sizes |= {"ROLLING": rolling, "STAGES": blocks.stages if rolling else 1}
+    signature = SIGNATURE | dict.fromkeys(sizes, "constexpr")
+    aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(SIGNATURE))}
+    source = ASTSource(fn=_dwconv_gate_kernel, signature=signature, constexprs=sizes, attrs=aligned)
+    compiled = triton.compile(source, target=H100, options={"num_warps": blocks.warps})
+    return compiled.asm["cubin"], compiled.metadata.shared
+
+
+def cuobjdump(cubin: bytes, flag: str) -> str:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        run = subprocess.run([str(TOOLS / "cuobjdump"), flag, f.name], capture_output=True)
+    run.check_returncode()
+    return run.stdout.decode()
+
+
+def row_code(sass: str) -> list[str]:
+    """The opcodes (predicates dropped) of the largest loop, a backward branch's span: one
+    output row per iteration. A kernel without a loop (one row per program) is counted whole."""
+    code = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", sass)
+    ops = [(int(addr, 16), text.split()) for addr, text in code]
+    opcodes = [(addr, w[1] if w[0].startswith("@") else w[0]) for addr, w in ops]
+    spans = [(0, ops[-1][0])]
+    for addr, words in ops:
+        target = re.fullmatch(r"0x([0-9a-f]+)", words[-1])
+        if "BRA" in words and target and int(target.group(1), 16) < addr:
+            spans.append((int(target.group(1), 16), addr))
+    loops = [[op for a, op in opcodes if lo <= a <= hi] for lo, hi in spans]
+    return loops[0] if len(loops) == 1 else max(loops[1:], key=len)
+
+
+def resources(blocks: Blocks, rolling: bool) -> dict[str, object]:
+    """Registers, spills, shared memory and the row's instructions of one configuration."""
+    cubin, shared = compile_for_h100(blocks, rolling)
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
+    registers, stack = map(int, usage.groups())
+    row = row_code(cuobjdump(cubin, "-sass"))
+    outputs_per_warp = blocks.pixels * blocks.channels // blocks.warps
+    memory_ops = Counter(op for op in row if op.startswith(MEMORY_OPS))
+    return {
+        "kernel": "rolling" if rolling else "rows",
+        "blocks": str(blocks),
+        "registers": registers,
+        "spill_bytes": stack,
+        "shared_bytes": shared,
+        "row_instructions": len(row),
+        "row_memory_ops": dict(sorted(memory_ops.items())),
+        "instructions_per_output": round(len(row) / outputs_per_warp, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="benchmarks/results/triton_kernel_resources.json")
+    args = ap.parse_args()
+    levels = [(512 >> k, 32 << k) for k in range(5)]  # (pixels, channels) of NAFNet-w32
+    rows = []
+    for rolling, variants in ((False, VARIANTS), (True, ROLLING_VARIANTS)):
+        defaults = [block_sizes(size, size, c, rolling) for size, c in levels]
+        for blocks in dict.fromkeys([*defaults, *variants]):
+            rows.append(resources(blocks, rolling))
+            print(rows[-1], flush=True)
+    write_json(args.json, {"target": "sm_90 (H100)", "triton": triton.__version__, "configs": rows})
+
+
+if __name__ == "__main__":
+    main()
