@@ -9,9 +9,10 @@ compiled for sm_90 as the launcher would (16-byte aligned pointers, sizes that a
 of 16, as at every NAFNet-w32 level), this records:
 
 - registers per thread, spill (stack) bytes and shared memory;
-- the loop that produces one output row per iteration (the whole kernel where a program has
-  one row): its SASS instructions per warp, its memory instructions by kind and width, and
-  instructions per output.
+- the loop that handles one input row per iteration (the whole kernel where a program has
+  one row): its SASS instructions per warp and its memory instructions by kind and width;
+- instructions per output: the loop's instructions times its iterations (the rolling form
+  reads two rows more than it writes), over the outputs of a warp.
 
 A configuration that spills, or needs more instructions per output, is unlikely to be the
 faster; how fast any of them is only a GPU can say (``dwconv_gate_speed.py``).
@@ -51,7 +52,8 @@ SIGNATURE = {
     "W": "i32",
     "C": "i32",
 }
-MEMORY_OPS = ("LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS")
+# Global, local (spill) and shared memory; LDGSTS copies global to shared, LDSM loads matrices.
+MEMORY_OPS = {"LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS", "LDSM"}
 
 
 def compile_for_h100(blocks: Blocks, rolling: bool) -> tuple[bytes, int]:
@@ -67,6 +69,7 @@ def compile_for_h100(blocks: Blocks, rolling: bool) -> tuple[bytes, int]:
 
 
 def cuobjdump(cubin: bytes, flag: str) -> str:
+    """What ``cuobjdump FLAG`` prints about ``cubin``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -77,14 +80,15 @@ def cuobjdump(cubin: bytes, flag: str) -> str:
 
 def row_code(sass: str) -> list[str]:
     """The opcodes (predicates dropped) of the largest loop, a backward branch's span: one
-    output row per iteration. A kernel without a loop (one row per program) is counted whole."""
+    input row per iteration. A kernel without a loop (one row per program) is counted whole."""
     code = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", sass)
     ops = [(int(addr, 16), text.split()) for addr, text in code]
     opcodes = [(addr, w[1] if w[0].startswith("@") else w[0]) for addr, w in ops]
     spans = [(0, ops[-1][0])]
     for addr, words in ops:
         target = re.fullmatch(r"0x([0-9a-f]+)", words[-1])
-        if "BRA" in words and target and int(target.group(1), 16) < addr:
+        branch = any(w.startswith("BRA") for w in words[:2])  # after a predicate, if any
+        if branch and target and int(target.group(1), 16) < addr:
             spans.append((int(target.group(1), 16), addr))
     loops = [[op for a, op in opcodes if lo <= a <= hi] for lo, hi in spans]
     return loops[0] if len(loops) == 1 else max(loops[1:], key=len)
@@ -96,8 +100,11 @@ def resources(blocks: Blocks, rolling: bool) -> dict[str, object]:
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
     registers, stack = map(int, usage.groups())
     row = row_code(cuobjdump(cubin, "-sass"))
-    outputs_per_warp = blocks.pixels * blocks.channels // blocks.warps
-    memory_ops = Counter(op for op in row if op.startswith(MEMORY_OPS))
+    # A program's loop runs once per row it outputs, and the rolling form twice more (the rows
+    # above and below its own, which feed its first and last rows).
+    iterations = blocks.rows + 2 if rolling else blocks.rows
+    outputs_per_warp = blocks.rows * blocks.pixels * blocks.channels // blocks.warps
+    memory_ops = Counter(op for op in row if op.split(".")[0] in MEMORY_OPS)
     return {
         "kernel": "rolling" if rolling else "rows",
         "blocks": str(blocks),
@@ -106,7 +113,7 @@ def resources(blocks: Blocks, rolling: bool) -> dict[str, object]:
         "shared_bytes": shared,
         "row_instructions": len(row),
         "row_memory_ops": dict(sorted(memory_ops.items())),
-        "instructions_per_output": round(len(row) / outputs_per_warp, 2),
+        "instructions_per_output": round(len(row) * iterations / outputs_per_warp, 2),
     }
 
 

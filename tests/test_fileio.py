@@ -231,6 +231,29 @@ def test_tiff_orientation_is_applied_once(tmp_path: Path, orientation: int, dtyp
     np.testing.assert_array_equal(read_photo(path).rgb, expected)
 
 
+def test_a_decoder_exception_restores_stderr_and_passes_on_other_messages(
+    tmp_path: Path, capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While OpenCV decodes, file descriptor 2 goes to a capture; when the decoder raises, the
+    error names the file, lines that are not the decoders' (another thread's) still reach
+    stderr, and stderr is stderr again afterwards."""
+
+    def failing_decode(buf: np.ndarray, flags: int) -> np.ndarray:
+        os.write(2, b"another thread's warning\n")
+        error = cv2.error()
+        error.err = "decoder gave up"
+        raise error
+
+    monkeypatch.setattr(cv2, "imdecode", failing_decode)
+    path = tmp_path / "odd.png"
+    path.write_bytes(b"not really a png")
+    capfd.readouterr()
+    with pytest.raises(DenoiseError, match=r"odd\.png: not a readable image \(decoder gave up\)"):
+        read_photo(path)
+    os.write(2, b"after the decode\n")
+    assert capfd.readouterr().err == "another thread's warning\nafter the decode\n"
+
+
 def test_a_bad_file_leaves_no_decoder_chatter_on_stderr(
     tmp_path: Path, capfd: pytest.CaptureFixture
 ) -> None:

@@ -15,7 +15,7 @@ import torch
 from tiny_models import tiny_model
 
 from denoise.errors import DenoiseError
-from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_shifted
+from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_reference, dwconv_gate_shifted
 from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
 from denoise.infer import TorchBackend
 from denoise.models.dncnn import DnCNN
@@ -161,3 +161,23 @@ def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str) -> N
     fp32, fused, plain = fused_and_plain_errors("cuda", dwconv)
     assert fp32 < 1e-4
     assert 0 < fused < 2 * plain
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("stages", [1, 2, 3])
+@pytest.mark.parametrize("rows", [3, 16])
+def test_rolling_kernel_on_cuda(rows: int, stages: int) -> None:
+    """The rolling form compiled for the GPU, with and without prefetch (the interpreter's
+    checks cannot see prefetch: it ignores it), against the plain form in FP32."""
+    from denoise.fused.dwconv_gate_triton import Blocks, dwconv_gate_triton
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 45, 64)  # no size a multiple of the blocks
+    w, b = torch.randn(64, 9), torch.randn(64)
+    blocks = Blocks(rows, pixels=16, channels=16, warps=4, stages=stages)
+    gate, mean = dwconv_gate_triton(x.cuda(), w.cuda(), b.cuda(), blocks, rolling=True)
+    want_gate, want_mean = dwconv_gate_reference(x, w, b)  # on the CPU: no TF32
+    scale = want_gate.abs().max()
+    torch.testing.assert_close(gate.cpu() / scale, want_gate / scale, atol=1e-5, rtol=0)
+    torch.testing.assert_close(mean.cpu() / scale, want_mean / scale, atol=1e-5, rtol=0)

@@ -203,17 +203,21 @@ def _decode(path: Path, data: bytes) -> np.ndarray | None:
     libjpeg and libpng write to file descriptor 2 themselves, so that is what is captured;
     lines that are not theirs (another thread's) are passed on to the error stream."""
     previous = cv2.setLogLevel(0)  # 0: silent
+    failure = None
     try:
         with _fd2_captured() as lines:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    except cv2.error as e:
-        raise DenoiseError(f"{path}: not a readable image ({e.err})") from None
+            try:
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            except cv2.error as e:
+                img, failure = None, e.err
     finally:
         cv2.setLogLevel(previous)
-    corrupt = [line for line in lines if line.startswith(_CORRUPT_DATA)]
     other = [line for line in lines if line and not line.startswith(_CORRUPT_DATA + _BENIGN)]
     if other:
         print(*other, sep="\n", file=sys.stderr)
+    if failure is not None:
+        raise DenoiseError(f"{path}: not a readable image ({failure})")
+    corrupt = [line for line in lines if line.startswith(_CORRUPT_DATA)]
     if corrupt and img is not None:
         raise DenoiseError(f"{path}: corrupt image data ({corrupt[0].strip()})")
     return img
