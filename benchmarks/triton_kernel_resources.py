@@ -84,14 +84,14 @@ def row_code(sass: str) -> list[str]:
     code = re.findall(r"/\*([0-9a-f]{4,})\*/\s+([^;]+);", sass)
     ops = [(int(addr, 16), text.split()) for addr, text in code]
     opcodes = [(addr, w[1] if w[0].startswith("@") else w[0]) for addr, w in ops]
-    spans = [(0, ops[-1][0])]
+    loops = []
     for addr, words in ops:
         target = re.fullmatch(r"0x([0-9a-f]+)", words[-1])
         branch = any(w.startswith("BRA") for w in words[:2])  # after a predicate, if any
         if branch and target and int(target.group(1), 16) < addr:
-            spans.append((int(target.group(1), 16), addr))
-    loops = [[op for a, op in opcodes if lo <= a <= hi] for lo, hi in spans]
-    return loops[0] if len(loops) == 1 else max(loops[1:], key=len)
+            start = int(target.group(1), 16)
+            loops.append([op for a, op in opcodes if start <= a <= addr])
+    return max(loops, key=len) if loops else [op for _, op in opcodes]
 
 
 def resources(blocks: Blocks, rolling: bool) -> dict[str, object]:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from denoise.errors import DenoiseError
+from denoise.fused.dwconv_gate import DwconvForm
 
 BASELINE = "torch"
 
@@ -45,6 +46,29 @@ AUTOTUNE_OPTIONS: dict[str, Any] = {
     "conv_1x1_as_mm": True,
     "max_autotune_conv_backends": "ATEN",
 }
+
+
+def _inference_form(
+    name: str,
+    precision: str,
+    compile_how: bool | str,
+    description: str,
+    *,
+    dwconv: DwconvForm = "triton",
+    needs_cuda: bool = False,
+) -> BenchPath:
+    """A path through NAFNet's inference form, channels_last, its depthwise form ``dwconv``."""
+    options = {"channels_last": True, "amp": False, "compile": compile_how, "fuse": True}
+    return BenchPath(
+        name,
+        "torch",
+        precision,
+        options | {"fuse_dwconv": dwconv},
+        needs_cuda=needs_cuda,
+        opt_in=True,
+        description=description,
+    )
+
 
 _PATHS = [
     BenchPath("torch", "torch", "fp32", description="eager FP32 (the baseline)"),
@@ -165,82 +189,42 @@ _PATHS = [
     ),
     # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory, its depthwise
     # convolution and gate in one of three forms (denoise.fused.dwconv_gate).
-    *(
-        BenchPath(
-            name,
-            "torch",
-            precision,
-            {
-                "channels_last": True,
-                "amp": False,
-                "compile": how,
-                "fuse": True,
-                "fuse_dwconv": dwconv,
-            },
-            needs_cuda=needs_cuda,
-            opt_in=True,
-            description=description,
-        )
-        for name, precision, how, dwconv, needs_cuda, description in (
-            (
-                "torch-fused",
-                "fp32",
-                False,
-                "triton",
-                False,
-                "NAFNet's inference form, FP32, channels_last",
-            ),
-            ("torch-fused-compile", "fp32", True, "triton", False, "torch.compile of torch-fused"),
-            (
-                "torch-bf16-fused",
-                "bf16",
-                False,
-                "triton",
-                False,
-                "torch-fused cast to bf16 (Triton kernel on CUDA)",
-            ),
-            (
-                "torch-bf16-fused-compile",
-                "bf16",
-                True,
-                "triton",
-                False,
-                "torch.compile of torch-bf16-fused",
-            ),
-            # CUDA only: elsewhere "triton" is "conv" too, the same as torch-bf16-fused-compile
-            (
-                "torch-bf16-fused-plain-compile",
-                "bf16",
-                True,
-                "conv",
-                True,
-                "torch-bf16-fused-compile, cuDNN's dwconv, no Triton kernel",
-            ),
-            (
-                "torch-fused-shift-compile",
-                "fp32",
-                True,
-                "shifted",
-                False,
-                "torch-fused-compile, dwconv as nine shifted taps",
-            ),
-            (
-                "torch-bf16-fused-shift-compile",
-                "bf16",
-                True,
-                "shifted",
-                False,
-                "torch-bf16-fused-compile, dwconv as nine taps",
-            ),
-            (
-                "torch-bf16-fused-shift-graphs",
-                "bf16",
-                "reduce-overhead",
-                "shifted",
-                True,
-                "torch-bf16-fused-shift-compile in CUDA graphs",
-            ),
-        )
+    _inference_form("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
+    _inference_form("torch-fused-compile", "fp32", True, "torch.compile of torch-fused"),
+    _inference_form(
+        "torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"
+    ),
+    _inference_form("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
+    # CUDA only: elsewhere "triton" is "conv" too, the same as torch-bf16-fused-compile
+    _inference_form(
+        "torch-bf16-fused-plain-compile",
+        "bf16",
+        True,
+        "torch-bf16-fused-compile, cuDNN's dwconv, no Triton kernel",
+        dwconv="conv",
+        needs_cuda=True,
+    ),
+    _inference_form(
+        "torch-fused-shift-compile",
+        "fp32",
+        True,
+        "torch-fused-compile, dwconv as nine shifted taps",
+        dwconv="shifted",
+    ),
+    _inference_form(
+        "torch-bf16-fused-shift-compile",
+        "bf16",
+        True,
+        "torch-bf16-fused-compile, dwconv as nine taps",
+        dwconv="shifted",
+    ),
+    _inference_form(
+        "torch-bf16-fused-shift-graphs",
+        "bf16",
+        "reduce-overhead",
+        "torch-bf16-fused-shift-compile in CUDA graphs",
+        dwconv="shifted",
+        needs_cuda=True,
     ),
     BenchPath(
         "tensorrt",
