@@ -11,7 +11,9 @@ level) and bf16 NHWC tensors, times (``triton.testing.do_bench``, median ms):
   the gate and the mean);
 - the Triton kernel with its default block sizes, and with a few other block sizes that fit
   the level;
-- the kernel's rolling form (each input row read once, three rows of sums), likewise.
+- the kernel's rolling form (each input row read once, three rows of sums), likewise;
+- ``tuned``: the kernel as the network calls it, without block sizes: Triton's autotuner
+  times the level's candidates of both forms once, then runs the fastest (``tuned_blocks``).
 
 The kernel's times include its wrapper's two small reductions of the channel sums, as in the
 network; each configuration's largest error against FP32 is recorded beside its time. GB/s is
@@ -28,30 +30,31 @@ import triton
 
 from denoise.fileio import write_json
 from denoise.fused.dwconv_gate import dwconv_gate_reference, dwconv_gate_shifted
-from denoise.fused.dwconv_gate_triton import Blocks, block_sizes, dwconv_gate_triton
+from denoise.fused.dwconv_gate_triton import (
+    TUNING_CANDIDATES,
+    Blocks,
+    block_sizes,
+    dwconv_gate_triton,
+    tuned_blocks,
+)
 
+# Every candidate the autotuner times, then a few more sizes of each form.
 VARIANTS = [
-    Blocks(1, 64, 32, 4),
+    *(b for b in TUNING_CANDIDATES if not b.rolling),
     Blocks(4, 64, 32, 4),
     Blocks(16, 64, 32, 4),
     Blocks(8, 128, 32, 4),
-    Blocks(8, 32, 64, 4),
     Blocks(8, 64, 64, 8),
-    Blocks(8, 16, 128, 4),
     Blocks(32, 32, 32, 4),
 ]
 # 32 channels, so each fits every level. Compiled for an H100 without one (ptxas): 8 outputs
 # a thread take 252 registers, so 8 warps a multiprocessor; 4 a thread take 138-167 with
 # prefetch (stages > 1), so more warps fit; 8 a thread with prefetch spill.
 ROLLING_VARIANTS = [
-    Blocks(8, 32, 32, 4),
-    Blocks(32, 32, 32, 4),
-    Blocks(16, 16, 32, 4),
-    Blocks(16, 32, 32, 8),
-    Blocks(16, 32, 32, 4, stages=2),
-    Blocks(16, 16, 32, 4, stages=3),
-    Blocks(16, 32, 32, 8, stages=3),
-    Blocks(8, 16, 32, 4, stages=3),
+    *(b for b in TUNING_CANDIDATES if b.rolling),
+    Blocks(8, 32, 32, 4, rolling=True),
+    Blocks(32, 32, 32, 4, rolling=True),
+    Blocks(16, 32, 32, 8, rolling=True),
 ]
 
 
@@ -61,15 +64,14 @@ def time_kernel(
     b: torch.Tensor,
     want_gate: torch.Tensor,
     variants: list[Blocks],
-    rolling: bool,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Per block sizes that fit the level: the median ms of the kernel (with its wrapper's two
     small reductions), and the largest error of its gate against ``want_gate`` (FP32). Prefetch
     (stages > 1) is compiled only on a GPU, so this is where each such variant is checked."""
     times, errors = {}, {}
-    for blocks in variants:
+    for blocks in dict.fromkeys(variants):
         if blocks.rows <= x.shape[1] and blocks.channels <= x.shape[-1] // 2:
-            run = partial(dwconv_gate_triton, x, w, b, blocks, rolling)
+            run = partial(dwconv_gate_triton, x, w, b, blocks)
             errors[str(blocks)] = float((run()[0].float() - want_gate).abs().max())
             times[str(blocks)] = triton.testing.do_bench(run)
     return times, errors
@@ -80,8 +82,10 @@ def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, 
     x = torch.randn(batch, size, size, 2 * c, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(2 * c, 9, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(2 * c, device="cuda", dtype=torch.bfloat16)
-    gate, mean = dwconv_gate_triton(x, w, b)
-    rolling_mean = dwconv_gate_triton(x, w, b, rolling=True)[1]
+    gate, mean = dwconv_gate_triton(x, w, b, block_sizes(size, size, c))
+    rolling_mean = dwconv_gate_triton(x, w, b, block_sizes(size, size, c, rolling=True))[1]
+    tuned_gate, tuned_mean = dwconv_gate_triton(x, w, b)  # the first call at the shape tunes
+    chosen = tuned_blocks()
     want_gate, want_mean = dwconv_gate_reference(x.float(), w.float(), b.float())
     row: dict[str, object] = {
         "size": size,
@@ -96,9 +100,13 @@ def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, 
         "default_blocks": str(block_sizes(size, size, c)),
         "default_rolling_blocks": str(block_sizes(size, size, c, rolling=True)),
     }
-    times, errors = time_kernel(x, w, b, want_gate, [block_sizes(size, size, c), *VARIANTS], False)
+    times, errors = time_kernel(x, w, b, want_gate, [block_sizes(size, size, c), *VARIANTS])
     rolling_variants = [block_sizes(size, size, c, True), *ROLLING_VARIANTS]
-    rolling, rolling_errors = time_kernel(x, w, b, want_gate, rolling_variants, True)
+    rolling, rolling_errors = time_kernel(x, w, b, want_gate, rolling_variants)
+    row["tuned_ms"] = triton.testing.do_bench(lambda: dwconv_gate_triton(x, w, b))
+    row["tuned_choice"] = {"form": "rolling" if chosen.rolling else "rows", "blocks": str(chosen)}
+    row["tuned_max_error_vs_fp32"] = float((tuned_gate.float() - want_gate).abs().max())
+    row["tuned_max_mean_error_vs_fp32"] = float((tuned_mean - want_mean).abs().max())
     row["kernel_ms"], row["kernel_max_error_vs_fp32"] = times, errors
     row["rolling_kernel_ms"], row["rolling_kernel_max_error_vs_fp32"] = rolling, rolling_errors
     least_bytes = x.numel() * 2 * 3 // 2  # read 2C channels, write C, bf16

@@ -19,11 +19,13 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 7. ``cast``: the model cast to bf16 (no autocast), compiled by default and with
    reduce-overhead, beside the compiled bf16 autocast path.
 8. ``autotune``: that cast model under inductor's max-autotune, 1x1 convolutions as matmuls.
-9. ``kernel``: the inference form's Triton kernel's speed per level, both its forms
-   (``dwconv_gate_speed.py``), then the inference form's tests on the GPU
-   (``tests/test_fused_nafnet.py``).
+9. ``kernel``: the inference form's Triton kernel's speed per level, both its forms and the
+   autotuned kernel the network calls (``dwconv_gate_speed.py``), then the inference form's
+   CUDA tests (``tests/test_fused_nafnet.py -k on_cuda``; CI runs the others).
 10. ``fused``: NAFNet's inference form (``denoise.fused.nafnet``), eager and compiled beside the
-   compiled cast model, then ``gpu_profile.py`` of the compiled inference form.
+   compiled cast model, then ``gpu_profile.py`` of the compiled inference form. With
+   ``kernel``, the order is: kernel speeds, the network's (they say whether tuning won), the
+   CUDA tests, the profile.
 11. ``shift``: the inference form with the depthwise convolution as nine shifted taps
    (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
    model; then its profile.
@@ -34,7 +36,7 @@ H100 took 74-80 s per compiled path, and max-autotune was still compiling after 
     python benchmarks/gpu_check.py OUT_DIR --steps versions cast --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps autotune --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps shift --budget 440
-    python benchmarks/gpu_check.py OUT_DIR --steps kernel --budget 420
+    python benchmarks/gpu_check.py OUT_DIR --steps kernel fused --budget 560
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -230,6 +232,8 @@ def main() -> None:
         [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
     )
     os.environ["PYTHONUNBUFFERED"] = "1"
+    # The log then says which form and blocks the depthwise kernel's autotuner chose per shape.
+    os.environ["TRITON_PRINT_AUTOTUNING"] = "1"
     runner = Runner(out, args.budget, set(args.steps) if args.steps else None)
     py = sys.executable
 
@@ -314,13 +318,13 @@ def main() -> None:
     compile_step("cast", CAST_PATHS, 360)
     compile_step("autotune", AUTOTUNE_PATHS, 540)
     tests = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused_nafnet.py"]
+    tests += ["-k", "on_cuda"]
     kernel = [py, "benchmarks/dwconv_gate_speed.py", "--json", str(out / "dwconv_gate_speed.json")]
     profile = [py, "benchmarks/gpu_profile.py", "--top", "20", "--paths"]
 
-    # The speeds first: the tests include the Triton interpreter's CPU checks, which are slow.
     runner.run("kernel-speed", kernel, 180)
-    runner.run("kernel-tests", tests, 240)
     compile_step("fused", FUSED_PATHS, 360)
+    runner.run("kernel-tests", tests, 240)
     fused_profile = str(out / "gpu_profile_fused.json")
     runner.run("fused-profile", [*profile, FUSED_PATHS[-1], "--json", fused_profile], 240)
 

@@ -56,11 +56,10 @@ SIGNATURE = {
 MEMORY_OPS = {"LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS", "LDSM"}
 
 
-def compile_for_h100(blocks: Blocks, rolling: bool) -> tuple[bytes, int]:
+def compile_for_h100(blocks: Blocks) -> tuple[bytes, int]:
     """The cubin of one kernel at ``blocks``, as Triton would launch it on an H100, and the
     shared memory it asks for at launch."""
-    sizes = {"BLOCK_H": blocks.rows, "BLOCK_W": blocks.pixels, "BLOCK_C": blocks.channels}
-    sizes |= {"ROLLING": rolling, "STAGES": blocks.stages if rolling else 1}
+    sizes = blocks.constexprs()
     signature = SIGNATURE | dict.fromkeys(sizes, "constexpr")
     aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(SIGNATURE))}
     source = ASTSource(fn=_dwconv_gate_kernel, signature=signature, constexprs=sizes, attrs=aligned)
@@ -94,19 +93,19 @@ def row_code(sass: str) -> list[str]:
     return max(loops, key=len) if loops else [op for _, op in opcodes]
 
 
-def resources(blocks: Blocks, rolling: bool) -> dict[str, object]:
+def resources(blocks: Blocks) -> dict[str, object]:
     """Registers, spills, shared memory and the row's instructions of one configuration."""
-    cubin, shared = compile_for_h100(blocks, rolling)
+    cubin, shared = compile_for_h100(blocks)
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
     registers, stack = map(int, usage.groups())
     row = row_code(cuobjdump(cubin, "-sass"))
     # A program's loop runs once per row it outputs, and the rolling form twice more (the rows
     # above and below its own, which feed its first and last rows).
-    iterations = blocks.rows + 2 if rolling else blocks.rows
+    iterations = blocks.rows + 2 if blocks.rolling else blocks.rows
     outputs_per_warp = blocks.rows * blocks.pixels * blocks.channels // blocks.warps
     memory_ops = Counter(op for op in row if op.split(".")[0] in MEMORY_OPS)
     return {
-        "kernel": "rolling" if rolling else "rows",
+        "kernel": "rolling" if blocks.rolling else "rows",
         "blocks": str(blocks),
         "registers": registers,
         "spill_bytes": stack,
@@ -126,7 +125,7 @@ def main() -> None:
     for rolling, variants in ((False, VARIANTS), (True, ROLLING_VARIANTS)):
         defaults = [block_sizes(size, size, c, rolling) for size, c in levels]
         for blocks in dict.fromkeys([*defaults, *variants]):
-            rows.append(resources(blocks, rolling))
+            rows.append(resources(blocks))
             print(rows[-1], flush=True)
     write_json(args.json, {"target": "sm_90 (H100)", "triton": triton.__version__, "configs": rows})
 

@@ -4,18 +4,23 @@ Run by ``test_fused_nafnet.py`` in a process of its own with ``TRITON_INTERPRET=
 Triton is imported: in a process where Triton was imported without it (torch's inductor does
 that), the interpreter fails on Triton's own library functions.
 
-    TRITON_INTERPRET=1 python tests/interpreted_kernel_check.py kernel|rolling-kernel|custom-op
+    TRITON_INTERPRET=1 python tests/interpreted_kernel_check.py CHECK
+
+CHECK: kernel, rolling-kernel, tuned-kernel or custom-op. Triton's autotuner times on a GPU;
+here :class:`FakeTimer` stands in for its timer, so the checks choose which candidate wins.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 
 import torch
 
+from denoise.fused import dwconv_gate_triton as kernel
 from denoise.fused.dwconv_gate import _dwconv_gate_op, dwconv_gate_reference
-from denoise.fused.dwconv_gate_triton import Blocks, dwconv_gate_triton
+from denoise.fused.dwconv_gate_triton import Blocks, block_sizes, dwconv_gate_triton
 
 CASES = [  # (N, H, W, 2C), dtype, tolerance relative to the largest output
     ((2, 5, 7, 16), torch.float32, 1e-5),  # a width smaller than one block
@@ -27,29 +32,79 @@ CASES = [  # (N, H, W, 2C), dtype, tolerance relative to the largest output
 SMALL_BLOCKS = Blocks(rows=4, pixels=8, channels=4, warps=1)
 
 
+def assert_matches_reference(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, blocks: Blocks | None, tol: float
+) -> None:
+    """``dwconv_gate_triton`` at ``blocks`` (None: tuned) against the PyTorch form in FP32."""
+    want_gate, want_mean = dwconv_gate_reference(x.float(), w.float(), b.float())
+    scale = want_gate.abs().max()
+    gate, mean = dwconv_gate_triton(x, w, b, blocks)
+    assert gate.dtype == x.dtype and mean.dtype == torch.float32, (x.shape, x.dtype)
+    msg = f"shape {tuple(x.shape)}, {x.dtype}, blocks {blocks}"
+    torch.testing.assert_close(gate.float() / scale, want_gate / scale, atol=tol, rtol=0, msg=msg)
+    torch.testing.assert_close(mean / scale, want_mean / scale, atol=tol, rtol=0, msg=msg)
+
+
 def check_kernel(rolling: bool = False) -> None:
     """The kernel's gate and channel means against the plain PyTorch form, case by case."""
     torch.manual_seed(1)
     for shape, dtype, tol in CASES:
-        c2 = shape[-1]
-        x, w, b = torch.randn(shape), torch.randn(c2, 9), torch.randn(c2)
-        want_gate, want_mean = dwconv_gate_reference(x, w, b)
-        scale = want_gate.abs().max()
+        _, h, w, c2 = shape
+        x, wt, b = (t.to(dtype) for t in (torch.randn(shape), torch.randn(c2, 9), torch.randn(c2)))
         # The default blocks, and blocks small enough that every edge between programs (rows,
         # pixels, channels) falls inside the image.
-        for blocks in (None, SMALL_BLOCKS):
-            args = (x.to(dtype), w.to(dtype), b.to(dtype), blocks)
-            gate, mean = dwconv_gate_triton(*args, rolling=rolling)
-            assert gate.dtype == dtype and mean.dtype == torch.float32, (shape, dtype)
-            msg = f"shape {shape}, {dtype}, blocks {blocks}"
-            torch.testing.assert_close(
-                gate.float() / scale, want_gate / scale, atol=tol, rtol=0, msg=msg
-            )
-            torch.testing.assert_close(mean / scale, want_mean / scale, atol=tol, rtol=0, msg=msg)
+        for blocks in (block_sizes(h, w, c2 // 2, rolling), SMALL_BLOCKS._replace(rolling=rolling)):
+            assert_matches_reference(x, wt, b, blocks, tol)
+
+
+class FakeTimer:
+    """A stand-in for the autotuner's timer: runs each candidate once, as the real one does,
+    and says the ``winner``-th it is given was the fastest. Counts the candidates it ran."""
+
+    def __init__(self, winner: int) -> None:
+        self.winner = winner
+        self.calls = 0
+
+    def __call__(self, kernel_call: Callable[[], None], quantiles: object = None) -> list[float]:
+        kernel_call()
+        self.calls += 1
+        return [0.0 if self.calls - 1 == self.winner else 1.0] * 3
+
+
+def refuse_timing(kernel_call: Callable[[], None], quantiles: object = None) -> list[float]:
+    raise AssertionError("re-timed a shape already tuned")
+
+
+def check_tuned_kernel() -> None:
+    """Without ``blocks``, the autotuner runs every candidate of the shape and keeps the one
+    timed fastest, of either form; the channel means come from its slots alone, though the
+    others left sums past them; a second call at the shape (another batch) is not re-timed."""
+    torch.manual_seed(2)
+    shape = (2, 9, 20, 68)  # two channel blocks of the 32-channel candidates
+    x, w, b = torch.randn(shape), torch.randn(68, 9), torch.randn(68)
+    candidates = kernel.tuning_candidates(9, 20, 34)
+    forms = {c.rolling for c in candidates}
+    assert forms == {False, True} and len(candidates) > 2, candidates
+    most_slots = max(c.tiles(9, 20) for c in candidates)
+    # The row form's default, with fewer slots than a candidate timed after it; then a
+    # rolling candidate with prefetch.
+    rolling = next(i for i, c in enumerate(candidates) if c.rolling and c.stages > 1)
+    for winner in (0, rolling):
+        assert candidates[winner].tiles(9, 20) < most_slots, candidates[winner]
+        kernel._tuned_kernel.cache.clear()
+        timer = FakeTimer(winner)
+        kernel._tuned_kernel.do_bench = timer
+        assert_matches_reference(x, w, b, None, 1e-5)
+        assert timer.calls == len(candidates)
+        assert kernel.tuned_blocks() == candidates[winner], (kernel.tuned_blocks(), winner)
+        kernel._tuned_kernel.do_bench = refuse_timing
+        assert_matches_reference(x[:1], w, b, None, 1e-5)
+        assert kernel.tuned_blocks() == candidates[winner]
 
 
 def check_custom_op() -> None:
     """torch.compile traces the op through its fake (shapes only) and calls the kernel."""
+    kernel._tuned_kernel.do_bench = FakeTimer(0)
     x, w, b = torch.randn(2, 6, 10, 8), torch.randn(8, 9), torch.randn(8)
     compiled = torch.compile(lambda *a: _dwconv_gate_op(*a), fullgraph=True)
     gate, mean = compiled(x, w, b)
@@ -65,6 +120,7 @@ if __name__ == "__main__":
     checks = {
         "kernel": check_kernel,
         "rolling-kernel": lambda: check_kernel(rolling=True),
+        "tuned-kernel": check_tuned_kernel,
         "custom-op": check_custom_op,
     }
     checks[sys.argv[1]]()

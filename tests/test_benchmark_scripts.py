@@ -168,8 +168,8 @@ def test_rolling_kernel_compiles_for_an_h100_without_spills() -> None:
     from denoise.fused.dwconv_gate_triton import block_sizes
 
     resources = _script("triton_kernel_resources").resources
-    rolling = resources(block_sizes(512, 512, 32, rolling=True), rolling=True)
-    rows = resources(block_sizes(512, 512, 32), rolling=False)
+    rolling = resources(block_sizes(512, 512, 32, rolling=True))
+    rows = resources(block_sizes(512, 512, 32))
     assert rolling["spill_bytes"] == 0
     assert rolling["row_memory_ops"] == {"LDG.E.128": 6, "STG.E.128": 1}
     assert rows["spill_bytes"] > 0 and rows["row_memory_ops"]["LDG.E.U16"] == 144

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -19,6 +20,11 @@ from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_reference, dwconv
 from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
 from denoise.infer import TorchBackend
 from denoise.models.dncnn import DnCNN
+
+try:
+    from denoise.fused.dwconv_gate_triton import TUNING_CANDIDATES, Blocks
+except ImportError:  # no Triton: the tests that need these are skipped
+    TUNING_CANDIDATES = ()
 
 needs_triton = pytest.mark.skipif(
     importlib.util.find_spec("triton") is None, reason="Triton is not installed"
@@ -116,9 +122,10 @@ def run_interpreted(check: str) -> None:
 
 
 @needs_triton
-@pytest.mark.parametrize("kernel", ["kernel", "rolling-kernel"])
+@pytest.mark.parametrize("kernel", ["kernel", "rolling-kernel", "tuned-kernel"])
 def test_triton_kernel_matches_the_reference(kernel: str) -> None:
-    """Widths and heights not a multiple of the blocks, odd channel counts, bf16 rounding."""
+    """Widths and heights not a multiple of the blocks, odd channel counts, bf16 rounding; the
+    tuned kernel with either form chosen."""
     run_interpreted(kernel)
 
 
@@ -170,14 +177,51 @@ def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str) -> N
 def test_rolling_kernel_on_cuda(rows: int, stages: int) -> None:
     """The rolling form compiled for the GPU, with and without prefetch (the interpreter's
     checks cannot see prefetch: it ignores it), against the plain form in FP32."""
-    from denoise.fused.dwconv_gate_triton import Blocks, dwconv_gate_triton
-
     torch.manual_seed(0)
     x = torch.randn(2, 37, 45, 64)  # no size a multiple of the blocks
     w, b = torch.randn(64, 9), torch.randn(64)
-    blocks = Blocks(rows, pixels=16, channels=16, warps=4, stages=stages)
-    gate, mean = dwconv_gate_triton(x.cuda(), w.cuda(), b.cuda(), blocks, rolling=True)
-    want_gate, want_mean = dwconv_gate_reference(x, w, b)  # on the CPU: no TF32
+    blocks = Blocks(rows, pixels=16, channels=16, warps=4, stages=stages, rolling=True)
+    assert_kernel_on_cuda_matches(x, w, b, blocks)
+
+
+@needs_cuda
+@needs_triton
+@pytest.mark.parametrize("blocks", TUNING_CANDIDATES, ids=str)
+def test_tuning_candidates_on_cuda(blocks: Blocks) -> None:
+    """Every candidate the autotuner may choose, each run on its own (the tuner would skip one
+    that failed to compile, and only the chosen one's output is checked below)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 45, 128)  # every candidate fits 64 channels
+    assert_kernel_on_cuda_matches(x, torch.randn(128, 9), torch.randn(128), blocks)
+
+
+@needs_cuda
+@needs_triton
+def test_tuned_kernel_on_cuda() -> None:
+    """The autotuner on a GPU times every candidate of the shape, of both forms (none fails to
+    compile), and runs the one it keeps."""
+    from denoise.fused.dwconv_gate_triton import _tuned_kernel, tuned_blocks, tuning_candidates
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 45, 128)
+    w, b = torch.randn(128, 9), torch.randn(128)
+    assert_kernel_on_cuda_matches(x, w, b, None)
+    timings = _tuned_kernel.configs_timings
+    assert len(timings) == len(tuning_candidates(37, 45, 64))
+    assert {c.kwargs["ROLLING"] for c in timings} == {False, True}
+    assert all(math.isfinite(t[0]) for t in timings.values()), timings
+    assert tuned_blocks() in tuning_candidates(37, 45, 64)
+
+
+def assert_kernel_on_cuda_matches(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, blocks: Blocks | None
+) -> None:
+    """The kernel on the GPU at ``blocks`` (None: tuned) against the plain form on the CPU
+    (no TF32), in FP32."""
+    from denoise.fused.dwconv_gate_triton import dwconv_gate_triton
+
+    gate, mean = dwconv_gate_triton(x.cuda(), w.cuda(), b.cuda(), blocks)
+    want_gate, want_mean = dwconv_gate_reference(x, w, b)
     scale = want_gate.abs().max()
     torch.testing.assert_close(gate.cpu() / scale, want_gate / scale, atol=1e-5, rtol=0)
     torch.testing.assert_close(mean.cpu() / scale, want_mean / scale, atol=1e-5, rtol=0)

@@ -8,8 +8,9 @@ input of NAFNet's channel attention).
 Three forms of the same function (``how``):
 
 - ``"triton"``: on CUDA with Triton, one hand-written kernel
-  (:mod:`denoise.fused.dwconv_gate_triton`), registered as the custom op
-  ``denoise::dwconv_gate`` so ``torch.compile`` calls it as it is. Elsewhere ``"conv"``.
+  (:mod:`denoise.fused.dwconv_gate_triton`; its form and block sizes tuned per shape at the
+  first call), registered as the custom op ``denoise::dwconv_gate`` so ``torch.compile``
+  calls it as it is. Elsewhere ``"conv"``.
 - ``"conv"``: the depthwise convolution as a convolution (cuDNN, oneDNN), the gate and the
   mean in PyTorch, which inductor is free to fuse.
 - ``"shifted"``: the convolution written as the sum of nine shifted copies of the input, each

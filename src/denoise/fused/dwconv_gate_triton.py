@@ -6,17 +6,21 @@ sums of the result (for NAFNet's channel attention), in FP32, one slot per progr
 the convolution writes ``2C`` channels that the gate reads back; here they never leave the
 registers. Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (the tests).
 
-The kernel has two forms of its row loop. ``_rows`` (the one ``dwconv_gate`` runs) loads each
-output's nine neighbours, so every input is loaded nine times, from the caches after the first;
-on an H100 it reached a quarter of the memory bandwidth. ``_rolling_rows`` loads each input row
-once per horizontal shift and keeps three rows of sums; it is the candidate to replace it,
-checked for correctness under the interpreter and not yet timed on a GPU
-(``benchmarks/dwconv_gate_speed.py`` times both).
+The kernel has two forms of its row loop. ``_rows`` loads each output's nine neighbours, so
+every input is loaded nine times, from the caches after the first; on an H100 it reached a
+quarter of the memory bandwidth. ``_rolling_rows`` loads each input row once per horizontal
+shift and keeps three rows of sums; checked under the interpreter, compiled for an H100
+without spills, not yet timed on a GPU. Which form, and which block sizes, the network runs
+is measured, not assumed: called without ``blocks``, :func:`dwconv_gate_triton` has Triton's
+autotuner time the shape's :func:`tuning_candidates` of both forms the first time it meets
+the shape, and keeps the fastest (``benchmarks/dwconv_gate_speed.py`` times them one by one).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -185,18 +189,34 @@ def _rolling_rows(
 
 
 class Blocks(NamedTuple):
-    """What one program covers, and how it runs."""
+    """What one program covers, and how it runs: one launch configuration of the kernel."""
 
     rows: int
     pixels: int  # along a row; a power of two
     channels: int  # a power of two
     warps: int
-    stages: int = 1  # the rolling kernel's prefetch depth (1: none); the other ignores it
+    stages: int = 1  # the rolling form's prefetch depth (1: none); the other ignores it
+    rolling: bool = False  # the row loop's form: _rolling_rows, or _rows
 
     def __str__(self) -> str:
-        """``rows x pixels x channels x warps``, then ``s<stages>`` if there is prefetch."""
+        """``rows x pixels x channels x warps``, then ``s<stages>`` if there is prefetch (the
+        form is not in it: the benchmarks keep each form's sizes apart)."""
         sizes = f"{self.rows}x{self.pixels}x{self.channels}x{self.warps}"
         return sizes + (f"s{self.stages}" if self.stages > 1 else "")
+
+    def constexprs(self) -> dict[str, int | bool]:
+        """The kernel's compile-time arguments for these blocks."""
+        return {
+            "BLOCK_H": self.rows,
+            "BLOCK_W": self.pixels,
+            "BLOCK_C": self.channels,
+            "ROLLING": self.rolling,
+            "STAGES": self.stages if self.rolling else 1,  # the row form has no prefetch
+        }
+
+    def tiles(self, height: int, width: int) -> int:
+        """Programs per image and channel block: one channel-sum slot each."""
+        return _tiles(height, width, self.constexprs())
 
 
 def block_sizes(height: int, width: int, channels: int, rolling: bool = False) -> Blocks:
@@ -205,33 +225,124 @@ def block_sizes(height: int, width: int, channels: int, rolling: bool = False) -
     block_c = min(64, triton.next_power_of_2(channels))
     outputs = 1024 if rolling else 2048
     block_w = min(triton.next_power_of_2(width), max(16, outputs // block_c))
-    return Blocks(min(16 if rolling else 8, height), block_w, block_c, 4)
+    return Blocks(min(16 if rolling else 8, height), block_w, block_c, 4, rolling=rolling)
+
+
+# What Triton's autotuner times, beside each form's block_sizes, at each new shape. The row
+# form: the two block sizes that were fastest at some level of NAFNet-w32 on an H100, and one
+# within 2% at the smallest (benchmarks/results/h100/dwconv_gate_speed*.json). The rolling
+# form, not yet timed on a GPU: its default and sizes with fewer registers, with and without
+# prefetch; compiled for an H100, only 16x32x32x4s2 spills, 16 bytes
+# (benchmarks/results/triton_kernel_resources.json).
+TUNING_CANDIDATES: tuple[Blocks, ...] = (
+    Blocks(1, 64, 32, 4),
+    Blocks(8, 32, 64, 4),
+    Blocks(8, 16, 128, 4),
+    Blocks(16, 32, 32, 4, rolling=True),
+    Blocks(16, 16, 32, 4, rolling=True),
+    Blocks(16, 32, 32, 4, stages=2, rolling=True),
+    Blocks(16, 16, 32, 4, stages=3, rolling=True),
+    Blocks(16, 32, 32, 8, stages=3, rolling=True),
+    Blocks(8, 16, 32, 4, stages=3, rolling=True),
+)
+
+
+def tuning_candidates(height: int, width: int, channels: int) -> list[Blocks]:
+    """Both forms' :func:`block_sizes`, then the :data:`TUNING_CANDIDATES` whose rows and
+    channels fit the shape (blocks mostly masked off only cost time)."""
+    defaults = [block_sizes(height, width, channels, rolling) for rolling in (False, True)]
+    fitting = [b for b in TUNING_CANDIDATES if b.rows <= height and b.channels <= channels]
+    return list(dict.fromkeys(defaults + fitting))
+
+
+def _config(blocks: Blocks) -> triton.Config:
+    return triton.Config(blocks.constexprs(), num_warps=blocks.warps)
+
+
+def _blocks(config: triton.Config) -> Blocks:
+    """The :class:`Blocks` of a config made by :func:`_config`."""
+    k = config.kwargs
+    return Blocks(
+        k["BLOCK_H"], k["BLOCK_W"], k["BLOCK_C"], config.num_warps, k["STAGES"], k["ROLLING"]
+    )
+
+
+def _shape_candidates(
+    configs: list[triton.Config], named_args: dict[str, Any], **kwargs: Any
+) -> list[triton.Config]:
+    """The autotuner's pruning hook, here to hand it the candidates of the shape at hand (it
+    calls the hook only if it was given more than one config)."""
+    shape = (named_args[k] for k in ("H", "W", "C"))
+    return [_config(b) for b in tuning_candidates(*shape)]
+
+
+# Tuned once per process and (height, width, channels, dtypes): not per batch size, so the
+# first call at a shape picks the blocks for every batch. Which configuration wins can differ
+# between processes when two are close, and with it the order in which the channel sums are
+# added (the last bits of bf16 outputs). TRITON_CACHE_AUTOTUNING=1 keeps the choices on disk.
+# The first call at a shape synchronises and allocates: not inside a CUDA graph's capture.
+_tuned_kernel = triton.autotune(
+    configs=[_config(b) for b in TUNING_CANDIDATES],
+    key=["H", "W", "C"],
+    prune_configs_by={"early_config_prune": _shape_candidates},
+)(_dwconv_gate_kernel)
+
+
+@functools.cache
+def _most_slots(height: int, width: int, channels: int) -> int:
+    """The most channel-sum slots per image any of the shape's candidates writes."""
+    return max(b.tiles(height, width) for b in tuning_candidates(height, width, channels))
+
+
+def _tiles(h: int, w: int, sizes: Mapping[str, Any]) -> int:
+    """Programs per image and channel block at ``sizes`` (BLOCK_H, BLOCK_W)."""
+    return triton.cdiv(h, sizes["BLOCK_H"]) * triton.cdiv(w, sizes["BLOCK_W"])
+
+
+def _grid(n: int, h: int, w: int, c: int, sizes: Mapping[str, Any]) -> tuple[int, int, int]:
+    """Programs for ``n`` images of ``h`` x ``w`` x ``c`` at ``sizes`` (BLOCK_H, _W, _C)."""
+    rows, pixels, channels = (sizes[k] for k in ("BLOCK_H", "BLOCK_W", "BLOCK_C"))
+    return n * triton.cdiv(h, rows), triton.cdiv(w, pixels), triton.cdiv(c, channels)
+
+
+def tuned_blocks() -> Blocks:
+    """The blocks the last tuned call (``dwconv_gate_triton`` without ``blocks``) ran, for a
+    report: in a process that tunes from several threads, whichever launched last."""
+    return _blocks(_tuned_kernel.best_config)
 
 
 def dwconv_gate_triton(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    blocks: Blocks | None = None,
-    rolling: bool = False,
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, blocks: Blocks | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` contiguous NHWC (N, H, W, 2C); ``weight`` (2C, 9); ``bias`` (2C,).
 
     Returns the gated output (N, H, W, C) in ``x``'s dtype and its per-image channel means
-    (N, C) in FP32. ``blocks`` overrides :func:`block_sizes`, and ``rolling`` runs the
-    rolling form of the kernel (the speed benchmark).
+    (N, C) in FP32. Runs ``blocks`` if given; without, the fastest of the shape's
+    :func:`tuning_candidates`, timed by Triton's autotuner the first time it sees the shape.
     """
     n, h, w, c2 = x.shape
     c = c2 // 2
-    blocks = blocks or block_sizes(h, w, c, rolling)
-    grid = (n * triton.cdiv(h, blocks.rows), triton.cdiv(w, blocks.pixels))
-    grid += (triton.cdiv(c, blocks.channels),)
     out = torch.empty((n, h, w, c), dtype=x.dtype, device=x.device)
-    sums = torch.empty((n, grid[0] // n * grid[1], c), dtype=torch.float32, device=x.device)
-    args = (x, weight, bias, out, sums, h, w, c)
-    sizes = {"BLOCK_H": blocks.rows, "BLOCK_W": blocks.pixels, "BLOCK_C": blocks.channels}
-    stages = blocks.stages if rolling else 1  # the row form has no prefetch
-    _dwconv_gate_kernel[grid](
-        *args, **sizes, ROLLING=rolling, STAGES=stages, num_warps=blocks.warps
-    )
-    return out, sums.sum(dim=1) / (h * w)
+    args = (x, weight, bias, out)
+    if blocks is None:
+        # Room for the most slots any candidate writes. The launch that runs last (the chosen
+        # configuration's: the timing runs come first) fills the front; its sizes come from
+        # the grid function, which every launch calls, not from the autotuner's shared state.
+        sums = torch.empty(n * _most_slots(h, w, c) * c, dtype=torch.float32, device=x.device)
+        launched: list[Mapping[str, Any]] = []
+
+        def grid(meta: Mapping[str, Any]) -> tuple[int, int, int]:
+            launched.append(meta)
+            return _grid(n, h, w, c, meta)
+
+        _tuned_kernel[grid](*args, sums, h, w, c)
+        tiles = _tiles(h, w, launched[-1])
+    else:
+        tiles = blocks.tiles(h, w)
+        sums = torch.empty(n * tiles * c, dtype=torch.float32, device=x.device)
+        sizes = blocks.constexprs()
+        _dwconv_gate_kernel[_grid(n, h, w, c, sizes)](
+            *args, sums, h, w, c, **sizes, num_warps=blocks.warps
+        )
+    per_tile = sums[: n * tiles * c].view(n, tiles, c)
+    return out, per_tile.sum(dim=1) / (h * w)

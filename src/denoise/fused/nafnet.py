@@ -18,10 +18,11 @@ and its arithmetic small, so on a GPU it is bound by how often each block reads 
 
 The convolutions between levels (intro, down-, up-sampling, ending) are left as they are.
 
-Measured on an H100 at 512x512, batch 8, compiled in bf16 (README): with the Triton kernel a
-third of the GPU memory of the compiled cast model but 0.94x its speed (the kernel is slower
-than cuDNN's depthwise convolution); with ``dwconv="conv"`` 1.02x its speed and as much memory;
-with ``"shifted"`` 0.88x.
+Measured on an H100 at 512x512, batch 8, compiled in bf16 (README): with the Triton kernel's
+row form at fixed block sizes (before it was tuned per level) a third of the GPU memory of the
+compiled cast model but 0.94x its speed (that kernel was slower than cuDNN's depthwise
+convolution); with ``dwconv="conv"`` 1.02x its speed and as much memory; with ``"shifted"``
+0.88x.
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def fuse_nafnet(net: nn.Module, dwconv: DwconvForm = "triton") -> FusedNAFNet:
 
     ``dwconv`` picks the form of the depthwise convolution and gate
     (:mod:`denoise.fused.dwconv_gate`). ``"conv"`` (cuDNN's convolution, the gate left to
-    inductor) was faster than the Triton kernel on an H100 at every level of NAFNet-w32, tied
-    at the smallest (``benchmarks/dwconv_gate_speed.py``).
+    inductor) was faster than the Triton kernel's row form at its fixed block sizes on an H100
+    at every level of NAFNet-w32, tied at the smallest (``benchmarks/dwconv_gate_speed.py``).
     """
     if not isinstance(net, NAFNet):
         raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
