@@ -22,10 +22,10 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 9. ``kernel``: the inference form's Triton kernel's speed per level, both its forms and the
    autotuned kernel the network calls (``dwconv_gate_speed.py``), then the inference form's
    CUDA tests (``tests/test_fused_nafnet.py -k on_cuda``; CI runs the others).
-10. ``fused``: NAFNet's inference form (``denoise.fused.nafnet``), eager and compiled beside the
-   compiled cast model, then ``gpu_profile.py`` of the compiled inference form. With
-   ``kernel``, the order is: kernel speeds, the network's (they say whether tuning won), the
-   CUDA tests, the profile.
+10. ``fused``: NAFNet's inference form (``denoise.fused.nafnet``), eager, compiled and in
+   CUDA graphs beside the compiled cast model, then ``gpu_profile.py`` of the compiled
+   inference form. With ``kernel``, the order is: kernel speeds, the network's (they say
+   whether tuning won), the CUDA tests, the profile.
 11. ``shift``: the inference form with the depthwise convolution as nine shifted taps
    (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
    model; then its profile.
@@ -79,6 +79,7 @@ FUSED_PATHS = [
     "torch-bf16-fused",
     "torch-bf16-fused-plain-compile",
     "torch-bf16-fused-compile",
+    "torch-bf16-fused-graphs",
 ]
 SHIFT_PATHS = [
     "torch-bf16-fused-shift-compile",
@@ -326,7 +327,8 @@ def main() -> None:
     compile_step("fused", FUSED_PATHS, 360)
     runner.run("kernel-tests", tests, 240)
     fused_profile = str(out / "gpu_profile_fused.json")
-    runner.run("fused-profile", [*profile, FUSED_PATHS[-1], "--json", fused_profile], 240)
+    fused_profile_args = [*profile, "torch-bf16-fused-compile", "--json", fused_profile]
+    runner.run("fused-profile", fused_profile_args, 240)
 
     compile_step("shift", SHIFT_PATHS, 300)
     shift_profile = str(out / "gpu_profile_shift.json")

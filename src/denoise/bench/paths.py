@@ -195,6 +195,13 @@ _PATHS = [
         "torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"
     ),
     _inference_form("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
+    _inference_form(
+        "torch-bf16-fused-graphs",
+        "bf16",
+        "reduce-overhead",
+        "torch-bf16-fused-compile in CUDA graphs",
+        needs_cuda=True,
+    ),
     # CUDA only: elsewhere "triton" is "conv" too, the same as torch-bf16-fused-compile
     _inference_form(
         "torch-bf16-fused-plain-compile",
