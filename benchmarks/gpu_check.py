@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from denoise.bench.paths import available_paths  # noqa: E402
 from denoise.data.patch_store import read_patch_store, write_patch_store  # noqa: E402
+from denoise.params import load_params  # noqa: E402
 from denoise.paths import DVCLIVE_DIR, MODELS_DIR, PARAMS_FILE, SPLIT_DIR  # noqa: E402
 
 EAGER_PATHS = ["torch", "torch-cl", "torch-bf16", "torch-fp16", "torch-fp16-cudagraph"]
@@ -166,7 +167,7 @@ def train_workdir(
     work = root / label
     (work / "data").mkdir(parents=True)
     (work / SPLIT_DIR).symlink_to(split)
-    params = yaml.safe_load((REPO / PARAMS_FILE).read_text())
+    params = dict(load_params(REPO / PARAMS_FILE))  # exponent floats stay floats
     for key, value in overrides.items():
         section = params["train"] if key in ("amp", "device") else params["train"][model]
         section[key] = value

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from common import load_params, run_stage
 
 from denoise.checkpoint import checkpoint_path
 from denoise.export import ExportSettings, export_checkpoint
-from denoise.paths import REPOSITORY
-
-METRICS = Path("metrics/export.json")
+from denoise.paths import EXPORT_METRICS, REPOSITORY
 
 
 def main() -> None:
@@ -18,7 +14,7 @@ def main() -> None:
     report = export_checkpoint(
         checkpoint_path(params["model"]),
         REPOSITORY,
-        METRICS,
+        EXPORT_METRICS,
         ExportSettings.from_params(params["export"]),
     )
     print(

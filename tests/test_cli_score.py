@@ -281,9 +281,10 @@ def test_run_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> Non
     (tmp_path / "file").write_text("")
     for args, message in (
         (["-o", str(tmp_path / "file")], "output folder is a file"),
-        (["--tile", "64", "--overlap", "64"], "overlap 64 must be smaller than tile 64"),
-        (["--tile", "1", "--overlap", "0"], "tile 1 is too small: at least 16"),
-        (["--tile", "64", "--overlap", "33"], "overlap 33 must be at most half of tile 64"),
+        (["--tile", "64", "--overlap", "64"], "--overlap 64 must be smaller than --tile 64"),
+        (["--tile", "1", "--overlap", "0"], "--tile 1 is too small: at least 16"),
+        (["--tile", "8"], "--tile 8 is too small: at least 16"),  # not the default overlap's
+        (["--tile", "64", "--overlap", "33"], "--overlap 33 must be at most half of --tile 64"),
         (["--backend", "bogus"], "unknown backend 'bogus'"),
     ):
         result = runner.invoke(app, ["run", "x.png", "--model", missing, *args])

@@ -101,6 +101,7 @@ def test_grey_and_16bit_are_converted_explicitly(tmp_path: Path) -> None:
         ("junk.png", None, "not a readable image"),
         ("empty.jpg", b"", "empty file"),
         ("missing.png", "absent", "file not found"),
+        ("pipe.png", "fifo", "not a regular file"),
     ],
 )
 def test_bad_images_name_the_file(tmp_path: Path, name: str, content, message: str) -> None:
@@ -111,6 +112,8 @@ def test_bad_images_name_the_file(tmp_path: Path, name: str, content, message: s
         path.write_bytes(b"not an image")
     elif isinstance(content, bytes):
         path.write_bytes(content)
+    elif content == "fifo":  # reading it would wait for a writer
+        os.mkfifo(path)
     with pytest.raises(DenoiseError, match=message) as e:
         read_rgb8(path)
     assert name in str(e.value)
@@ -170,8 +173,8 @@ def test_corrupt_data_is_refused_and_the_decoders_say_nothing(tmp_path: Path, ca
         read_rgb8(tmp_path / "flip.jpg")
     png = cv2.imencode(".png", img)[1].tobytes()
     (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
-    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image"):
-        read_rgb8(tmp_path / "cut.png")
+    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image \(libpng error: PNG"):
+        read_rgb8(tmp_path / "cut.png")  # libpng's reason, not only that it failed
     (tmp_path / "good.png").write_bytes(png)
     np.testing.assert_array_equal(read_rgb8(tmp_path / "good.png"), img[..., ::-1])  # BGR file
     captured = capfd.readouterr()

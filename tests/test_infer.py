@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -460,6 +462,32 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
     assert (tmp_path / "out3" / "x_denoised.png" / "keep.txt").read_text() == "keep"
 
 
+def test_a_read_only_input_folder_is_refused_before_the_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outputs beside the inputs, in a folder this user cannot write: one error per photo
+    before it is denoised (not after minutes of work), and the others go on."""
+    import denoise.infer as infer_module
+
+    for folder in ("ro", "rw"):
+        write_image(tmp_path / folder / "x.png", np.zeros((8, 8, 3), np.uint8))
+    real_access = os.access  # the tests run as root, for whom every folder is writable
+    monkeypatch.setattr(
+        infer_module.os,
+        "access",
+        lambda path, mode: Path(path) != tmp_path / "ro" and real_access(path, mode),
+    )
+    errors: list[str] = []
+    recorder = Recorder()
+    written = denoise_files(
+        [tmp_path / "ro" / "x.png", tmp_path / "rw" / "x.png"], recorder, tile=0, overlap=0,
+        progress=False, on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [tmp_path / "rw" / "x_denoised.png"] and len(recorder.shapes) == 1
+    ro = tmp_path / "ro"
+    assert errors == [f"{ro / 'x_denoised.png'}: cannot be written ({ro} is not writable)"]
+
+
 def test_an_input_is_never_overwritten_by_another_inputs_output(tmp_path: Path) -> None:
     x, x_out = tmp_path / "x.png", tmp_path / "x_denoised.png"
     write_image(x, np.zeros((8, 8, 3), np.uint8))
@@ -579,7 +607,8 @@ def test_bad_tiling_is_named(tile: int, overlap: int, message: str) -> None:
 def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     params, models = tmp_path / "params.yaml", tmp_path / "models"
     repo = tmp_path / "model_repository"
-    kw = {"params_path": params, "models_dir": models, "repository": repo}
+    export = tmp_path / "metrics" / "export.json"  # none yet: params.yaml decides
+    kw = {"params_path": params, "models_dir": models, "repository": repo, "export_metrics": export}
     with pytest.raises(DenoiseError, match="run the export-onnx stage first"):
         resolve_model(None, "onnxruntime", **kw)
     with pytest.raises(DenoiseError, match=r"model\.plan: not found .*build-trt"):
@@ -598,6 +627,39 @@ def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     (models / "dncnn.pt").write_bytes(b"")
     assert resolve_model(None, None, **kw) == ("torch", str(models / "dncnn.pt"))
     assert resolve_model(None, "triton", **kw) == ("triton", "dncnn")
+
+
+def test_resolve_model_takes_the_last_export_over_the_params_switch(tmp_path: Path) -> None:
+    """params.yaml edited after the pipeline ran: every backend still runs the exported model
+    (the torch backend its checkpoint), not one backend each."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("nafnet", "dncnn"):
+        (models / f"{name}.pt").write_bytes(b"")
+    (tmp_path / "params.yaml").write_text("model: dncnn\n")
+    export = tmp_path / "metrics" / "export.json"
+    export.parent.mkdir()
+    kw = {
+        "params_path": tmp_path / "params.yaml",
+        "models_dir": models,
+        "repository": tmp_path / "model_repository",
+        "export_metrics": export,
+    }
+    export.write_text(json.dumps({"checkpoint": str(models / "nafnet.pt"), "passed": True}))
+    assert resolve_model(None, None, **kw) == ("torch", str(models / "nafnet.pt"))
+    assert resolve_model(None, "torch", **kw) == ("torch", str(models / "nafnet.pt"))
+    assert resolve_model(str(models / "dncnn.pt"), None, **kw)[1] == str(models / "dncnn.pt")
+    # Unreadable, its checkpoint deleted, none named, or an export that failed its parity
+    # check (the repository keeps the earlier model): the switch decides.
+    for report in (
+        "{not json",
+        "[1]",
+        json.dumps({"checkpoint": str(models / "gone.pt"), "passed": True}),
+        json.dumps({"checkpoint": None, "passed": True}),
+        json.dumps({"checkpoint": str(models / "nafnet.pt"), "passed": False}),
+    ):
+        export.write_text(report)
+        assert resolve_model(None, None, **kw) == ("torch", str(models / "dncnn.pt")), report
     assert resolve_model("x.onnx", None, **kw) == ("onnxruntime", "x.onnx")
     assert resolve_model("x.plan", None, **kw) == ("tensorrt", "x.plan")
     with pytest.raises(DenoiseError, match="unknown model file type"):

@@ -46,3 +46,22 @@ def test_checked_section_names_typos_and_missing_keys() -> None:
     assert checked_section(Section, {"lr": 0.1}, "train") == {"lr": 0.1}
     with pytest.raises(DenoiseError, match=r"params\.yaml train: missing lr; unknown lr_rate"):
         checked_section(Section, {"lr_rate": 0.1}, "train")
+
+
+def test_floats_without_a_dot_are_floats(tmp_path: Path) -> None:
+    """``dvc exp run -S train.nafnet.lr=5e-5`` writes ``lr: 5e-05``: YAML 1.2 reads a float
+    there, where PyYAML's YAML 1.1 would read a string."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: 0.001\n  eta_min: 1.0e-7\n  iters: 10\n  tag: 1e\n")
+    apply_overrides(str(path), ["train.lr=5e-5", "train.eta_min=1e-6"])
+    assert "5e-05" in path.read_text()  # what DVC wrote, no dot
+    train = load_params(path)["train"]
+    assert train == {"lr": 5e-5, "eta_min": 1e-6, "iters": 10, "tag": "1e"}
+    assert isinstance(train["iters"], int)
+    cases = [("-2E+3", -2000.0), ("1_0e1", 100.0), ("1.5", 1.5), ("0x10", 16), ("1.0e5", 1e5)]
+    cases += [(".5e1", 5.0), ("1.e-2", 0.01), ("e5", "e5"), ("1.2.3", "1.2.3")]
+    for text, value in cases:
+        path.write_text(f"v: {text}\n")
+        assert load_params(path)["v"] == value, text

@@ -514,6 +514,8 @@ def test_archive_name_follows_the_url() -> None:
     assert sd.archive_name("http://h/share/SIDD_Small_sRGB_Only.zip?x=1") == f"{ROOT}.zip"
     assert sd.archive_name("https://mirror.example/a%20b.zip") == "a b.zip"
     assert sd.archive_name("https://mirror.example/") == sd.DEFAULT_ARCHIVE
+    # a mirror's download link: the name a copy put in place by hand would have
+    assert sd.archive_name("https://drive.example/uc?id=1&export=download") == sd.DEFAULT_ARCHIVE
 
 
 # ---------------------------------------------------------------------------- stage script

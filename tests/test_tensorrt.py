@@ -103,6 +103,39 @@ def test_skipped_build_records_why_and_writes_no_engine(
     assert len(out) == 1 and out[0].startswith("build-trt: skipped: TensorRT is not installed")
 
 
+@pytest.mark.parametrize("failing", ["onnx", "build"])
+def test_a_failed_build_is_recorded_as_failed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str
+) -> None:
+    """Where TensorRT runs but a step fails (an unreadable ONNX file: not a DenoiseError; the
+    engine build), the metrics say so, not an earlier run's result, and the stale engine is
+    gone."""
+    from denoise.triton.repository import ONNX_MODEL
+
+    monkeypatch.setattr(tensorrt, "tensorrt_status", lambda: (True, ""))
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.9"))
+
+    def failing_build(onnx_path: Path, settings: TrtSettings) -> tuple[bytes, int]:
+        raise DenoiseError(f"{onnx_path}: TensorRT cannot parse it: no")
+
+    monkeypatch.setattr(tensorrt, "build_engine", failing_build)
+    if failing == "build":
+        monkeypatch.setattr(tensorrt, "onnx_pad_multiple", lambda path: 16)
+    repo = tmp_path / "model_repository"
+    (repo / ONNX_MODEL / "1").mkdir(parents=True)
+    (repo / ONNX_MODEL / "1" / "model.onnx").write_bytes(b"not onnx")
+    (repo / TRT_MODEL / "1").mkdir(parents=True)
+    metrics = tmp_path / "build_trt.json"
+    metrics.write_text('{"status": "built"}')  # an earlier run's
+    reason = "cannot parse it: no" if failing == "build" else "Error parsing message"
+    with pytest.raises(Exception, match=reason):
+        build_trt(repo, tmp_path / "test", metrics, TrtSettings.from_params(PARAMS))
+    record = json.loads(metrics.read_text())
+    assert record["status"] == "failed" and reason in record["reason"], record
+    assert record["tensorrt"] == "10.9" and record["onnx"].endswith("model.onnx")
+    assert not (repo / TRT_MODEL).exists()
+
+
 def test_backend_without_tensorrt_is_a_clear_error(no_tensorrt: None) -> None:
     with pytest.raises(DenoiseError, match=r"m\.plan: tensorrt backend unavailable"):
         open_backend("tensorrt", "m.plan")
@@ -117,6 +150,34 @@ def test_settings_profile_and_validation() -> None:
         TrtSettings.from_params({**PARAMS, "max_shape": [128, 128]})
     with pytest.raises(DenoiseError, match=r"trt: missing fp16"):
         TrtSettings.from_params({k: v for k, v in PARAMS.items() if k != "fp16"})
+
+
+def test_the_engine_pads_as_its_triton_config_says(tmp_path: Path) -> None:
+    """The multiple comes from ``denoise_trt/config.pbtxt`` (build-trt copies it there from
+    the ONNX file), so ``denoise run --backend tensorrt`` reflect-pads tiles like the others."""
+    from denoise.triton.repository import model_config
+
+    plan = tmp_path / TRT_MODEL / "1" / "model.plan"
+    plan.parent.mkdir(parents=True)
+    assert tensorrt._configured_pad_multiple(plan) == 1  # no config: no padding
+    config = tmp_path / TRT_MODEL / "config.pbtxt"
+    for value, want in (("16", 16), ("0", None)):
+        text = model_config(
+            TRT_MODEL,
+            platform="tensorrt_plan",
+            max_batch_size=1,
+            parameters={"pad_multiple": value},
+        )
+        config.write_text(text)
+        if want:
+            assert tensorrt._configured_pad_multiple(plan) == want
+        else:
+            with pytest.raises(DenoiseError, match=r"config\.pbtxt: pad_multiple '0' is not"):
+                tensorrt._configured_pad_multiple(plan)
+    # a plan outside a model's version folder reads no config (here: the bad one above)
+    loose = tmp_path / "build" / "model.plan"
+    (tmp_path / "config.pbtxt").write_text(config.read_text())
+    assert tensorrt._configured_pad_multiple(loose) == 1
 
 
 @pytest.mark.slow

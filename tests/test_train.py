@@ -67,6 +67,16 @@ def _cfg(model: str = "nafnet", **kw: object) -> TrainConfig:
     return TrainConfig(model=model, **base)  # type: ignore[arg-type]
 
 
+def test_the_resume_fingerprint_holds_what_the_outputs_depend_on() -> None:
+    """A resume state is used only by a run with the same fingerprint: the logging interval
+    shapes the curves, so it is in; where checkpoints go and how data is loaded are not."""
+    base = _cfg("dncnn")
+    assert _cfg("dncnn", log_every=2).fingerprint_fields() != base.fingerprint_fields()
+    assert _cfg("dncnn", lr=base.lr / 2).fingerprint_fields() != base.fingerprint_fields()
+    same = _cfg("dncnn", num_workers=2, checkpoint_every=6, val_batch=1)
+    assert same.fingerprint_fields() == base.fingerprint_fields()
+
+
 def _run(cfg: TrainConfig, split: Path, out: Path) -> dict:
     train_model(
         cfg,

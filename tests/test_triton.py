@@ -30,7 +30,13 @@ from denoise.cli import app
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_rgb8, write_rgb8
-from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
+from denoise.infer import (
+    PAD_MULTIPLE_KEY,
+    OnnxRuntimeBackend,
+    denoise_image,
+    open_backend,
+    pad_multiple_value,
+)
 from denoise.triton import client as client_module
 from denoise.triton import server as server_module
 from denoise.triton import smoke as smoke_module
@@ -43,12 +49,15 @@ from denoise.triton.repository import (
     PYTHON_MODEL,
     PYTHON_MODEL_TEMPLATE,
     TRT_MODEL,
+    config_parameter,
     model_config,
+    onnx_pad_multiple,
     write_model,
     write_onnx_route,
 )
 from denoise.triton.server import (
     HOST,
+    SHM_DIR,
     ServerBinary,
     TritonServer,
     _pytriton_root,
@@ -129,6 +138,21 @@ def test_python_route_config(repository: Path) -> None:
         assert list(t.dims) == [3, -1, -1]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     assert cfg.parameters["intra_op_threads"].string_value == "1"
+    # What the export recorded in the ONNX file, for clients that tile (denoise run)
+    multiple = onnx_pad_multiple(repository / PYTHON_MODEL / "1" / "model.onnx")
+    assert multiple > 1 and cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
+    onnx_cfg = parse_config((repository / ONNX_MODEL / "config.pbtxt").read_text())
+    assert onnx_cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
+
+
+def test_config_parameters_read_back_and_bad_multiples_are_named() -> None:
+    text = model_config("m", backend="python", max_batch_size=1, parameters={"a": "1", "b": "x"})
+    assert (config_parameter(text, "a"), config_parameter(text, "b")) == ("1", "x")
+    assert config_parameter(text, "c") is None
+    assert pad_multiple_value(None, "m") == 1 and pad_multiple_value("16", "m") == 16
+    for bad in ("0", "-2", "1.5", "x"):
+        with pytest.raises(DenoiseError, match=rf"m: pad_multiple '{re.escape(bad)}' is not"):
+            pad_multiple_value(bad, "m")
 
 
 def test_onnx_and_tensorrt_configs() -> None:
@@ -245,6 +269,7 @@ def test_served_output_matches_onnxruntime(
     x = np.random.default_rng(3).random((3, 3, 21, 35), dtype=np.float32)  # 3 > max batch 2
     y = backend(x)
     ref = local_onnxruntime(repository, x)
+    assert backend.pad_multiple == onnx_pad_multiple(repository / PYTHON_MODEL / "1" / "model.onnx")
     assert y.shape == x.shape and y.dtype == np.float32
     assert np.abs(y - ref).max() <= 1e-5
     assert np.abs(y - x).max() > 1e-3  # the model did something
@@ -270,18 +295,24 @@ def test_unknown_model_names_what_is_served(server: TritonServer) -> None:
         TritonBackend(server.http_url, "http", TRT_MODEL)
 
 
+@pytest.mark.parametrize(("tile", "overlap"), [(32, 8), (0, 0)])
 def test_cli_run_with_the_triton_backend(
     server: TritonServer,
     repository: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    tile: int,
+    overlap: int,
 ) -> None:
-    """`denoise run --backend triton --url` writes what local onnxruntime gives, tiled alike."""
+    """`denoise run --backend triton --url` writes what local onnxruntime gives, tiled alike:
+    tiles (or a whole image, tile 0) whose sides are no multiple of the network's are
+    reflect-padded as for local backends (the server's config says the multiple), not left
+    to the network's zero padding, which spoils the bottom and right edges."""
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the server's default model
     rng = np.random.default_rng(5)
-    noisy = (rng.random((40, 56, 3)) * 255).astype(np.uint8)
+    noisy = (rng.random((37, 53, 3)) * 255).astype(np.uint8)
     write_rgb8(tmp_path / "photo.png", noisy)
-    tiles = ["--tile", "32", "--overlap", "8"]
+    tiles = ["--tile", str(tile), "--overlap", str(overlap)]
     args = ["run", "photo.png", "--backend", "triton", "--url", server.http_url, *tiles]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -290,7 +321,8 @@ def test_cli_run_with_the_triton_backend(
     local = OnnxRuntimeBackend(
         repository / PYTHON_MODEL / "1" / "model.onnx", providers=["CPUExecutionProvider"]
     )
-    ref = denoise_image(noisy, local, tile=32, overlap=8)
+    assert local.pad_multiple > 1
+    ref = denoise_image(noisy, local, tile=tile, overlap=overlap)
     assert served.shape == ref.shape == noisy.shape
     assert np.abs(served.astype(int) - ref.astype(int)).max() <= 1
     assert np.abs(served.astype(int) - noisy.astype(int)).max() > 5  # the model did something
@@ -329,6 +361,24 @@ def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
     assert report["images"] == 1 and report["crop"] == 16
 
 
+def smoke_with_reference(
+    reference: type[OnnxRuntimeBackend],
+    server: TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict:
+    """The smoke test on 2 test images against the running ``server``, with ``reference``
+    standing in for local onnxruntime."""
+    monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", reference)
+    monkeypatch.setattr(
+        smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
+    )
+    write_test_split(tmp_path / "test", 2)
+    settings = smoke_settings(server.http_port, server.grpc_port, images=2)
+    return smoke_test(repository, tmp_path / "test", tmp_path / "smoke.json", settings)
+
+
 def test_smoke_test_fails_on_a_nan_in_any_image(
     server: TritonServer,
     repository: Path,
@@ -343,14 +393,29 @@ def test_smoke_test_fails_on_a_nan_in_any_image(
             out = super().__call__(batch)
             return out * np.nan if type(self).calls == 2 else out
 
-    monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", NaNOnTheSecondImage)
-    monkeypatch.setattr(
-        smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
-    )
-    write_test_split(tmp_path / "test", 2)
-    settings = smoke_settings(server.http_port, server.grpc_port, images=2)
     with pytest.raises(DenoiseError, match=r"differs from local onnxruntime by nan"):
-        smoke_test(repository, tmp_path / "test", tmp_path / "smoke.json", settings)
+        smoke_with_reference(NaNOnTheSecondImage, server, repository, tmp_path, monkeypatch)
+
+
+def test_smoke_test_compares_a_batch_of_two_odd_sized_crops_too(
+    server: TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The test crops go one per request; a batch of two must match as well, cut to odd
+    sizes where the crops allow (and to the smaller of two whole images)."""
+
+    class OffOnBatches(OnnxRuntimeBackend):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return super().__call__(batch) + (0.5 if len(batch) > 1 else 0.0)
+
+    with pytest.raises(DenoiseError, match=r"differs from local onnxruntime by 0\.5"):
+        smoke_with_reference(OffOnBatches, server, repository, tmp_path, monkeypatch)
+    crops = [np.zeros((1, 3, 256, 256)), np.zeros((1, 3, 300, 260))]
+    assert smoke_module._odd_batch(crops).shape == (2, 3, 237, 253)
+    assert smoke_module._odd_batch(crops[:1]).shape == (2, 3, 237, 253)
+    assert smoke_module._odd_batch([np.zeros((1, 3, 40, 56))]).shape == (2, 3, 40, 56)
 
 
 @pytest.mark.parametrize(
@@ -384,10 +449,31 @@ def test_https_reaches_the_client_as_tls_and_other_schemes_are_refused(
     monkeypatch.setattr(client_module, "_client_module", lambda protocol: module)
     TritonBackend("https://triton.example:443", "http", PYTHON_MODEL)
     assert seen[-1]["url"] == "triton.example:443" and seen[-1]["ssl"] is True
+    # a client for the questions before inference, then one with the inference timeout
+    probe, infer = seen[-2:]
+    assert probe["network_timeout"] == client_module.PROBE_TIMEOUT_S < 120.0
+    assert infer["network_timeout"] == 120.0 and probe["ssl"] is True
     TritonBackend("127.0.0.1:8000", "http", PYTHON_MODEL)
     assert seen[-1]["ssl"] is False
     with pytest.raises(DenoiseError, match=r"ftp://x:1: unsupported scheme 'ftp'"):
         TritonBackend("ftp://x:1", "http", PYTHON_MODEL)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_server_that_never_answers_is_reported_after_the_probe_timeout(
+    monkeypatch: pytest.MonkeyPatch, protocol: str
+) -> None:
+    """Something listening on the port that never answers: an error after the short probe
+    timeout, not a wait as long as the inference timeout (120 s)."""
+    monkeypatch.setattr(client_module, "PROBE_TIMEOUT_S", 0.5)
+    with socket.socket() as listener:  # accepts connections (the kernel does), never answers
+        listener.bind((HOST, 0))
+        listener.listen()
+        url = f"{HOST}:{listener.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(DenoiseError, match=rf"{protocol}://{url}: Triton server not reach"):
+            TritonBackend(url, protocol, PYTHON_MODEL)
+        assert time.monotonic() - t0 < 30  # a bound on a hang, not a speed target
 
 
 def test_a_port_in_time_wait_is_free_to_serve_on() -> None:
@@ -411,7 +497,12 @@ def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
         pid = srv.process.pid
         assert srv.start_s is not None and srv.start_s > 0
         assert port_in_use(srv.http_port) and port_in_use(srv.grpc_port)
+        # the python backend names its shared memory as told; one left as by a server
+        # stopped mid-load, which stop() must remove too
+        assert list(SHM_DIR.glob(f"{srv.shm_prefix}*"))
+        (SHM_DIR / f"{srv.shm_prefix}left_behind").write_bytes(b"")
     assert srv.process is None and process_gone(pid)  # server and python stubs
+    assert not list(SHM_DIR.glob(f"{srv.shm_prefix}*"))
     assert not port_in_use(srv.http_port) and not port_in_use(srv.grpc_port)
     # The server ran on a private copy: nothing (e.g. __pycache__) written into the repository.
     assert not list(repository.rglob("__pycache__"))
@@ -467,6 +558,31 @@ def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     while not process_gone(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert process_gone(pid)
+    assert not port_in_use(http) and not port_in_use(grpc)
+
+
+def test_serve_reports_a_server_that_died_on_its_own(repository: Path) -> None:
+    """`denoise serve` whose tritonserver is killed (not by Ctrl-C): one line saying how,
+    exit code 1 (not the negative code as 247, silently)."""
+    http, grpc = free_port(), free_port()
+    args = ["serve", "--repo", str(repository), "--http-port", str(http), "--grpc-port", str(grpc)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "denoise", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while "serving" not in (line := proc.stdout.readline()):
+            assert line, proc.stderr.read()[-2000:]  # exited before serving
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        (server_pid,) = map(int, children)
+        os.kill(server_pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    assert "error: tritonserver was killed by signal SIGKILL" in err
     assert not port_in_use(http) and not port_in_use(grpc)
 
 

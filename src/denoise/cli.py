@@ -124,15 +124,16 @@ def run(
         str | None,
         typer.Option(
             help="Checkpoint (ours, or released NAFNet/KAIR .pth), ONNX or engine file, or "
-            "the served model's name for triton. Default: <model> from params.yaml: "
-            "models/<model>.pt (torch), the file the pipeline exported to model_repository/ "
-            "(onnxruntime, tensorrt), the served <model> (triton)."
+            "the served model's name for triton. Default: what the pipeline last exported: "
+            "its checkpoint (torch; named in metrics/export.json, before any export "
+            "models/<model>.pt of params.yaml), its file in model_repository/ (onnxruntime, "
+            "tensorrt), the server's default model (triton)."
         ),
     ] = None,
     backend: Annotated[
         str | None,
         typer.Option(
-            help="torch|onnxruntime|triton|tensorrt (default: from the model file's suffix)."
+            help="torch, onnxruntime, triton or tensorrt (default: from the model file's suffix)."
         ),
     ] = None,
     url: Annotated[str | None, typer.Option(help="Triton server URL (triton backend).")] = None,
@@ -228,11 +229,7 @@ def serve(
     """Serve the model repository with Triton in the foreground (Ctrl-C stops it)."""
     from denoise.triton.server import serve as serve_repository
 
-    code = serve_repository(
-        repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary
-    )
-    if code:
-        raise typer.Exit(code)
+    serve_repository(repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary)
 
 
 @app.command()

@@ -169,8 +169,8 @@ class Photo:
 _TIFF_MAGIC = (*TIFF_HEADERS, b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF
 
 
-# What libjpeg and libpng write to the error stream (not through OpenCV's log) about a file
-# they decode anyway: libjpeg's corrupt-data warnings mean garbled rows in the image.
+# What libjpeg and libpng write to the error stream (not through OpenCV's log) about a bad
+# file: why it did not decode, or, for one decoded anyway, that its rows are garbled.
 _CORRUPT_DATA = ("Corrupt JPEG data", "Premature end of JPEG", "libpng error")
 _BENIGN = ("libpng warning",)  # e.g. "iCCP: known incorrect sRGB profile": the pixels are fine
 
@@ -218,8 +218,9 @@ def _decode(path: Path, data: bytes) -> np.ndarray | None:
     if failure is not None:
         raise DenoiseError(f"{path}: not a readable image ({failure})")
     corrupt = [line for line in lines if line.startswith(_CORRUPT_DATA)]
-    if corrupt and img is not None:
-        raise DenoiseError(f"{path}: corrupt image data ({corrupt[0].strip()})")
+    if corrupt:  # decoded garbled, or not at all: the decoder's reason either way
+        what = "corrupt image data" if img is not None else "not a readable image"
+        raise DenoiseError(f"{path}: {what} ({corrupt[0].strip()})")
     return img
 
 
@@ -236,8 +237,10 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     """
     path = Path(path)
     try:
-        if not path.is_file():
+        if not path.exists():
             raise DenoiseError(f"{path}: file not found")
+        if not path.is_file():  # a device, a pipe (a folder is expanded before this)
+            raise DenoiseError(f"{path}: not a regular file")
         data = path.read_bytes()
     except OSError as e:
         raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None

@@ -100,8 +100,19 @@ def backend_for_file(model: str | Path) -> str:
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-# The ONNX metadata key under which the export records the network's padding multiple.
+# The key under which the export records the network's padding multiple: in the ONNX file's
+# metadata, and in the Triton configs of the models served from it.
 PAD_MULTIPLE_KEY = "pad_multiple"
+
+
+def pad_multiple_value(value: str | None, where: str) -> int:
+    """A recorded padding multiple (None: not recorded, 1); a DenoiseError naming ``where``
+    unless it is a whole number >= 1."""
+    if value is None:
+        return 1
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise DenoiseError(f"{where}: {PAD_MULTIPLE_KEY} {value!r} is not a whole number >= 1")
+    return int(value)
 
 
 def pad_multiple_of(module: nn.Module) -> int:
@@ -301,7 +312,7 @@ class OnnxRuntimeBackend:
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         meta = self.session.get_modelmeta().custom_metadata_map
-        self.pad_multiple = int(meta.get(PAD_MULTIPLE_KEY, "1"))
+        self.pad_multiple = pad_multiple_value(meta.get(PAD_MULTIPLE_KEY), str(path))
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(batch, dtype=np.float32)
@@ -391,18 +402,20 @@ MIN_CLI_TILE = 16
 def check_tiling(tile: int, overlap: int, *, command_line: bool = False) -> None:
     """Refuse a negative tile or overlap, and an overlap not smaller than the tile; with
     ``command_line``, also a tile under :data:`MIN_CLI_TILE` and an overlap above half a tile."""
+    # On the command line the options' names, so that a default overlap is not a mystery
+    t, o = ("--tile", "--overlap") if command_line else ("tile", "overlap")
     if tile < 0:
-        raise DenoiseError(f"tile {tile} must be >= 0 (0: the whole image at once)")
+        raise DenoiseError(f"{t} {tile} must be >= 0 (0: the whole image at once)")
     if overlap < 0:
-        raise DenoiseError(f"overlap {overlap} must be >= 0")
-    if tile > 0 and overlap >= tile:
-        raise DenoiseError(f"overlap {overlap} must be smaller than tile {tile}")
+        raise DenoiseError(f"{o} {overlap} must be >= 0")
     if command_line and 0 < tile < MIN_CLI_TILE:
         raise DenoiseError(
-            f"tile {tile} is too small: at least {MIN_CLI_TILE} (0: the whole image at once)"
+            f"{t} {tile} is too small: at least {MIN_CLI_TILE} (0: the whole image at once)"
         )
+    if tile > 0 and overlap >= tile:
+        raise DenoiseError(f"{o} {overlap} must be smaller than {t} {tile}")
     if command_line and tile > 0 and overlap > tile // 2:
-        raise DenoiseError(f"overlap {overlap} must be at most half of tile {tile}")
+        raise DenoiseError(f"{o} {overlap} must be at most half of {t} {tile}")
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -579,6 +592,8 @@ def denoise_files(
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
             check_writable_type(dst)  # before the work, not after minutes of it
+            if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
+                raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
             photo = read_photo(src)
             out = denoise_image(
                 photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many

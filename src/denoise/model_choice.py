@@ -1,19 +1,21 @@
 """Which model the ``denoise`` command runs when the user does not say.
 
-Explicit ``--model``/``--backend`` win. Otherwise params.yaml's ``model`` switch picks the
-network: ``models/<model>.pt`` for torch; for onnxruntime and tensorrt the file the pipeline
-last exported to the model repository; for triton the server's default model.
+Explicit ``--model``/``--backend`` win. Otherwise the model the pipeline last exported: for
+torch its checkpoint (``metrics/export.json`` names it), for onnxruntime and tensorrt the file
+in the model repository, for triton the server's default model. Before any export, the torch
+backend takes params.yaml's ``model`` switch: ``models/<model>.pt``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
 from denoise.infer import backend_for_file, check_backend_name
 from denoise.params import load_params
-from denoise.paths import MODELS_DIR, PARAMS_FILE, REPOSITORY
+from denoise.paths import EXPORT_METRICS, MODELS_DIR, PARAMS_FILE, REPOSITORY
 
 
 def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
@@ -24,6 +26,19 @@ def selected_model_name(params_path: str | Path = PARAMS_FILE) -> str | None:
     return str(name) if name else None
 
 
+def exported_checkpoint(export_metrics: str | Path = EXPORT_METRICS) -> Path | None:
+    """The checkpoint the export-onnx stage last exported, if its report says it passed (a
+    failed export leaves the earlier model in the repository) and the file exists; an
+    unreadable report counts as none: params.yaml's switch decides then."""
+    try:
+        report = json.loads(Path(export_metrics).read_text())
+        name = report["checkpoint"] if report.get("passed") is True else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    path = Path(name) if isinstance(name, str) else None
+    return path if path is not None and path.is_file() else None
+
+
 def resolve_model(
     model: str | None,
     backend: str | None,
@@ -31,10 +46,10 @@ def resolve_model(
     params_path: str | Path = PARAMS_FILE,
     models_dir: str | Path = MODELS_DIR,
     repository: str | Path = REPOSITORY,
+    export_metrics: str | Path = EXPORT_METRICS,
 ) -> tuple[str, str]:
     """``(backend, model)`` for the command line: explicit values win; otherwise the model file
-    decides the backend and params.yaml's ``model`` switch decides the model (for onnxruntime
-    and tensorrt: the file the pipeline last exported to the model repository)."""
+    decides the backend, and the model is the last export's (see the module doc)."""
     if backend is not None:
         check_backend_name(backend)
     if model is None:
@@ -45,6 +60,9 @@ def resolve_model(
             from denoise.triton.repository import exported_model
 
             return backend, str(exported_model(backend, repository))
+        exported = exported_checkpoint(export_metrics)
+        if exported is not None and backend in (None, "torch"):
+            return "torch", str(exported)
         if name is None:
             where = (
                 f"no `model:` in {params_path}"

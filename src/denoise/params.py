@@ -7,6 +7,7 @@ and a missing file or section one line naming it, not a traceback.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,26 @@ class Params(dict):
         raise DenoiseError(f"{self.path}: no {key!r} entry")
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading floats in exponent form as YAML 1.2 does. PyYAML follows
+    YAML 1.1, where such a float needs a dot and a signed exponent: ``1e-06`` and ``1.0e5``
+    would be strings. ``dvc exp run -S train.nafnet.lr=5e-5`` writes the value back into
+    params.yaml just so (``5e-05``)."""
+
+
+_Loader.add_implicit_resolver(  # copies SafeLoader's resolvers first: SafeLoader is unchanged
+    "tag:yaml.org,2002:float",
+    # what YAML 1.1's rule lacks: an exponent after no dot (5e-05), or one without a sign
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """The whole params.yaml (stages pick their section; dvc.yaml lists what each depends on)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # a SafeLoader
     except FileNotFoundError:
         raise DenoiseError(f"{path}: not found (run from the project folder)") from None
     except yaml.YAMLError as e:

@@ -17,3 +17,4 @@ MODELS_DIR = Path("models")  # models/<name>.pt: best weights + config
 CHECKPOINTS_DIR = Path("checkpoints")  # checkpoints/<name>/last.pt: resume state
 DVCLIVE_DIR = Path("dvclive")  # dvclive/<name>: training curves
 REPOSITORY = Path("model_repository")  # the Triton model repository
+EXPORT_METRICS = Path("metrics/export.json")  # export-onnx's report: which checkpoint it took

@@ -29,15 +29,22 @@ from typing import Any
 
 import numpy as np
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import write_json
-from denoise.infer import OnnxRuntimeBackend, register_backend
+from denoise.infer import (
+    PAD_MULTIPLE_KEY,
+    OnnxRuntimeBackend,
+    pad_multiple_value,
+    register_backend,
+)
 from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
     OUTPUT_NAME,
     TRT_MODEL,
+    config_parameter,
     model_config,
+    onnx_pad_multiple,
     reference_onnx,
     write_model,
 )
@@ -154,6 +161,19 @@ def build_engine(onnx_path: str | Path, settings: TrtSettings) -> tuple[bytes, i
     return bytes(plan), pinned
 
 
+def _configured_pad_multiple(plan_path: Path) -> int:
+    """The padding multiple in the config of the Triton model a plan belongs to (1: none, or
+    a plan outside a model's version folder, ``<model>/<version>/model.plan``)."""
+    config = plan_path.parent.parent / "config.pbtxt"
+    if not (plan_path.parent.name.isdigit() and config.is_file()):
+        return 1
+    try:
+        text = config.read_text()
+    except OSError as e:
+        raise DenoiseError(f"{config}: cannot read ({e.strerror or e})") from None
+    return pad_multiple_value(config_parameter(text, PAD_MULTIPLE_KEY), str(config))
+
+
 class TensorRTBackend:
     """A serialized engine run on the GPU: ``(N, 3, H, W)`` float32 -> same shape.
 
@@ -163,7 +183,10 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, plan_path: str | Path) -> None:
+    def __init__(self, plan_path: str | Path, pad_multiple: int | None = None) -> None:
+        """``pad_multiple`` (what the network pads its input to, for :func:`denoise_image`):
+        by default the one in the Triton config beside the plan (``<model>/config.pbtxt``
+        of ``<model>/1/model.plan``), else 1."""
         ok, why = tensorrt_status()
         if not ok:
             raise DenoiseError(f"{plan_path}: tensorrt backend unavailable: {why}")
@@ -184,6 +207,7 @@ class TensorRTBackend:
             )
         self.context = self.engine.create_execution_context()
         self.min_shape, _, self.max_shape = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        self.pad_multiple = pad_multiple or _configured_pad_multiple(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.ndim != 4 or batch.shape[1] != 3:
@@ -256,56 +280,36 @@ def _compare(
     }
 
 
-def build_trt(
-    repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: TrtSettings
-) -> dict[str, Any]:
-    """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
-
-    A ``denoise_trt`` entry left from an earlier ONNX is removed first, whatever happens next:
-    it would serve a stale model. Skipped (no TensorRT or no GPU): writes ``{"status":
-    "skipped", "reason": ...}`` and exits normally. Built: the engine must reach
-    ``min_psnr_vs_onnxruntime`` against onnxruntime on the test images (an FP16 NaN/overflow
-    shows up here), else nothing is published.
-    """
-    ok, why = tensorrt_status()
-    target = Path(repository) / TRT_MODEL
-    stale = target.is_dir()
-    if stale:
-        shutil.rmtree(target)
-    if not ok:
-        report: dict[str, Any] = {"status": "skipped", "reason": why}
-        if stale:
-            report["removed_stale"] = str(target)
-        write_json(metrics_path, report)
-        print(f"build-trt: skipped: {why}")
-        return report
+def _build_check_publish(
+    repository: str | Path, test_root: str | Path, settings: TrtSettings, report: dict[str, Any]
+) -> None:
+    """Build the engine from the repository's ONNX, check it against onnxruntime and publish
+    it as ``denoise_trt``; ``report`` gets what is known at each step."""
     import tensorrt as trt
     import torch
 
     onnx_path = reference_onnx(repository)
+    report.update(onnx=str(onnx_path), tensorrt=trt.__version__)
+    multiple = onnx_pad_multiple(onnx_path)
     t0 = time.perf_counter()
     plan, pinned = build_engine(onnx_path, settings)
-    build_s = time.perf_counter() - t0
-    report = {
-        "status": "built",
-        "tensorrt": trt.__version__,
-        "gpu": torch.cuda.get_device_name(0),
-        "onnx": str(onnx_path),
-        "build_s": build_s,
-        "engine_bytes": len(plan),
-        "engine_md5": hashlib.md5(plan).hexdigest(),
-        "fp16": settings.fp16,
-        "fp32_layernorm_layers": pinned,
-        "profile": {
+    report.update(
+        gpu=torch.cuda.get_device_name(0),
+        build_s=time.perf_counter() - t0,
+        engine_bytes=len(plan),
+        engine_md5=hashlib.md5(plan).hexdigest(),
+        fp16=settings.fp16,
+        fp32_layernorm_layers=pinned,
+        profile={
             k: list(v) for k, v in zip(("min", "opt", "max"), settings.profile(), strict=True)
         },
-    }
+    )
     with tempfile.TemporaryDirectory(prefix="denoise-trt-") as tmp:
         plan_path = Path(tmp) / "model.plan"
         plan_path.write_bytes(plan)
         reference = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
-        report.update(_compare(TensorRTBackend(plan_path), reference, test_root, settings))
-        write_json(metrics_path, report)
+        engine = TensorRTBackend(plan_path, pad_multiple=multiple)
+        report.update(_compare(engine, reference, test_root, settings))
         if not report["psnr_vs_onnxruntime"] >= settings.min_psnr_vs_onnxruntime:
             raise DenoiseError(
                 f"{onnx_path}: TensorRT output is "
@@ -318,10 +322,46 @@ def build_trt(
             platform="tensorrt_plan",
             max_batch_size=settings.max_shape[0],
             instance_kind="KIND_GPU",
+            parameters={PAD_MULTIPLE_KEY: str(multiple)},
         )
         write_model(repository, TRT_MODEL, config, {"model.plan": plan_path})
+    report["status"] = "built"
+
+
+def build_trt(
+    repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: TrtSettings
+) -> dict[str, Any]:
+    """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
+
+    A ``denoise_trt`` entry left from an earlier ONNX is removed first, whatever happens next:
+    it would serve a stale model. Skipped (no TensorRT or no GPU): writes ``{"status":
+    "skipped", "reason": ...}`` and exits normally. Built: the engine must reach
+    ``min_psnr_vs_onnxruntime`` against onnxruntime on the test images (an FP16 NaN/overflow
+    shows up here), else nothing is published. A failure at any step writes ``{"status":
+    "failed", "reason": ...}`` with what was known by then.
+    """
+    ok, why = tensorrt_status()
+    target = Path(repository) / TRT_MODEL
+    stale = target.is_dir()
+    if stale:
+        shutil.rmtree(target)
+    report: dict[str, Any] = {}
+    if not ok:
+        report.update(status="skipped", reason=why)
+        if stale:
+            report["removed_stale"] = str(target)
+        write_json(metrics_path, report)
+        print(f"build-trt: skipped: {why}")
+        return report
+    # filled as the build goes: a failure records how far it got
+    try:
+        _build_check_publish(repository, test_root, settings, report)
+    except Exception as e:  # whatever failed, the metrics say so (not an earlier run's result)
+        write_json(metrics_path, {**report, "status": "failed", "reason": first_line(e)})
+        raise
+    write_json(metrics_path, report)
     print(
-        f"build-trt: {report['gpu']}, built in {build_s:.1f} s, "
+        f"build-trt: {report['gpu']}, built in {report['build_s']:.1f} s, "
         f"{report['psnr_vs_onnxruntime']:.1f} dB vs onnxruntime, "
         f"p50 {report['latency_p50_ms']:.2f} ms"
     )

@@ -116,9 +116,11 @@ def _mark_verified(archive: Path, size: int, md5: str) -> None:
 
 
 def archive_name(url: str) -> str:
-    """The file name the URL serves (its last path segment), e.g. ``SIDD_Small_sRGB_Only.zip``."""
+    """The file name the URL serves (its last path segment), e.g. ``SIDD_Small_sRGB_Only.zip``;
+    :data:`DEFAULT_ARCHIVE` when that is no zip name (a mirror's ``.../uc?id=...``), so that a
+    copy put in place under that name is found."""
     name = PurePosixPath(unquote(urlparse(url).path)).name
-    return name or DEFAULT_ARCHIVE
+    return name if name.lower().endswith(".zip") else DEFAULT_ARCHIVE
 
 
 def _check_request(url: str, size: int, md5: str) -> None:

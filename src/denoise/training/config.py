@@ -92,6 +92,7 @@ class TrainConfig:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the result (a resume state from other values is stale)."""
         d = dataclasses.asdict(self)
-        for k in ("device", "num_workers", "checkpoint_every", "log_every", "val_batch"):
+        # log_every stays: a resumed run's curves must have one logging interval throughout
+        for k in ("device", "num_workers", "checkpoint_every", "val_batch"):
             d.pop(k)
         return d

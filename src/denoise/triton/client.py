@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from denoise.errors import DenoiseError, first_line
-from denoise.infer import register_backend
+from denoise.infer import PAD_MULTIPLE_KEY, pad_multiple_value, register_backend
 from denoise.triton.repository import INPUT_NAME, OUTPUT_NAME, PYTHON_MODEL
 from denoise.triton.server import HOST
 
@@ -35,6 +35,11 @@ def _client_module(protocol: str) -> Any:
     return module
 
 
+# Seconds a server has to answer the questions asked before inference; a live one answers in
+# milliseconds.
+PROBE_TIMEOUT_S = 10.0
+
+
 class TritonBackend:
     """A denoiser served by Triton: ``(N, 3, H, W)`` float32 in [0, 1] -> same shape.
 
@@ -56,37 +61,61 @@ class TritonBackend:
         self._module = _client_module(protocol)
         self.timeout_s = timeout_s
         try:
-            if protocol == "http":
-                self._client = self._module.InferenceServerClient(
-                    self.url, connection_timeout=timeout_s, network_timeout=timeout_s, ssl=tls
-                )
-            else:
-                self._client = self._module.InferenceServerClient(self.url, ssl=tls)
-            ready = self._client.is_model_ready(model_name)
+            self._open(tls)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, tls: bool) -> None:
+        """Ask the server whether the model is ready and for its config (batch size, padding
+        multiple), then keep a client for inference. The questions get a short timeout:
+        something on the port that never answers is reported in seconds, not after the
+        inference timeout (HTTP has no per-call timeout, so they get a client of their own)."""
+        where, model_name = f"{self.protocol}://{self.url}", self.model_name
+        try:
+            self._client = self._connect(tls, PROBE_TIMEOUT_S)
+            ready = self._client.is_model_ready(model_name, **self._probe_timeout)
         except Exception as e:
-            raise DenoiseError(
-                f"{protocol}://{self.url}: Triton server not reachable ({first_line(e)})"
-            ) from None
+            raise DenoiseError(f"{where}: Triton server not reachable ({first_line(e)})") from None
         if not ready:
             served = ", ".join(self._ready_models()) or "none"
             raise DenoiseError(
-                f"{protocol}://{self.url}: model {model_name!r} is not ready "
-                f"on the server (ready: {served})"
+                f"{where}: model {model_name!r} is not ready on the server (ready: {served})"
             )
         try:
-            config = self._client.get_model_config(model_name)
+            config = self._client.get_model_config(model_name, **self._probe_timeout)
         except Exception as e:
-            raise DenoiseError(
-                f"{protocol}://{self.url}: no config for {model_name!r} ({first_line(e)})"
-            ) from None
-        if protocol == "grpc":
+            raise DenoiseError(f"{where}: no config for {model_name!r} ({first_line(e)})") from None
+        if self.protocol == "grpc":
             self.max_batch_size = int(config.config.max_batch_size)
+            params = config.config.parameters
+            padding = params[PAD_MULTIPLE_KEY].string_value if PAD_MULTIPLE_KEY in params else None
         else:
             self.max_batch_size = int(config.get("max_batch_size", 0))
+            padding = config.get("parameters", {}).get(PAD_MULTIPLE_KEY, {}).get("string_value")
+            self.close()
+            self._client = self._connect(tls, self.timeout_s)  # for inference
+        # What the network pads to, from the model's config (the export writes it there): so
+        # denoise_image reflect-pads tiles as it does for the local backends.
+        self.pad_multiple = pad_multiple_value(padding, f"{where} {model_name}")
+
+    def _connect(self, tls: bool, timeout_s: float) -> Any:
+        """A client of the server; over HTTP, every request it sends times out at
+        ``timeout_s`` (over gRPC each call says its own)."""
+        if self.protocol == "http":
+            return self._module.InferenceServerClient(
+                self.url, connection_timeout=timeout_s, network_timeout=timeout_s, ssl=tls
+            )
+        return self._module.InferenceServerClient(self.url, ssl=tls)
+
+    @property
+    def _probe_timeout(self) -> dict[str, float]:
+        """The gRPC keyword that bounds a question before inference (HTTP: in the client)."""
+        return {"client_timeout": PROBE_TIMEOUT_S} if self.protocol == "grpc" else {}
 
     def _ready_models(self) -> list[str]:
         try:
-            index = self._client.get_model_repository_index()
+            index = self._client.get_model_repository_index(**self._probe_timeout)
         except Exception:
             return []
         if self.protocol == "grpc":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -64,6 +65,26 @@ def model_config(
     return "\n".join(lines) + "\n"
 
 
+def config_parameter(config: str, key: str) -> str | None:
+    """The value of a ``parameters`` entry in config.pbtxt text written by
+    :func:`model_config` (None: no such entry)."""
+    entry = rf'parameters \{{\s*key: "{re.escape(key)}"\s*value: \{{ string_value: "([^"]*)" \}}'
+    match = re.search(entry, config)
+    return match.group(1) if match else None
+
+
+def onnx_pad_multiple(onnx_path: str | Path) -> int:
+    """The padding multiple the export recorded in an ONNX file's metadata (1: none). The
+    served models carry it in their configs, for clients that tile (Triton and TensorRT)."""
+    import onnx
+
+    from denoise.infer import PAD_MULTIPLE_KEY, pad_multiple_value  # torch: not for the server
+
+    proto = onnx.load(str(onnx_path), load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    return pad_multiple_value(props.get(PAD_MULTIPLE_KEY), str(onnx_path))
+
+
 def write_model(
     repository: str | Path, name: str, config: str, files: dict[str, str | Path]
 ) -> Path:
@@ -89,9 +110,15 @@ def write_onnx_route(
     python_threads: int = 0,
 ) -> Path:
     """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
+    from denoise.infer import PAD_MULTIPLE_KEY
+
+    padding = {PAD_MULTIPLE_KEY: str(onnx_pad_multiple(onnx_path))}
     if route == "onnx":
         config = model_config(
-            ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=max_batch_size
+            ONNX_MODEL,
+            platform="onnxruntime_onnx",
+            max_batch_size=max_batch_size,
+            parameters=padding,
         )
         return write_model(repository, ONNX_MODEL, config, {"model.onnx": onnx_path})
     if route == "python":
@@ -100,7 +127,7 @@ def write_onnx_route(
             backend="python",
             max_batch_size=max_batch_size,
             instance_kind="KIND_CPU",
-            parameters={"intra_op_threads": str(python_threads)},
+            parameters={"intra_op_threads": str(python_threads), **padding},
         )
         return write_model(
             repository,

@@ -16,6 +16,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from denoise.errors import DenoiseError
 from denoise.triton.repository import PYTHON_MODEL
 
 HOST = "127.0.0.1"
+# Where the python backend keeps the shared-memory region of each model instance. A server
+# stopped while it loads a model leaves its region there; each server's regions get a name
+# of their own, which stop() removes.
+SHM_DIR = Path("/dev/shm")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -180,6 +185,7 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._signals: contextlib.ExitStack | None = None
+        self.shm_prefix = f"denoise_triton_{uuid.uuid4().hex[:12]}_"
 
     @property
     def http_url(self) -> str:
@@ -216,6 +222,7 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--grpc-address={HOST}",
             f"--grpc-port={self.grpc_port}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         cmd += [f"--load-model={m}" for m in self.models]
         if backend_dir is not None:
@@ -330,7 +337,8 @@ class TritonServer:
                 )
 
     def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL."""
+        """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL;
+        then remove any shared-memory region of its own left behind."""
         proc, self.process = self.process, None
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -346,6 +354,8 @@ class TritonServer:
                 os.killpg(proc.pid, signal.SIGKILL)
             if self._reader is not None:
                 self._reader.join(timeout=5.0)
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                region.unlink(missing_ok=True)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
@@ -395,8 +405,9 @@ def serve(
     grpc_port: int,
     binary: str | None = None,
     startup_timeout_s: float = 60.0,
-) -> int:
-    """Run tritonserver in the foreground until it exits or Ctrl-C; returns its exit code.
+) -> None:
+    """Run tritonserver in the foreground until Ctrl-C (or SIGTERM), or until it exits of
+    itself: a DenoiseError saying how, unless with code 0.
 
     ``models`` empty: every model the server can load (see :func:`servable_models`).
     """
@@ -417,6 +428,14 @@ def serve(
             flush=True,
         )
         try:
-            return server.wait()
+            code = server.wait()
         except KeyboardInterrupt:
-            return 0
+            return
+    if code < 0:  # not stopped by us (Ctrl-C, SIGTERM): something killed it
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:  # a real-time signal has no name
+            name = str(-code)
+        raise DenoiseError(f"tritonserver was killed by signal {name} (its log is above)")
+    if code:
+        raise DenoiseError(f"tritonserver exited with code {code} (its log is above)")

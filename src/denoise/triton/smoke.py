@@ -117,16 +117,31 @@ def _measure(
     return times, outs
 
 
+ODD_CUT = (19, 3)  # rows, columns cut off the crops of the odd-sized batch
+
+
+def _odd_batch(batches: list[np.ndarray]) -> np.ndarray:
+    """Two test crops as one request, cut by 19 x 3 pixels (256 px: 237 x 253, odd sizes) where
+    they are larger than TensorRT's smallest profile: the served models' batch dimension and
+    -1 dims, which the square crops alone leave unused."""
+    pair = (batches[0], batches[min(1, len(batches) - 1)])
+    h, w = (min(b.shape[axis] for b in pair) for axis in (2, 3))  # whole images differ in size
+    if min(h, w) >= ODD_CUT[0] + 32:  # 32: build-trt's smallest side (params.yaml trt.min_shape)
+        h, w = h - ODD_CUT[0], w - ODD_CUT[1]
+    return np.concatenate([b[:, :, :h, :w] for b in pair])
+
+
 def smoke_test(
     repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: SmokeSettings
 ) -> dict[str, Any]:
     """Serve the repository with a real tritonserver and check it over HTTP and gRPC.
 
     Per model and protocol: max abs difference of the served output vs local onnxruntime on
-    the same ONNX file (above ``settings.tolerance`` fails, except for TensorRT engines, which
-    are FP16: build-trt gates them on PSNR against onnxruntime, here it is only recorded),
-    PSNR of the output and of the input vs the clean image, request latency p50/p95 and
-    sequential throughput. Written to ``metrics_path``.
+    the same ONNX file, over the test crops and one batch of two odd-sized crops (above
+    ``settings.tolerance`` fails, except for TensorRT engines, which are FP16: build-trt
+    gates them on PSNR against onnxruntime, here it is only recorded), PSNR of the output
+    and of the input vs the clean image, request latency p50/p95 and sequential throughput.
+    Written to ``metrics_path``.
     """
     from denoise.metrics import psnr, to_batch, to_uint8
 
@@ -134,6 +149,7 @@ def smoke_test(
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
     batches = [to_batch(noisy) for _, noisy, _ in pairs]
+    odd_batch = _odd_batch(batches)
     models = list(settings.models) or [PYTHON_MODEL]
     report: dict[str, Any] = {
         "images": len(pairs),
@@ -156,6 +172,7 @@ def smoke_test(
             reference_onnx(repository), providers=["CPUExecutionProvider"]
         )
         local = [reference(b) for b in batches]
+        local_odd = reference(odd_batch)
         report["server"] = {
             "binary": str(server.binary.path),
             "bundled": server.binary.bundled,
@@ -172,10 +189,21 @@ def smoke_test(
                     warmup=settings.warmup,
                     desc=f"{model} {protocol}",
                 )
+                odd_backend = TritonBackend(url, protocol, model)
+                try:
+                    outs.append(odd_backend(odd_batch))
+                finally:
+                    odd_backend.close()
                 # np.max, not max(): a NaN anywhere must fail the check below.
                 diff = float(
-                    np.max([np.max(np.abs(y - ref)) for y, ref in zip(outs, local, strict=True)])
+                    np.max(
+                        [
+                            np.max(np.abs(y - ref))
+                            for y, ref in zip(outs, [*local, local_odd], strict=True)
+                        ]
+                    )
                 )
+                outs.pop()  # the PSNR is of the test crops
                 psnr_out = float(
                     np.mean(
                         [
