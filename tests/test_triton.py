@@ -328,37 +328,7 @@ def test_cli_run_with_the_triton_backend(
     assert np.abs(served.astype(int) - noisy.astype(int)).max() > 5  # the model did something
 
 
-def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
-    server: TritonServer,
-    repository: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A served output 0.25 off the local reference fails the smoke test after the metrics
-    are written. The running test server stands in for the one smoke_test would start."""
-
-    class ShiftedReference(OnnxRuntimeBackend):
-        def __call__(self, batch: np.ndarray) -> np.ndarray:
-            return super().__call__(batch) + 0.25
-
-    monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", ShiftedReference)
-    monkeypatch.setattr(
-        smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
-    )
-    write_test_split(tmp_path / "test", 1)
-    settings = smoke_settings(server.http_port, server.grpc_port)
-    metrics = tmp_path / "metrics" / "triton_smoke.json"
-    with pytest.raises(
-        DenoiseError,
-        match=r"^denoise_python over http: served output differs from local onnxruntime "
-        r"by 0\.25 \(> triton\.tolerance 0\.001\)$",
-    ):
-        smoke_test(repository, tmp_path / "test", metrics, settings)
-    report = json.loads(metrics.read_text())
-    per_protocol = report["models"][PYTHON_MODEL]
-    assert list(per_protocol) == ["http"]  # stopped at the first failure, before grpc
-    assert per_protocol["http"]["max_abs_diff_vs_onnxruntime"] == pytest.approx(0.25, abs=1e-5)
-    assert report["images"] == 1 and report["crop"] == 16
+SMOKE_METRICS = Path("metrics") / "triton_smoke.json"  # under the test's tmp_path
 
 
 def smoke_with_reference(
@@ -367,16 +337,44 @@ def smoke_with_reference(
     repository: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    images: int = 2,
 ) -> dict:
-    """The smoke test on 2 test images against the running ``server``, with ``reference``
-    standing in for local onnxruntime."""
+    """The smoke test on ``images`` test images against the running ``server`` (standing in
+    for the one smoke_test would start), with ``reference`` standing in for local
+    onnxruntime; metrics in ``tmp_path / SMOKE_METRICS``."""
     monkeypatch.setattr(smoke_module, "OnnxRuntimeBackend", reference)
     monkeypatch.setattr(
         smoke_module, "TritonServer", lambda *a, **k: contextlib.nullcontext(server)
     )
-    write_test_split(tmp_path / "test", 2)
-    settings = smoke_settings(server.http_port, server.grpc_port, images=2)
-    return smoke_test(repository, tmp_path / "test", tmp_path / "smoke.json", settings)
+    write_test_split(tmp_path / "test", images)
+    settings = smoke_settings(server.http_port, server.grpc_port, images=images)
+    return smoke_test(repository, tmp_path / "test", tmp_path / SMOKE_METRICS, settings)
+
+
+def test_smoke_test_over_tolerance_writes_metrics_and_names_the_model(
+    server: TritonServer,
+    repository: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A served output 0.25 off the local reference fails the smoke test after the metrics
+    are written."""
+
+    class ShiftedReference(OnnxRuntimeBackend):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            return super().__call__(batch) + 0.25
+
+    with pytest.raises(
+        DenoiseError,
+        match=r"^denoise_python over http: served output differs from local onnxruntime "
+        r"by 0\.25 \(> triton\.tolerance 0\.001\)$",
+    ):
+        smoke_with_reference(ShiftedReference, server, repository, tmp_path, monkeypatch, 1)
+    report = json.loads((tmp_path / SMOKE_METRICS).read_text())
+    per_protocol = report["models"][PYTHON_MODEL]
+    assert list(per_protocol) == ["http"]  # stopped at the first failure, before grpc
+    assert per_protocol["http"]["max_abs_diff_vs_onnxruntime"] == pytest.approx(0.25, abs=1e-5)
+    assert report["images"] == 1 and report["crop"] == 16
 
 
 def test_smoke_test_fails_on_a_nan_in_any_image(

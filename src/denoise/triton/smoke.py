@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,21 +190,10 @@ def smoke_test(
                     warmup=settings.warmup,
                     desc=f"{model} {protocol}",
                 )
-                odd_backend = TritonBackend(url, protocol, model)
-                try:
-                    outs.append(odd_backend(odd_batch))
-                finally:
-                    odd_backend.close()
+                with contextlib.closing(TritonBackend(url, protocol, model)) as backend:
+                    compared = [*zip(outs, local, strict=True), (backend(odd_batch), local_odd)]
                 # np.max, not max(): a NaN anywhere must fail the check below.
-                diff = float(
-                    np.max(
-                        [
-                            np.max(np.abs(y - ref))
-                            for y, ref in zip(outs, [*local, local_odd], strict=True)
-                        ]
-                    )
-                )
-                outs.pop()  # the PSNR is of the test crops
+                diff = float(np.max([np.max(np.abs(y - ref)) for y, ref in compared]))
                 psnr_out = float(
                     np.mean(
                         [
