@@ -16,9 +16,9 @@ from typer.testing import CliRunner, Result
 import denoise.flops
 from denoise.bench import run_bench
 from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs
-from denoise.bench.measurement import Job, measure, merge_rounds
+from denoise.bench.measurement import Job, measure, merge_rounds, peak_rss_mb
 from denoise.bench.paths import AUTOTUNE_OPTIONS, BASELINE, PATHS, select_paths
-from denoise.bench.report import format_table, progress_line, summarise
+from denoise.bench.report import MEASURED_KEYS, format_table, progress_line, summarise
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
@@ -38,6 +38,15 @@ RESULT_KEYS = {
     "gflops",
     "share_of_peak",
 }
+
+
+@pytest.fixture(autouse=True)
+def no_default_test_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Without --test-dir the bench takes the pipeline's test split where it exists (this
+    repository's own after `dvc repro`): these tests get synthetic pairs wherever they run."""
+    import denoise.bench.inputs
+
+    monkeypatch.setattr(denoise.bench.inputs, "TEST_DIR", tmp_path / "no-split")
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +148,8 @@ def test_unknown_names_are_clear_errors(tiny_ckpt: Path) -> None:
         (["--threads", "-1"], "error: threads -1 must be >= 0"),
         (["--rounds", "0"], "error: need size >= 16, batch, repeats, rounds and psnr images"),
         (["--model", "m/1/model.onnx"], "error: m/1/model.onnx: the bench needs a .pt"),
+        (["--test-dir", "no/such/split"], "error: no/such/split: not a folder"),
+        (["--test-dir", "."], "error: .: no pairs found"),
     ],
 )
 def test_bad_bench_options_are_one_line(args: list[str], message: str) -> None:
@@ -231,8 +242,6 @@ def test_bench_json_schema_and_baseline(tiny_ckpt: Path, tmp_path: Path) -> None
             "--threads",
             "1",
             "--no-isolate",
-            "--test-dir",
-            str(tmp_path / "none"),
             "--json",
             str(out),
         ],
@@ -283,11 +292,13 @@ def test_a_failing_path_is_reported_and_the_others_still_measured(
     out = tmp_path / "bench.json"
     args = ["bench", "--model", str(tiny_ckpt), "--size", "32", "--repeats", "1"]
     args += ["--psnr-images", "1", "--backends", "torch-cl,torch-bf16,onnxruntime-int8"]
-    args += ["--threads", "1", "--no-isolate", "--test-dir", str(tmp_path / "none")]
+    args += ["--threads", "1", "--no-isolate"]
     result = CliRunner().invoke(app, [*args, "--json", str(out)])
     assert result.exit_code == 1, result.output
     rows = {r["path"]: r for r in json.loads(out.read_text())["results"]}
     assert rows["torch-bf16"]["error"] == "RuntimeError: bf16 unsupported"
+    assert set(rows["torch-bf16"]) >= {"backend", "precision", *MEASURED_KEYS}
+    assert all(rows["torch-bf16"][k] is None for k in MEASURED_KEYS)
     assert rows["onnxruntime-int8"]["error"] == (
         "building onnx-int8-static.onnx: RuntimeError: no int8 kernel here"
     )
@@ -351,12 +362,41 @@ def test_perturbed_model_is_not_the_identity() -> None:
         assert (model(x) - x).abs().max() > 1e-3  # perturbed: PSNR deltas mean something
 
 
-def test_measure_in_a_fresh_process_reports_its_own_peak(tiny_ckpt: Path) -> None:
-    report = _tiny_run(tiny_ckpt, [BASELINE], threads=1, isolate=True)
-    (row,) = report["results"]
-    assert report["inputs"]["isolated_processes"] is True
-    assert row["peak_rss_mb"] > 50  # a process that imported torch
-    assert row["ratio_vs_torch_eager"] == 1.0
+def _raise_own_peak(mb: int) -> float:
+    """Touch ``mb`` MB and free them: this process's peak RSS (MB) is then at least that."""
+    np.ones(mb * 2**20, np.uint8).sum()
+    return peak_rss_mb()
+
+
+@pytest.mark.parametrize("isolate", [True, False])
+def test_each_path_reports_its_own_peak(tiny_ckpt: Path, isolate: bool) -> None:
+    """In a fresh process, or here after the counter is reset: not this process's earlier
+    1.5 GB, which a running peak (or a child's ``ru_maxrss``, inherited at fork) would show."""
+    earlier_peak = _raise_own_peak(1536)
+    report = _tiny_run(tiny_ckpt, [BASELINE, "torch-cl"], threads=1, isolate=isolate)
+    assert report["inputs"]["isolated_processes"] is isolate
+    for row in report["results"]:
+        assert 50 < row["peak_rss_mb"] < earlier_peak - 1000, row  # 50: torch was imported
+    assert report["results"][0]["ratio_vs_torch_eager"] == 1.0
+
+
+def test_fp32_paths_run_without_tf32(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuDNN's default TF32 would make the FP32 baseline a TF32 one on a GPU."""
+    import denoise.infer
+
+    seen: dict[str, tuple[bool, bool]] = {}
+    real_open = denoise.infer.open_backend
+
+    def open_backend(name: str, model: str, **options: Any) -> Any:
+        flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        seen[options.get("precision", name)] = flags
+        return real_open(name, model, **options)
+
+    monkeypatch.setattr(denoise.infer, "open_backend", open_backend)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    _tiny_run(tiny_ckpt, ["torch-bf16"])
+    assert seen == {"fp32": (False, False), "bf16": (True, False)}
+    assert torch.backends.cudnn.allow_tf32  # restored
 
 
 def test_measure_keeps_one_input_shape(tiny_ckpt: Path) -> None:

@@ -274,8 +274,12 @@ def bench(
         int, typer.Option(help="Test images (centre crops) for the PSNR change.")
     ] = 10,
     test_dir: Annotated[
-        Path, typer.Option(help="Noisy/clean pairs for PSNR (synthetic camera pairs when missing).")
-    ] = TEST_DIR,
+        Path | None,
+        typer.Option(
+            help=f"Noisy/clean pairs for the PSNR change (default: {TEST_DIR} where the "
+            "pipeline has made it, else synthetic camera pairs)."
+        ),
+    ] = None,
     threads: Annotated[int, typer.Option(help="CPU threads (0: torch's default).")] = 0,
     isolate: Annotated[
         bool, typer.Option(help="Each path in a fresh process (own peak memory).")

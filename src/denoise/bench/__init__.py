@@ -10,9 +10,10 @@ torch, weights and activations in bf16, channels_last):
   slow spell of a shared machine falls on every path alike: the medians pool every round's
   calls, and each round's own ratio is reported too (its spread is the noise),
 - the PSNR change against that baseline on test images (centre crops of ``size`` from
-  ``data/split/test``; deterministic synthetic camera pairs when there is no test split),
+  ``test_dir``, by default ``data/split/test``; deterministic synthetic camera pairs when the
+  default has none),
 - peak resident memory: each path runs in a fresh process (multiprocessing *spawn*), so
-  ``ru_maxrss`` is that path's own peak (libraries + model + activations), not a mix,
+  ``VmHWM`` is that path's own peak (libraries + model + activations), not a mix,
 - the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
   as a share of the machine's peak measured in the same run (:mod:`denoise.flops`).
 
@@ -45,7 +46,7 @@ from denoise.bench.report import progress_line, summarise
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError
 from denoise.flops import count_macs, machine_info
-from denoise.paths import SPLIT_DIR, TEST_DIR
+from denoise.paths import SPLIT_DIR
 
 
 def run_bench(
@@ -59,7 +60,7 @@ def run_bench(
     rounds: int = 1,
     warmup: int = 1,
     psnr_images: int = 10,
-    test_dir: str | Path | None = TEST_DIR,
+    test_dir: str | Path | None = None,
     val_dir: str | Path | None = SPLIT_DIR / "val",
     isolate: bool = True,
     threads: int | None = None,
@@ -68,9 +69,9 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure every selected path; returns ``{"machine", "model", "inputs", "results"}``.
 
-    ``isolate`` runs each path in its own spawned process (honest peak RSS, no state shared
-    between paths); without it everything runs here and ``peak_rss_mb`` is this process's
-    running peak.
+    ``isolate`` runs each path in its own spawned process (its own libraries' memory, no state
+    shared between paths); without it everything runs here, and each path's ``peak_rss_mb``
+    counts from the process's size when it started (None where that counter cannot be reset).
     """
     if size < 16 or batch < 1 or repeats < 1 or rounds < 1 or psnr_images < 1:
         raise DenoiseError(
@@ -83,6 +84,7 @@ def run_bench(
     paths = select_paths(backends, device)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)  # a typo: now
     with tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
         workdir = Path(tmp)
         bench_model = prepare_model(model, arch, workdir, seed=seed)
@@ -93,7 +95,6 @@ def run_bench(
         files, build_s, errors = build_model_files(
             paths, bench_model, workdir, lambda: calibration_batches(val_dir), size, batch
         )
-        noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)
         noisy_chw = noisy.transpose(0, 3, 1, 2).copy()
         timing = np.repeat(noisy_chw[:1], batch, axis=0)
         machine = machine_info(device)

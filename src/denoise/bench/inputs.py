@@ -19,7 +19,7 @@ from denoise.checkpoint import checkpoint_path, load_model, save_checkpoint
 from denoise.errors import DenoiseError, first_line
 from denoise.metrics import to_batch
 from denoise.models.registry import build_model
-from denoise.paths import MODELS_DIR
+from denoise.paths import MODELS_DIR, TEST_DIR
 from denoise.quantize import quantize_int8
 
 # The paper-size networks (NAFNet-w32 SIDD config; DnCNN colour, 17 layers of 64 channels).
@@ -120,22 +120,28 @@ def psnr_pairs(
     """``(noisy, clean, source)``: ``count`` ``size x size`` uint8 pairs, NHWC.
 
     Centre crops of the first ``count`` test pairs (reflect-padded where an image is smaller)
-    when ``test_dir`` holds any, else synthetic camera pairs; ``source`` says which.
+    from ``test_dir``, which must hold some. Without one, from the pipeline's test split where
+    it holds any, else synthetic camera pairs; ``source`` says which.
     """
     from denoise.evaluate import find_pairs, read_pair
 
-    if test_dir is not None and Path(test_dir).is_dir():
+    if test_dir is not None:  # asked for: these pairs or an error, never a silent stand-in
+        pairs = find_pairs(test_dir)[:count]
+        if not pairs:
+            raise DenoiseError(f"{test_dir}: no noisy/clean pairs")
+    else:
+        test_dir = TEST_DIR
         try:
-            pairs = find_pairs(test_dir)[:count]
+            pairs = find_pairs(test_dir)[:count] if test_dir.is_dir() else []
         except DenoiseError:
             pairs = []
-        if pairs:
-            noisy, clean = zip(*(read_pair(p) for p in pairs), strict=True)
-            return (
-                np.stack([_fit(n, size) for n in noisy]),
-                np.stack([_fit(c, size) for c in clean]),
-                f"{test_dir} ({len(pairs)} centre crops)",
-            )
+    if pairs:
+        noisy, clean = zip(*(read_pair(p) for p in pairs), strict=True)
+        return (
+            np.stack([_fit(n, size) for n in noisy]),
+            np.stack([_fit(c, size) for c in clean]),
+            f"{test_dir} ({len(pairs)} centre crops)",
+        )
     noisy, clean = synthetic_pairs(count, size, seed)
     return noisy, clean, f"synthetic camera ({count} pairs, seed {seed})"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import resource
 import statistics
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from denoise.bench.paths import BenchPath
+from denoise.flops import strict_fp32
 from denoise.metrics import to_uint8
 
 
@@ -32,10 +34,23 @@ class Job:
     threads: int
 
 
-def measure(job: Job) -> dict[str, Any]:
-    """Open the backend, time it and run it over the PSNR images; returns raw measurements."""
+def measure(job: Job, fresh_process: bool = False) -> dict[str, Any]:
+    """:func:`_measure` with TF32 off for the FP32 paths (true FP32 on CUDA, as the FP32
+    peak is measured)."""
+    with strict_fp32() if job.path.precision == "fp32" else contextlib.nullcontext():
+        return _measure(job, fresh_process)
+
+
+def _measure(job: Job, fresh_process: bool) -> dict[str, Any]:
+    """Open the backend, time it and run it over the PSNR images; returns raw measurements.
+
+    ``peak_rss_mb`` is the path's own peak: in a process that measured other paths before,
+    the counter is first started afresh, and where that is not possible it is None rather
+    than another path's figure.
+    """
     from denoise.infer import open_backend
 
+    own_peak = reset_peak_memory() or fresh_process
     torch.set_num_threads(job.threads)
     options = dict(job.path.options)
     if job.path.backend == "torch":
@@ -77,7 +92,7 @@ def measure(job: Job) -> dict[str, Any]:
         "outputs": stacked,
         # A miscompiled kernel returns NaN: the PSNR alone would call that merely "worse".
         "nonfinite_fraction": nonfinite / stacked.size,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb() if own_peak else None,
     }
     if device_times:
         result["device_times_s"] = device_times
@@ -109,6 +124,21 @@ def _device_times(backend: Any, x: np.ndarray, repeats: int) -> list[float]:
     return times
 
 
+def reset_peak_memory() -> bool:
+    """Start this process's peak-memory counters afresh; False where the RSS one cannot be.
+
+    Writing 5 to ``/proc/self/clear_refs`` sets ``VmHWM`` to the current resident size
+    (Linux); torch's CUDA peak is reset beside it.
+    """
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (MB).
 
@@ -129,7 +159,7 @@ def measure_isolated(job: Job) -> dict[str, Any]:
     """:func:`measure` in a fresh spawned process, so its peak RSS is its own."""
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        return pool.submit(measure, job).result()
+        return pool.submit(measure, job, True).result()
 
 
 def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -146,7 +176,8 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     merged = dict(first)
     merged["times_s"] = [t for r in rounds for t in r["times_s"]]
     merged["round_medians_s"] = [statistics.median(r["times_s"]) for r in rounds]
-    merged["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rounds)
+    peaks = [r["peak_rss_mb"] for r in rounds]
+    merged["peak_rss_mb"] = None if None in peaks else max(peaks)
     merged["nonfinite_fraction"] = max(r["nonfinite_fraction"] for r in rounds)
     if "device_times_s" in first:
         merged["device_times_s"] = [t for r in rounds for t in r["device_times_s"]]

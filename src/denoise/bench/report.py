@@ -17,6 +17,8 @@ PSNR_TOLERANCE_DB = 0.1  # a reduced-precision path is kept only within this of 
 # it scores about 18 dB against the clean images, and an error 34 dB below FP32's output would
 # still move that by less than 0.1 dB. Correct bf16 and int8 paths measured 50-60 dB.
 FP32_AGREEMENT_DB = 45.0
+# The measured keys of the JSON schema: a path that failed has them too, as null.
+MEASURED_KEYS = ("images_per_s", "ratio_vs_torch_eager", "psnr_delta_db", "peak_rss_mb")
 
 
 def _peak_for(precision: str, machine: dict[str, Any]) -> tuple[float, str]:
@@ -70,6 +72,8 @@ def summarise(
                     "path": path.name,
                     "precision": path.precision,
                     "description": path.description,
+                    # The schema's keys on every row, so readers of the JSON need no guard.
+                    **dict.fromkeys(MEASURED_KEYS),
                     "error": run["error"],
                 }
             )
@@ -99,7 +103,7 @@ def summarise(
             "within_psnr_tolerance": abs(delta) <= PSNR_TOLERANCE_DB
             and vs_fp32 >= FP32_AGREEMENT_DB
             and not run["nonfinite_fraction"],
-            "peak_rss_mb": round(run["peak_rss_mb"], 1),
+            "peak_rss_mb": None if run["peak_rss_mb"] is None else round(run["peak_rss_mb"], 1),
             "gflops": round(gflops, 2),
             "share_of_peak": round(gflops / peak, 4),
             "peak_compared_with": peak_kind,
@@ -169,7 +173,7 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {r['path']} | {r['precision']} | {r['images_per_s']:.3f} | "
             f"{r['megapixels_per_s']:.3f} | {r['latency_ms_median']:.1f} | "
             f"{_ratio_cell(r)} | {r['psnr_db']:.2f} | "
-            f"{r['psnr_delta_db']:+.3f}{flag} | {agree} | {r['peak_rss_mb']:.0f} | "
+            f"{r['psnr_delta_db']:+.3f}{flag} | {agree} | {_mb_cell(r['peak_rss_mb'])} | "
             f"{r['gflops']:.1f} | "
             f"{100 * r['share_of_peak']:.1f}% ({r['peak_compared_with']}) | "
             f"{r['first_call_s']:.2f} |" + (_on_device_cell(r) if on_device else "")
@@ -198,6 +202,10 @@ def _ratio_cell(row: dict[str, Any]) -> str:
     cell = f"{row['ratio_vs_torch_eager']:.2f}x"
     by_round = row.get("ratio_vs_torch_eager_by_round")
     return f"{cell} ({min(by_round):.2f}-{max(by_round):.2f})" if by_round else cell
+
+
+def _mb_cell(mb: float | None) -> str:
+    return "-" if mb is None else f"{mb:.0f}"
 
 
 def _on_device_cell(row: dict[str, Any]) -> str:
