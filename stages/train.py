@@ -8,6 +8,7 @@ the stage's outputs, so DVC does not delete it before a re-run. Also runs under
 
 from __future__ import annotations
 
+import os
 import sys
 
 from common import load_params, run_stage
@@ -34,6 +35,8 @@ def main() -> None:
         resume_path=CHECKPOINTS_DIR / name / "last.pt",
         live_dir=DVCLIVE_DIR / name,
     )
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun only rank 0 validates: the others have no scores to print
     print(
         f"{name}: best val PSNR {result.best_psnr:.2f} dB / SSIM {result.best_ssim:.4f} at "
         f"iteration {result.best_iteration} (noisy input {result.input_psnr:.2f} dB), "

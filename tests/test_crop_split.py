@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import random
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -232,6 +235,36 @@ def _assert_fails_cleanly(raw: Path, out: Path, match: str) -> None:
         build_split(raw, out, _params())
     assert not out.exists()
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_too_little_disk_for_the_patches_is_refused_before_cutting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stores are memory-mapped: a disk filling while they are cut would kill the process
+    (SIGBUS) with no message, so the room for them is checked first."""
+    import denoise.fileio
+
+    raw = _make_raw(tmp_path / "raw")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(
+        denoise.fileio.shutil, "disk_usage", lambda _: usage._replace(free=2 * 16 * 16 * 3)
+    )
+    _assert_fails_cleanly(raw, tmp_path / "split", r"not enough free space in .* patches: need")
+
+
+def test_a_failing_write_is_one_line_naming_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import denoise.data.crop_split
+
+    def full(src: Path, dst: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    raw = _make_raw(tmp_path / "raw")
+    monkeypatch.setattr(denoise.data.crop_split.shutil, "copyfile", full)
+    out = tmp_path / "split"
+    message = rf"^{re.escape(str(out))}: cannot write \(No space left on device: .*\.PNG\)$"
+    _assert_fails_cleanly(raw, out, message)
 
 
 def test_missing_partner_is_rejected_naming_the_file(tmp_path: Path) -> None:

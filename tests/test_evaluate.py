@@ -220,7 +220,7 @@ def test_params_typos_are_errors_at_every_level() -> None:
         ({"overlapp": 8}, "evaluate: unknown overlapp"),
         ({"nlm": {**nlm, "templte": 5}}, "evaluate.nlm: unknown templte"),
         ({"strip": {**strip, "zooom": 3}}, "evaluate.strip: unknown zooom"),
-        ({"nlm": {**nlm, "h": "strong"}}, "evaluate: invalid value"),
+        ({"nlm": {**nlm, "h": "strong"}}, "evaluate.nlm.h: expected a list, got 'strong'"),
     ):
         with pytest.raises(DenoiseError, match=rf"params\.yaml {where}"):
             params(**over)

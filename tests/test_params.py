@@ -65,3 +65,50 @@ def test_floats_without_a_dot_are_floats(tmp_path: Path) -> None:
     for text, value in cases:
         path.write_text(f"v: {text}\n")
         assert load_params(path)["v"] == value, text
+
+
+@dataclasses.dataclass
+class Typed:
+    iters: int = 1
+    lr: float = 0.1
+    amp: bool = True
+    name: str = "a"
+    shape: tuple[int, int] = (1, 1)
+    sizes: tuple[tuple[int, int], ...] = ()
+    weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    binary: str | None = None
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("iters", "4000", "iters: expected an integer, got '4000'"),
+        ("iters", 2.5, "iters: expected an integer, got 2.5"),
+        ("iters", True, "iters: expected an integer, got True"),
+        ("lr", None, "lr: expected a number, got None"),
+        ("lr", "1e-3x", "lr: expected a number, got '1e-3x'"),
+        ("amp", 1, "amp: expected true or false, got 1"),
+        ("name", 3, "name: expected a string, got 3"),
+        ("shape", 0.9, "shape: expected a list, got 0.9"),
+        ("shape", [1, 2, 3], r"shape: expected a list of 2, got \[1, 2, 3\]"),
+        ("sizes", [[1, 2], [3, "x"]], r"sizes: expected an integer, got 'x' in \[3, 'x'\] in"),
+        ("weights", {"train": "a lot"}, "weights: expected a number, got 'a lot' in"),
+        ("binary", 5, "binary: expected a string, got 5"),
+    ],
+)
+def test_values_of_the_wrong_type_are_one_line_naming_the_key(
+    key: str, value: object, message: str
+) -> None:
+    with pytest.raises(DenoiseError, match=rf"^params\.yaml train\.nafnet\.{message}"):
+        checked_section(Typed, {key: value}, "train.nafnet")
+
+
+def test_values_of_the_right_type_are_kept() -> None:
+    """An integral float is an int (``dvc exp run -S train.nafnet.iters=2e5`` writes
+    200000.0); an int stays an int where a float is expected; None where None is allowed."""
+    section = {"iters": 2e5, "lr": 1, "amp": False, "shape": [2, 3.0], "binary": None}
+    section |= {"sizes": [[1, 2]], "weights": {"train": 1, "val": 0.5}}
+    checked = checked_section(Typed, section, "train")
+    assert checked == section | {"iters": 200000, "shape": [2, 3]}
+    assert isinstance(checked["iters"], int) and isinstance(checked["lr"], int)
+    assert all(isinstance(v, int) for v in checked["shape"])

@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ import pytest
 import yaml
 
 import denoise.data.sidd_download as sd
+import denoise.fileio
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
 from denoise.errors import DenoiseError
 from denoise.fileio import read_rgb8, write_rgb8
@@ -92,6 +94,9 @@ class Server:
     force_416_next: int = 0
     status: int | None = None  # answer every request with this error status
     busy_resumes: int = 0  # answer the next N ranged requests with 503
+    resume_back: int = 0  # a 206 starts this many bytes before the asked-for byte
+    page: bytes | None = None  # answer with this whole (chunked) body instead of the archive
+    page_type: str = "text/html"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -112,10 +117,17 @@ class _Handler(BaseHTTPRequestHandler):
             st.busy_resumes -= 1
             self.send_error(503)
             return
+        if st.page is not None:
+            self.send_response(200)
+            self.send_header("Content-Type", st.page_type)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(st.page), st.page))
+            return
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", rng or "")
         if m and not st.ignore_range:
-            start = int(m.group(1))
+            start = max(0, int(m.group(1)) - st.resume_back)
             if st.force_416_next or start >= len(data):
                 st.force_416_next = max(0, st.force_416_next - 1)
                 self.send_response(416)
@@ -297,6 +309,41 @@ def test_server_ignoring_range_restarts_cleanly(
     assert dest.read_bytes() == archive.data
 
 
+def test_a_resume_from_an_earlier_byte_keeps_the_partial(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    """A 206 from before the asked-for byte (a proxy's block boundary): the bytes already on
+    disk are a prefix of it, so they are kept and the overlap skipped, not downloaded anew."""
+    server.cut_next, server.resume_back = 1, 100
+    with pytest.raises(DenoiseError, match="interrupted"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    assert server.requests == [None, f"bytes={len(archive.data) // 2}-"]
+    assert dest.read_bytes() == archive.data
+
+
+@pytest.mark.parametrize(
+    ("content_type", "message"),
+    [
+        ("text/html; charset=utf-8", "serves a web page, not the archive"),
+        ("application/octet-stream", "sent a whole response of 58 bytes where"),
+    ],
+)
+def test_a_page_instead_of_the_archive_is_one_error_not_a_resume_loop(
+    server: Server, archive: Archive, tmp_path: Path, content_type: str, message: str
+) -> None:
+    """A mirror's sign-in or virus-scan page: a complete response, so "run again to resume"
+    would fetch the same page forever."""
+    server.page, server.page_type = (
+        b"<html>Google Drive can't scan this file for viruses</html>",
+        content_type,
+    )
+    with pytest.raises(DenoiseError, match=message):
+        _fetch(server, tmp_path, md5=archive.md5, retries=3)
+    assert len(server.requests) == 1
+    assert not list((tmp_path / "downloads").iterdir())  # no page kept as a partial archive
+
+
 def test_416_drops_the_partial_and_restarts(
     server: Server, archive: Archive, tmp_path: Path
 ) -> None:
@@ -371,7 +418,9 @@ def test_bad_request_params(tmp_path: Path, url: str, size: int, md5: str, match
 def test_not_enough_space_is_refused_up_front(
     server: Server, archive: Archive, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sd.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=5))
+    monkeypatch.setattr(
+        denoise.fileio.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=5)
+    )
     with pytest.raises(DenoiseError, match="not enough free space"):
         _fetch(server, tmp_path, md5=archive.md5)
     assert server.requests == []
@@ -499,6 +548,21 @@ def test_instance_missing_its_noisy_image_is_refused(tmp_path: Path) -> None:
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr(f"{ROOT}/Data/{INSTANCES[0]}/{GT_NAME}", b"x")
     with pytest.raises(DenoiseError, match=f"{INSTANCES[0]} has no {NOISY_NAME}"):
+        sd.safe_extract(zpath, tmp_path / "raw", progress=False)
+    assert not (tmp_path / "raw").exists()
+
+
+def test_a_member_running_past_the_end_is_one_line(tmp_path: Path) -> None:
+    member = f"{ROOT}/Data/{INSTANCES[0]}/{GT_NAME}"
+    zpath = tmp_path / "a.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(member, b"x" * 1000)
+    data = bytearray(zpath.read_bytes())
+    central = data.find(b"PK\x01\x02")
+    for offset in (18, 22, central + 20, central + 24):  # sizes: local header, central dir
+        struct.pack_into("<I", data, offset, 10**6)
+    zpath.write_bytes(bytes(data))
+    with pytest.raises(DenoiseError, match=f"{re.escape(str(zpath))}: cannot read a member"):
         sd.safe_extract(zpath, tmp_path / "raw", progress=False)
     assert not (tmp_path / "raw").exists()
 

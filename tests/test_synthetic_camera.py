@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import math
+import re
 from pathlib import Path
 
 import cv2
@@ -275,3 +277,16 @@ def test_colour_matrices_invert_without_lapack() -> None:
         m = cam.sample_instance(k, np.random.default_rng(k))[1].rgb2cam
         np.testing.assert_allclose(m.sum(axis=1), 1.0)
         np.testing.assert_allclose(cam._inverse_3x3(m), np.linalg.inv(m), atol=1e-12)
+
+
+def test_a_failing_write_is_one_line_naming_the_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only(path: Path, img: np.ndarray) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(cam, "write_rgb8", read_only)
+    out = tmp_path / "raw"
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(out))}: cannot write \(Read-only"):
+        cam.generate_dataset(out, instances=2, height=16, width=16, progress=False)
+    assert not out.exists() and list(tmp_path.iterdir()) == []

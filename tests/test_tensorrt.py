@@ -146,7 +146,7 @@ def test_settings_profile_and_validation() -> None:
     assert settings.profile() == ((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128))
     with pytest.raises(DenoiseError, match="min_shape <= opt_shape <= max_shape"):
         TrtSettings.from_params({**PARAMS, "opt_shape": [1, 256, 64]})
-    with pytest.raises(DenoiseError, match=r"trt\.max_shape: expected \[batch, height, width\]"):
+    with pytest.raises(DenoiseError, match=r"trt\.max_shape: expected a list of 3, got \[128, 128"):
         TrtSettings.from_params({**PARAMS, "max_shape": [128, 128]})
     with pytest.raises(DenoiseError, match=r"trt: missing fp16"):
         TrtSettings.from_params({k: v for k, v in PARAMS.items() if k != "fp16"})

@@ -60,17 +60,36 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def write_errors_named(target: str | Path) -> Iterator[None]:
+    """An ``OSError`` inside (a full disk, a read-only folder, a file as parent) as one line
+    naming ``target``, the output being written, and the error's own file if another."""
+    try:
+        yield
+    except OSError as e:
+        where = f": {e.filename}" if e.filename and Path(e.filename) != Path(target) else ""
+        raise DenoiseError(f"{target}: cannot write ({e.strerror or e}{where})") from None
+
+
+def check_free_space(folder: str | Path, needed: int, what: str) -> None:
+    """A one-line error, before anything is written, if ``folder``'s disk has less than
+    ``needed`` bytes free for ``what``."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DenoiseError(
+            f"not enough free space in {folder} for {what}: need {needed} bytes, "
+            f"{free} free; free some space or use another folder"
+        )
+
+
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     """Write a file atomically. A folder in its place is an error, never replaced; so is a
     place that cannot be written (a file as parent, no permission)."""
     path = Path(path)
     if path.is_dir():
         raise DenoiseError(f"{path}: is a folder; not replaced by a file")
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
-    except OSError as e:
-        raise DenoiseError(f"{path}: cannot write ({e.strerror or e})") from None
+    with write_errors_named(path), atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def _json_safe(obj: Any) -> Any:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -73,9 +75,13 @@ def check_keys(
 
 
 def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
-    """A copy of ``section`` whose keys are ``cls``'s fields: none unknown, none required missing.
+    """A copy of ``section`` whose keys are ``cls``'s fields (none unknown, none required
+    missing) and whose values have the fields' types.
 
-    ``where`` names the section in the error, e.g. ``"export"`` or ``"train.nafnet"``.
+    ``where`` names the section in the error, e.g. ``"export"`` or ``"train.nafnet"``. An int
+    field takes an integral float (``dvc exp run -S train.nafnet.iters=2e5`` writes 200000.0)
+    as that int; any other mismatch is one line naming the key, e.g. ``params.yaml
+    train.nafnet.iters: expected an integer, got '4000'``.
     """
     section = dict(section or {})
     fields = dataclasses.fields(cls)
@@ -85,4 +91,58 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
     )
     check_keys(section, required, {f.name for f in fields}, f"params.yaml {where}")
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        problem, section[key] = _conform(value, hints[key])
+        if problem:
+            raise DenoiseError(f"params.yaml {where}.{key}: {problem}")
     return section
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _conform(value: Any, hint: Any) -> tuple[str | None, Any]:
+    """``(problem, value)``: what is wrong with ``value`` as a ``hint`` (None: nothing), and
+    the value to keep (an integral float as an int for an int field). Kinds other than the
+    scalars, unions, sequences and mappings are not checked."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None, None
+        problems = []
+        for arg in (a for a in args if a is not type(None)):
+            problem, kept = _conform(value, arg)
+            if problem is None:
+                return None, kept
+            problems.append(problem.removeprefix("expected "))
+        return f"expected {' or '.join(problems)}", value
+    if hint in _KINDS:
+        if hint is int and isinstance(value, float) and value.is_integer():
+            return None, int(value)
+        ok = isinstance(value, (int, float) if hint is float else hint)
+        if ok and (hint is bool or not isinstance(value, bool)):
+            return None, value
+        return f"expected {_KINDS[hint]}, got {value!r}", value
+    if origin in (tuple, list) or hint in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            return f"expected a list, got {value!r}", value
+        if origin is tuple and args and args[-1] is not Ellipsis and len(args) != len(value):
+            return f"expected a list of {len(args)}, got {value!r}", value
+        item_hints = [args[0]] * len(value) if args[-1:] == (Ellipsis,) or origin is list else args
+        kept = []
+        for item, item_hint in zip(value, item_hints or [Any] * len(value), strict=True):
+            problem, item = _conform(item, item_hint)
+            if problem:
+                return f"{problem} in {value!r}", value
+            kept.append(item)
+        return None, type(value)(kept)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, dict):
+            return f"expected a mapping, got {value!r}", value
+        if args:
+            for item in value.values():
+                problem, _ = _conform(item, args[1])
+                if problem:
+                    return f"{problem} in {value!r}", value
+    return None, value

@@ -99,11 +99,9 @@ class TrtSettings:
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrtSettings:
-        s = checked_section(cls, section, "trt")
+        s = checked_section(cls, section, "trt")  # each shape: three integers
         for key in ("min_shape", "opt_shape", "max_shape"):
-            s[key] = tuple(int(v) for v in s[key])
-            if len(s[key]) != 3:
-                raise DenoiseError(f"params.yaml trt.{key}: expected [batch, height, width]")
+            s[key] = tuple(s[key])
         lo, opt, hi = s["min_shape"], s["opt_shape"], s["max_shape"]
         if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
             raise DenoiseError("params.yaml trt: need min_shape <= opt_shape <= max_shape")

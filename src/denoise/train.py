@@ -62,7 +62,8 @@ def amp_precision(device: torch.device, enabled: bool) -> str:
     ``fp16`` (which needs a GradScaler); ``off`` on CPU or when ``enabled`` is false."""
     if not enabled or device.type != "cuda":
         return "off"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # Native bf16 only: the default also counts GPUs that merely emulate it (V100, T4).
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def amp_context(precision: str) -> contextlib.AbstractContextManager:
@@ -241,7 +242,7 @@ def _train(
         "params": None,
         "input_psnr": math.nan,
     }
-    state = load_resume(resume_path, fp) if resume_path else None
+    state = load_resume(resume_path, fp, quiet=not d.main) if resume_path else None
     if state is not None:
         model.load_state_dict(state["params"])
         optimizer.load_state_dict(state["optimizer"])

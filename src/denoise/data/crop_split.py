@@ -29,7 +29,14 @@ from tqdm import tqdm
 from denoise.data.patch_store import create_patch_store
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, Instance, list_instances
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, read_rgb8, write_json, write_rgb8
+from denoise.fileio import (
+    atomic_path,
+    check_free_space,
+    read_rgb8,
+    write_errors_named,
+    write_json,
+    write_rgb8,
+)
 from denoise.metrics import psnr
 from denoise.params import checked_section
 
@@ -300,6 +307,9 @@ def validate_pairs(found: Sequence[tuple[Instance, Path]], patch_size: int) -> l
 def _write_patches(out_dir: Path, pairs: Sequence[PairInfo], params: SplitParams) -> int:
     p, step = params.patch_size, params.step
     total = sum(count_patches(x.height, x.width, p, step) for x in pairs)
+    # The store is memory-mapped: a disk that fills while it is cut kills the process
+    # (SIGBUS), with no error to report, so the room is checked first (noisy + clean).
+    check_free_space(out_dir.parent, 2 * total * p * p * 3, f"the {out_dir.name} patches")
     with create_patch_store(out_dir, total, p) as (noisy_store, clean_store):
         k = 0
         for pair in tqdm(pairs, desc=f"cut {out_dir.name} patches", unit="pair"):
@@ -355,7 +365,7 @@ def build_split(raw_dir: str | Path, out_dir: str | Path, params: SplitParams) -
     pairs = validate_pairs(found, params.patch_size)
     by_name = {x.name: x for x in pairs}
     splits = {s: [by_name[n] for n in names[s]] for s in SPLITS}
-    with atomic_path(out_dir) as tmp:
+    with write_errors_named(out_dir), atomic_path(out_dir) as tmp:
         tmp.mkdir()
         patches = {s: _write_patches(tmp / s, splits[s], params) for s in PATCH_SPLITS}
         (tmp / "test").mkdir()

@@ -29,7 +29,6 @@ import json
 import os
 import posixpath
 import re
-import shutil
 import stat
 import time
 import zipfile
@@ -43,7 +42,7 @@ from tqdm import tqdm
 
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, write_json
+from denoise.fileio import atomic_path, check_free_space, write_json
 
 CHUNK = 1 << 20
 DEFAULT_ARCHIVE = "SIDD_Small_sRGB_Only.zip"
@@ -132,15 +131,6 @@ def _check_request(url: str, size: int, md5: str) -> None:
         raise DenoiseError(f"{url}: expected MD5 must be 32 hex digits, got {md5!r}")
 
 
-def _check_space(folder: Path, needed: int, what: str) -> None:
-    free = shutil.disk_usage(folder).free
-    if free < needed:
-        raise DenoiseError(
-            f"not enough free space in {folder} for {what}: need {needed} bytes, "
-            f"{free} free; free some space or use another folder"
-        )
-
-
 def _parse_content_range(value: str | None) -> tuple[int, int | None]:
     m = _CONTENT_RANGE.match((value or "").strip())
     if m is None:
@@ -187,14 +177,20 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
         offset = 0
     if offset == size:
         return
-    _check_space(part.parent, size - offset, f"the rest of {url}")
+    check_free_space(part.parent, size - offset, f"the rest of {url}")
     with _open(url, part, offset, timeout) as resp:
+        if resp.headers.get_content_type() == "text/html":
+            raise DenoiseError(
+                f"{url} serves a web page, not the archive (a sign-in or download-warning "
+                "page?); set data.sidd.url to the file's direct link"
+            )
+        skip = 0  # bytes of the body already on disk
         if resp.status == 206:
             start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start != offset:
+            if start > offset:
                 part.unlink()
                 raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
-            mode = "ab"
+            skip, mode = offset - start, "ab"  # an earlier start (a proxy's block boundary)
         else:  # 200: the server ignored Range (or there was none) and sends the whole file
             offset, mode = 0, "wb"
             length = resp.headers.get("Content-Length")
@@ -220,11 +216,14 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
             ):
                 while written <= size:
                     try:
-                        chunk = resp.read(CHUNK)
+                        chunk = resp.read(min(CHUNK, skip) if skip else CHUNK)
                     except (OSError, http.client.HTTPException) as e:
                         raise _Interrupted(f"{type(e).__name__}: {e}") from None
                     if not chunk:
                         break
+                    if skip:
+                        skip -= len(chunk)
+                        continue
                     f.write(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
@@ -236,6 +235,13 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
                     "then run again to resume"
                 ) from None
             raise DenoiseError(f"cannot write {part}: {e.strerror or e}") from None
+    if written < size and resp.chunked:  # a cut chunked body raises IncompleteRead above
+        if mode == "wb":
+            part.unlink()  # a page, not a prefix of the archive
+        raise DenoiseError(
+            f"{url} sent a whole response of {written - offset} bytes where {size - offset} "
+            f"were expected (not the archive?); check data.sidd.url and data.sidd.size"
+        )
     if written < size:
         raise _Interrupted(f"connection closed after {written} of {size} bytes")
 
@@ -371,7 +377,7 @@ def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool
             infos = zf.infolist()
             target_dir.parent.mkdir(parents=True, exist_ok=True)
             _check_members(zip_path, infos)
-            _check_space(
+            check_free_space(
                 target_dir.parent, sum(i.file_size for i in infos), f"extracting {zip_path}"
             )
             with atomic_path(target_dir) as staged:
@@ -397,9 +403,10 @@ def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool
                 count = _check_pairs(zip_path, staged)
     except zipfile.BadZipFile as e:
         raise DenoiseError(f"{zip_path}: not a valid zip archive ({e})") from None
-    except (zlib.error, NotImplementedError, RuntimeError) as e:  # corrupt, Deflate64, encrypted
+    # Corrupt data, a member running past the end (EOFError), Deflate64, encrypted.
+    except (zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
         raise DenoiseError(
-            f"{zip_path}: cannot read a member ({e}); nothing was extracted"
+            f"{zip_path}: cannot read a member ({e or type(e).__name__}); nothing was extracted"
         ) from None
     except OSError as e:
         if e.errno == errno.ENOSPC:

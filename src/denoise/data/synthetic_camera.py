@@ -65,7 +65,7 @@ from denoise.data.sidd_layout import (
     Instance,
 )
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, write_rgb8
+from denoise.fileio import atomic_path, write_errors_named, write_rgb8
 from denoise.metrics import to_uint8
 
 ISOS = (50, 100, 200, 400, 800, 1600, 3200, 6400, 10000)
@@ -444,7 +444,7 @@ def generate_dataset(
         raise DenoiseError(f"synthetic camera: seed={seed}, expected a non-negative integer")
 
     made: list[Instance] = []
-    with atomic_path(out_dir) as staged:
+    with write_errors_named(out_dir), atomic_path(out_dir) as staged:
         root = staged / ARCHIVE_ROOT
         for index in tqdm(
             range(instances), desc="synthetic camera", unit="pair", disable=not progress

@@ -60,6 +60,8 @@ class TrainConfig:
             raise DenoiseError(f"params.yaml train: unknown {', '.join(unknown)}")
         if model not in train or not isinstance(train[model], dict):
             raise DenoiseError(f"params.yaml: no train.{model} section")
+        if "model" in train[model]:
+            raise DenoiseError(f"params.yaml train.{model}: unknown model (the section names it)")
         merged = {k: train[k] for k in SHARED_KEYS if k in train}
         merged.update(train[model])
         merged = checked_section(cls, {"model": model, **merged}, f"train.{model}")
@@ -78,10 +80,13 @@ class TrainConfig:
             (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
             (self.log_every > 0, "log_every must be > 0"),
             (self.val_batch > 0, "val_batch must be > 0"),
+            (self.val_crop > 0, "val_crop must be > 0"),
+            (self.lr > 0, f"lr must be > 0, not {self.lr!r}"),
             (
-                isinstance(self.lr, (int, float)) and self.lr > 0,
-                f"lr must be a number > 0, not {self.lr!r}",
+                min(self.weight_decay, self.eta_min, self.grad_clip) >= 0,
+                "weight_decay, eta_min and grad_clip must be >= 0",
             ),
+            (min(self.num_workers, self.val_patches) >= 0, "num_workers, val_patches >= 0"),
             (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
             (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}"),
         ]

@@ -93,16 +93,19 @@ def save_resume(
     )
 
 
-def load_resume(path: Path, fp: str) -> dict[str, Any] | None:
-    """The saved state if ``path`` holds one for this exact config and data, else ``None``."""
+def load_resume(path: Path, fp: str, *, quiet: bool = False) -> dict[str, Any] | None:
+    """The saved state if ``path`` holds one for this exact config and data, else ``None``;
+    why not is printed unless ``quiet`` (every DDP rank loads it, one says so)."""
     if not path.is_file():
         return None
     try:
         state = read_checkpoint(path)
     except DenoiseError as e:
-        print(f"warning: ignoring unreadable resume state ({e})")
+        if not quiet:
+            print(f"warning: ignoring unreadable resume state ({e})")
         return None
     if state.get("meta", {}).get("fingerprint") != fp:
-        print(f"note: {path} is from other params, data or code; starting from scratch")
+        if not quiet:
+            print(f"note: {path} is from other params, data or code; starting from scratch")
         return None
     return state

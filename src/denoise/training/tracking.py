@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from denoise.fileio import write_bytes_atomic
 
@@ -32,6 +34,7 @@ class Tracker:
         resume = resume_step > 0 and live_dir.is_dir()
         if resume:
             _truncate(live_dir, resume_step)
+            _drop_torn(live_dir)
         self.live = Live(dir=str(live_dir), resume=resume, dvcyaml=None, save_dvc_exp=False)
         self.live.log_params(params)
 
@@ -63,6 +66,26 @@ class Tracker:
             self.live.end()
 
 
+def _drop_torn(live_dir: Path) -> None:
+    """Remove DVCLive's summary files if a kill cut one short (DVCLive rewrites them in place
+    at every step): resuming reads them, and would fail on every later run. Every value in
+    them is logged again before the run ends."""
+    for name, parse in (("metrics.json", json.loads), ("params.yaml", yaml.safe_load)):
+        path = live_dir / name
+        try:
+            parse(path.read_text())
+        except FileNotFoundError:
+            continue
+        except (ValueError, yaml.YAMLError, UnicodeDecodeError):
+            print(f"note: {path} was cut short; written anew")
+            path.unlink()
+
+
+def _whole(row: dict[str | None, Any]) -> bool:
+    """A row with every column and a step number: not the last line of a file cut short."""
+    return None not in row and None not in row.values() and str(row["step"]).isdigit()
+
+
 def _truncate(live_dir: Path, step: int) -> None:
     """Drop what an interrupted run logged after its last resume state (steps > ``step``).
 
@@ -74,7 +97,11 @@ def _truncate(live_dir: Path, step: int) -> None:
         with open(tsv, newline="") as f:
             reader = csv.DictReader(f, delimiter="\t")
             fields = list(reader.fieldnames or [])
-            kept = [r for r in reader if int(r["step"]) <= step] if "step" in fields else None
+            kept = (
+                [r for r in reader if _whole(r) and int(r["step"]) <= step]
+                if "step" in fields
+                else None
+            )
         if kept is None:
             tsv.unlink()
             continue
