@@ -1,7 +1,10 @@
 """Atomic outputs and validated image input."""
 
+import errno
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import cv2
@@ -14,6 +17,7 @@ from denoise.fileio import (
     is_truncated_jpeg,
     read_photo,
     read_rgb8,
+    write_errors_named,
     write_image,
     write_json,
     write_rgb8,
@@ -201,6 +205,26 @@ def test_an_unwritable_output_is_one_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DenoiseError, match=r"afile/s\.json: cannot write"):
         write_json(tmp_path / "afile" / "s.json", {"a": 1})
+
+
+def test_write_errors_name_the_output_or_the_input_that_failed(tmp_path: Path) -> None:
+    out, missing = tmp_path / "split", tmp_path / "raw" / "in.png"
+    read_error = rf"^{re.escape(str(missing))}: cannot read \(No such file or directory\) for "
+    with (
+        pytest.raises(DenoiseError, match=read_error + rf"{re.escape(str(out))}$"),
+        write_errors_named(out),
+        atomic_path(out) as staged,
+    ):
+        staged.mkdir()
+        shutil.copyfile(missing, staged / "in.png")
+    with (
+        pytest.raises(DenoiseError, match=rf"^{re.escape(str(out))}: cannot write \(No space "),
+        write_errors_named(out),
+        atomic_path(out) as staged,
+    ):
+        staged.mkdir()
+        raise OSError(errno.ENOSPC, "No space left on device", str(staged / "in.png"))
+    assert list(tmp_path.iterdir()) == []  # nothing staged is left behind
 
 
 def test_grey_with_alpha_is_named_as_such(tmp_path: Path) -> None:

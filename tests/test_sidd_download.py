@@ -97,6 +97,7 @@ class Server:
     resume_back: int = 0  # a 206 starts this many bytes before the asked-for byte
     page: bytes | None = None  # answer with this whole (chunked) body instead of the archive
     page_type: str = "text/html"
+    block: int = 0  # answer a ranged request with at most this many bytes, chunked (a 206)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -136,6 +137,15 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             self.send_response(206)
+            if st.block:
+                body = data[start : start + st.block]
+                end = start + len(body) - 1
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                st.bytes_sent += len(body)
+                return
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
             self.send_response(200)
@@ -320,6 +330,19 @@ def test_a_resume_from_an_earlier_byte_keeps_the_partial(
     dest = _fetch(server, tmp_path, md5=archive.md5, retries=0)
     assert server.requests == [None, f"bytes={len(archive.data) // 2}-"]
     assert dest.read_bytes() == archive.data
+
+
+def test_a_range_served_in_whole_chunked_blocks_is_resumed_block_by_block(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    """Each 206 is one whole block, shorter than the rest of the file: a resume, not the
+    "whole response that is not the archive" of a 200."""
+    server.cut_next, server.block = 1, 1000
+    with pytest.raises(DenoiseError, match="interrupted"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    assert dest.read_bytes() == archive.data
+    assert len(server.requests) == 2 + (len(archive.data) - len(archive.data) // 2 - 1) // 1000
 
 
 @pytest.mark.parametrize(

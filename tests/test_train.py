@@ -123,7 +123,13 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
     ("model", "log_every", "torn"),
     # log_every 3: the resume state at 8 falls between the loss points at 6 and 9. torn: the
     # kill came while DVCLive rewrote its summary files in place.
-    [("nafnet", 1, False), ("dncnn", 1, False), ("nafnet", 3, False), ("nafnet", 1, True)],
+    [
+        ("nafnet", 1, ""),
+        ("dncnn", 1, ""),
+        ("nafnet", 3, ""),
+        ("nafnet", 1, "cut"),
+        ("nafnet", 1, "empty"),
+    ],
 )
 def test_interrupted_run_resumes_bit_identically(
     split: Path,
@@ -131,7 +137,7 @@ def test_interrupted_run_resumes_bit_identically(
     monkeypatch: pytest.MonkeyPatch,
     model: str,
     log_every: int,
-    torn: bool,
+    torn: str,
 ) -> None:
     cfg = _cfg(model, log_every=log_every)
     reference = _run(cfg, split, tmp_path / "straight")
@@ -149,10 +155,9 @@ def test_interrupted_run_resumes_bit_identically(
         _run(cfg, split, work)
     assert not (work / "model.pt").exists()
     assert read_checkpoint(work / "ckpt" / "last.pt")["meta"]["iteration"] == 8
-    if torn:
-        for name in ("metrics.json", "params.yaml"):
-            path = work / "live" / name
-            path.write_bytes(path.read_bytes()[:40] + b"\x00\x00{")
+    for name in ("metrics.json", "params.yaml") if torn else ():
+        path = work / "live" / name  # "empty": DVCLive had opened it for writing, no more
+        path.write_bytes(path.read_bytes()[:40] + b"\x00\x00{" if torn == "cut" else b"")
     monkeypatch.setattr(tracking.Tracker, "log", real_log)
     resumed = _run(cfg, split, work)
 
@@ -279,6 +284,9 @@ def test_config_from_params_merges_and_rejects_typos() -> None:
     # `dvc exp run -S train.nafnet.iters=2e5` writes 200000.0
     cfg = TrainConfig.from_params({"nafnet": {"iters": 2e5}}, "nafnet")
     assert cfg.iters == 200000 and isinstance(cfg.iters, int)
+    # a shared key's error names it where it is written: train.<key>, not train.nafnet.<key>
+    with pytest.raises(DenoiseError, match=r"^params\.yaml train\.amp: expected true or false"):
+        TrainConfig.from_params({**train, "amp": 1}, "nafnet")
     with pytest.raises(DenoiseError, match=r"train.nafnet: unknown itres"):
         TrainConfig.from_params({"nafnet": {"itres": 5}}, "nafnet")
     for typo in ({"sed": 7}, {"val_patchs": 4}, {"nafnett": {"iters": 5}}):  # beside a section

@@ -621,6 +621,7 @@ def test_smoke_settings_reject_impossible_values() -> None:
 
     section = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())["triton"]
     assert SmokeSettings.from_params(section).tolerance == section["tolerance"]
+    assert SmokeSettings.from_params({**section, "binary": None}).binary is None  # -S ...=null
     for bad, match in (
         ({"http_port": 0}, "http_port and grpc_port must be 1-65535"),
         ({"grpc_port": section["http_port"]}, "http_port and grpc_port must differ"),

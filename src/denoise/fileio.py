@@ -31,6 +31,23 @@ from denoise.photo_metadata import (
 )
 
 
+def _staging_prefix(target: Path) -> str:
+    """The name :func:`atomic_path`'s temporary folder beside ``target`` starts with (the name
+    cut short: the temporary's own name must fit in 255 bytes like the target's)."""
+    return f".{target.name[:64]}."
+
+
+def _is_output(path: str | Path, target: str | Path) -> bool:
+    """Whether ``path`` is ``target``, a folder above it, inside it, or inside its
+    :func:`atomic_path` staging folder: a place writing ``target`` touches."""
+    path, target = Path(path).absolute(), Path(target).absolute()
+    prefix = _staging_prefix(target)
+    return path in target.parents or any(
+        p == target or (p.parent == target.parent and p.name.startswith(prefix))
+        for p in (path, *path.parents)
+    )
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``.
@@ -43,8 +60,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # the name cut short: the temporary's own name must fit in 255 bytes like the target's
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name[:64]}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
     staged, aside = tmp / target.name, tmp / ".replaced"
     try:
         yield staged
@@ -62,13 +78,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def write_errors_named(target: str | Path) -> Iterator[None]:
-    """An ``OSError`` inside (a full disk, a read-only folder, a file as parent) as one line
-    naming ``target``, the output being written, and the error's own file if another."""
+    """An ``OSError`` inside as one line: writing ``target`` (a full disk, a read-only folder,
+    a file as parent), naming the file if it is one inside, or reading an input for it."""
     try:
         yield
     except OSError as e:
-        where = f": {e.filename}" if e.filename and Path(e.filename) != Path(target) else ""
-        raise DenoiseError(f"{target}: cannot write ({e.strerror or e}{where})") from None
+        reason = e.strerror or str(e)
+        name = e.filename if isinstance(e.filename, str) else None
+        if name and not _is_output(name, target):
+            raise DenoiseError(f"{name}: cannot read ({reason}) for {target}") from None
+        where = f": {name}" if name and Path(name) != Path(target) else ""
+        raise DenoiseError(f"{target}: cannot write ({reason}{where})") from None
 
 
 def check_free_space(folder: str | Path, needed: int, what: str) -> None:

@@ -235,9 +235,10 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
                     "then run again to resume"
                 ) from None
             raise DenoiseError(f"cannot write {part}: {e.strerror or e}") from None
-    if written < size and resp.chunked:  # a cut chunked body raises IncompleteRead above
-        if mode == "wb":
-            part.unlink()  # a page, not a prefix of the archive
+    # A whole response (a cut chunked body raises IncompleteRead above) that is not the
+    # archive; a 206 may be one block of a range a server hands out in pieces: resumed.
+    if written < size and resp.chunked and mode == "wb":
+        part.unlink()  # a page, not a prefix of the archive
         raise DenoiseError(
             f"{url} sent a whole response of {written - offset} bytes where {size - offset} "
             f"were expected (not the archive?); check data.sidd.url and data.sidd.size"

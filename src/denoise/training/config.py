@@ -62,9 +62,10 @@ class TrainConfig:
             raise DenoiseError(f"params.yaml: no train.{model} section")
         if "model" in train[model]:
             raise DenoiseError(f"params.yaml train.{model}: unknown model (the section names it)")
-        merged = {k: train[k] for k in SHARED_KEYS if k in train}
-        merged.update(train[model])
-        merged = checked_section(cls, {"model": model, **merged}, f"train.{model}")
+        # Checked where they are written, so an error names train.<key> or train.<model>.<key>.
+        shared = {k: train[k] for k in SHARED_KEYS if k in train}
+        merged = checked_section(cls, {"model": model, **shared}, "train")
+        merged.update(checked_section(cls, {"model": model, **train[model]}, f"train.{model}"))
         if "betas" in merged:
             merged["betas"] = tuple(merged["betas"])
         cfg = cls(**merged)

@@ -52,12 +52,12 @@ def setup(requested_device: str) -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(requested_device, local_rank)
+    if device.type == "cuda":  # also for one process on cuda:N: what torch.cuda.* ask about
+        torch.cuda.set_device(device)
     if world <= 1:
         return Dist(0, 1, device, owns_group=False)
     owns = not dist.is_initialized()
     if owns:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size(), device, owns_group=owns)
 

@@ -73,10 +73,12 @@ def _drop_torn(live_dir: Path) -> None:
     for name, parse in (("metrics.json", json.loads), ("params.yaml", yaml.safe_load)):
         path = live_dir / name
         try:
-            parse(path.read_text())
+            whole = isinstance(parse(path.read_text()), dict)  # empty, or cut in a key: not
         except FileNotFoundError:
             continue
         except (ValueError, yaml.YAMLError, UnicodeDecodeError):
+            whole = False
+        if not whole:
             print(f"note: {path} was cut short; written anew")
             path.unlink()
 

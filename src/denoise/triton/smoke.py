@@ -23,7 +23,7 @@ from denoise.triton.server import TritonServer
 class SmokeSettings:
     """The ``triton`` section of params.yaml."""
 
-    binary: str
+    binary: str | None  # empty or null: tritonserver on PATH, else the bundled one
     models: tuple[str, ...]
     http_port: int
     grpc_port: int
