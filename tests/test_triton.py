@@ -92,6 +92,7 @@ def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> Smoke
         repeats=1,
         warmup=0,
         tolerance=1e-3,
+        clients=2,
     )
     return SmokeSettings(**{**base, **overrides})
 
@@ -137,12 +138,67 @@ def test_python_route_config(repository: Path) -> None:
         assert t.data_type == model_config_pb2.TYPE_FP32
         assert list(t.dims) == [3, -1, -1]
     assert cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert cfg.HasField("dynamic_batching")
     assert cfg.parameters["intra_op_threads"].string_value == "1"
     # What the export recorded in the ONNX file, for clients that tile (denoise run)
     multiple = onnx_pad_multiple(repository / PYTHON_MODEL / "1" / "model.onnx")
     assert multiple > 1 and cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
     onnx_cfg = parse_config((repository / ONNX_MODEL / "config.pbtxt").read_text())
     assert onnx_cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
+
+
+def test_the_python_model_runs_each_shape_of_a_batch_of_requests_once(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What dynamic batching hands the python model (several requests, two shapes) becomes one
+    onnxruntime call per shape, each request answered with its own rows; a call that fails
+    answers its requests with the error. Run here with a stand-in for Triton's stub module."""
+    import importlib.util
+
+    class Tensor:
+        def __init__(self, name: str, arr: np.ndarray) -> None:
+            self.name, self.arr = name, arr
+
+    stub = types.ModuleType("triton_python_backend_utils")
+    stub.__dict__.update(
+        Tensor=Tensor,
+        TritonError=str,
+        InferenceResponse=lambda output_tensors, error=None: (output_tensors, error),
+        get_input_tensor_by_name=lambda request, name: request[name],
+    )
+    monkeypatch.setitem(sys.modules, "triton_python_backend_utils", stub)
+    spec = importlib.util.spec_from_file_location("served_model", PYTHON_MODEL_TEMPLATE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.TritonPythonModel()
+    config = {"input": [{"name": INPUT_NAME}], "output": [{"name": OUTPUT_NAME}]}
+    model.initialize(
+        {
+            "model_config": json.dumps(config),
+            "model_repository": str(repository / PYTHON_MODEL),
+            "model_version": "1",
+        }
+    )
+    runs: list[tuple[int, ...]] = []
+    session = model.session
+
+    class Counting:
+        def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            runs.append(feed[INPUT_NAME].shape)
+            return session.run(names, feed)
+
+    model.session = Counting()
+    rng = np.random.default_rng(7)
+    shapes = [(1, 3, 32, 48), (2, 3, 32, 48), (1, 3, 40, 24), (1, 3, 32, 48)]
+    inputs = [rng.random(shape, dtype=np.float32) for shape in shapes]
+    request = lambda x: {INPUT_NAME: types.SimpleNamespace(as_numpy=lambda: x)}  # noqa: E731
+    responses = model.execute([request(x) for x in inputs])
+    assert sorted(runs) == [(1, 3, 40, 24), (4, 3, 32, 48)]
+    for x, (tensors, error) in zip(inputs, responses, strict=True):
+        assert error is None
+        assert np.abs(tensors[0].arr - local_onnxruntime(repository, x)).max() <= 1e-5
+    (tensors, error), *_ = model.execute([request(np.zeros((1, 4, 8, 8), np.float32))] * 2)
+    assert not tensors and error.startswith("onnxruntime: ")
 
 
 def test_config_parameters_read_back_and_bad_multiples_are_named() -> None:
@@ -158,6 +214,7 @@ def test_config_parameters_read_back_and_bad_multiples_are_named() -> None:
 def test_onnx_and_tensorrt_configs() -> None:
     cfg = parse_config(model_config(ONNX_MODEL, platform="onnxruntime_onnx", max_batch_size=8))
     assert (cfg.platform, cfg.backend, cfg.max_batch_size) == ("onnxruntime_onnx", "", 8)
+    assert cfg.HasField("dynamic_batching")
     assert not cfg.instance_group  # Triton picks GPU when there is one, else CPU
     cfg = parse_config(
         model_config(
@@ -281,6 +338,35 @@ def test_served_output_matches_onnxruntime(
     default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
     assert default.model_name == PYTHON_MODEL
     default.close()
+
+
+def test_waiting_requests_run_as_one_batch_each_getting_its_own_rows(
+    server: TritonServer, repository: Path
+) -> None:
+    """Dynamic batching: requests sent together while the model is busy are joined (fewer
+    model runs than images); each answer must still be its own input's output, also where
+    waiting requests differ in size."""
+    import concurrent.futures
+    import threading
+
+    rng = np.random.default_rng(5)
+    inputs = [rng.random((1, 3, 48 + 16 * (i % 2), 64), dtype=np.float32) for i in range(12)]
+    start = threading.Barrier(len(inputs), timeout=60)
+
+    def send(k: int) -> np.ndarray:
+        # each in its own thread: tritonclient's HTTP client cannot change threads
+        with contextlib.closing(TritonBackend(server.http_url, "http", PYTHON_MODEL)) as client:
+            start.wait()
+            return client(inputs[k])
+
+    with contextlib.closing(TritonBackend(server.http_url, "http", PYTHON_MODEL)) as stats:
+        before = stats.counts()
+        with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+            outputs = list(pool.map(send, range(len(inputs))))
+        images, runs = (a - b for a, b in zip(stats.counts(), before, strict=True))
+    assert images == len(inputs) and runs < images  # at least two requests ran as one
+    for x, y in zip(inputs, outputs, strict=True):
+        assert np.abs(y - local_onnxruntime(repository, x)).max() <= 1e-5
 
 
 def test_server_rejects_a_wrong_shape_itself(server: TritonServer) -> None:
@@ -613,6 +699,10 @@ def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
         assert 0 < m["latency_p50_ms"] <= m["latency_p95_ms"]
         assert m["throughput_img_s"] > 0
         assert 5 < m["psnr_in"] < 30 and np.isfinite(m["psnr_out"])
+    together = report["concurrent"][PYTHON_MODEL]
+    assert (together["clients"], together["requests"]) == (2, 4)
+    assert together["max_abs_diff_vs_onnxruntime"] <= 1e-5 and together["throughput_img_s"] > 0
+    assert together["images_per_execution"] >= 1
     assert not port_in_use(settings.http_port)
 
 
@@ -625,7 +715,8 @@ def test_smoke_settings_reject_impossible_values() -> None:
     for bad, match in (
         ({"http_port": 0}, "http_port and grpc_port must be 1-65535"),
         ({"grpc_port": section["http_port"]}, "http_port and grpc_port must differ"),
-        ({"repeats": 0}, "images and repeats must be >= 1"),
+        ({"repeats": 0}, "images, repeats and clients must be >= 1"),
+        ({"clients": 0}, "images, repeats and clients must be >= 1"),
         ({"tolerance": -1.0}, "warmup and tolerance must be >= 0"),
     ):
         with pytest.raises(DenoiseError, match=rf"^params\.yaml triton: {match}$"):

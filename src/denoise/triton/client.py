@@ -154,6 +154,22 @@ class TritonBackend:
             )
         return y
 
+    def counts(self) -> tuple[int, int]:
+        """``(inferences, executions)`` the server has counted for the model since it started:
+        images served, and model runs (fewer where dynamic batching joined requests)."""
+        try:
+            stats = self._client.get_inference_statistics(self.model_name)
+        except Exception as e:
+            raise DenoiseError(
+                f"{self.protocol}://{self.url}: no statistics for {self.model_name} "
+                f"({first_line(e)})"
+            ) from None
+        if self.protocol == "grpc":
+            model = stats.model_stats[0]
+            return int(model.inference_count), int(model.execution_count)
+        model = stats["model_stats"][0]
+        return int(model["inference_count"]), int(model["execution_count"])
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._client.close()

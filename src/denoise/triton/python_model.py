@@ -19,7 +19,11 @@ import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
-    """One onnxruntime session per model instance; each request is one (N, 3, H, W) batch."""
+    """One onnxruntime session per model instance; each request is one (N, 3, H, W) batch.
+
+    With dynamic batching Triton hands over every request that waited while the model was
+    busy: those of one shape run as one onnxruntime call, and each gets its own rows back.
+    """
 
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
@@ -36,21 +40,29 @@ class TritonPythonModel:
         self.session = ort.InferenceSession(str(path), opts, providers=providers)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+        inputs = [
+            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
+        ]
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, x in enumerate(inputs):
+            by_shape.setdefault(x.shape[1:], []).append(i)
+        responses: list[Any] = [None] * len(requests)
+        for members in by_shape.values():
+            batch = np.concatenate([inputs[i] for i in members])
             try:
-                y = self.session.run([self.output_name], {self.input_name: x})[0]
-            except Exception as e:  # report per request; the server keeps serving
+                y = self.session.run([self.output_name], {self.input_name: batch})[0]
+            except Exception as e:  # reported to these requests; the server keeps serving
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                responses.append(
-                    pb_utils.InferenceResponse(
-                        output_tensors=[], error=pb_utils.TritonError(f"onnxruntime: {first}")
-                    )
-                )
+                error = pb_utils.TritonError(f"onnxruntime: {first}")
+                for i in members:
+                    responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
-            out = pb_utils.Tensor(self.output_name, np.ascontiguousarray(y, dtype=np.float32))
-            responses.append(pb_utils.InferenceResponse(output_tensors=[out]))
+            start = 0
+            for i in members:
+                rows = np.ascontiguousarray(y[start : start + len(inputs[i])], dtype=np.float32)
+                start += len(inputs[i])
+                out = pb_utils.Tensor(self.output_name, rows)
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[out])
         return responses
 
     def finalize(self) -> None:

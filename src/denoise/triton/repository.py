@@ -51,6 +51,9 @@ def model_config(
             "  }",
             "]",
         ]
+    # Requests waiting while the model is busy run as one batch (each request's batch dim
+    # adds up to max_batch_size); Triton groups only requests of one shape.
+    lines.append("dynamic_batching { }")
     if instance_kind:
         lines += [
             "instance_group [",

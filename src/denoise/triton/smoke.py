@@ -33,6 +33,7 @@ class SmokeSettings:
     repeats: int
     warmup: int
     tolerance: float
+    clients: int  # concurrent HTTP clients for the dynamic-batching throughput
 
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> SmokeSettings:
@@ -47,7 +48,10 @@ class SmokeSettings:
                     "http_port and grpc_port must be 1-65535",
                 ),
                 (settings.http_port != settings.grpc_port, "http_port and grpc_port must differ"),
-                (settings.images >= 1 and settings.repeats >= 1, "images and repeats must be >= 1"),
+                (
+                    min(settings.images, settings.repeats, settings.clients) >= 1,
+                    "images, repeats and clients must be >= 1",
+                ),
                 (
                     settings.warmup >= 0 and settings.tolerance >= 0,
                     "warmup and tolerance must be >= 0",
@@ -118,6 +122,46 @@ def _measure(
     return times, outs
 
 
+def _measure_concurrent(
+    url: str, model: str, batches: list[np.ndarray], clients: int
+) -> tuple[dict[str, Any], list[np.ndarray]]:
+    """``clients`` HTTP clients, released together, each sending every batch once: the
+    throughput, and the images per model run the server counted meanwhile (above 1 where
+    dynamic batching joined waiting requests). Returns that and each client's outputs."""
+    import concurrent.futures
+    import threading
+
+    start = threading.Barrier(clients, timeout=60)
+    spans: list[tuple[float, float]] = []
+
+    def send(_: int) -> list[np.ndarray]:
+        try:  # a client in its own thread: tritonclient's HTTP one stays in the one it began in
+            backend = TritonBackend(url, "http", model)
+        except BaseException:
+            start.abort()  # the others stop waiting
+            raise
+        with contextlib.closing(backend):
+            start.wait()
+            t0 = time.perf_counter()
+            outs = [backend(b) for b in batches]
+            spans.append((t0, time.perf_counter()))
+        return outs
+
+    with contextlib.closing(TritonBackend(url, "http", model)) as stats:
+        before = stats.counts()
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            outs = [y for per_client in pool.map(send, range(clients)) for y in per_client]
+        after = stats.counts()
+    images, runs = after[0] - before[0], after[1] - before[1]
+    elapsed = max(end for _, end in spans) - min(begin for begin, _ in spans)
+    return {
+        "clients": clients,
+        "requests": clients * len(batches),
+        "throughput_img_s": images / elapsed,
+        "images_per_execution": images / max(runs, 1),
+    }, outs
+
+
 ODD_CUT = (19, 3)  # rows, columns cut off the crops of the odd-sized batch
 
 
@@ -132,6 +176,24 @@ def _odd_batch(batches: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([b[:, :, :h, :w] for b in pair])
 
 
+def _check_difference(
+    diff: float,
+    model: str,
+    how: str,
+    settings: SmokeSettings,
+    report: dict[str, Any],
+    metrics_path: str | Path,
+) -> None:
+    """Fail (with the report so far written) where the served output is off; TensorRT's FP16
+    engines are exempt, build-trt gates them on PSNR."""
+    if model != TRT_MODEL and not diff <= settings.tolerance:  # not <=: a NaN fails too
+        write_json(metrics_path, report)
+        raise DenoiseError(
+            f"{model} over {how}: served output differs from local onnxruntime by {diff:.3g} "
+            f"(> triton.tolerance {settings.tolerance:g})"
+        )
+
+
 def smoke_test(
     repository: str | Path, test_root: str | Path, metrics_path: str | Path, settings: SmokeSettings
 ) -> dict[str, Any]:
@@ -142,7 +204,8 @@ def smoke_test(
     ``settings.tolerance`` fails, except for TensorRT engines, which are FP16: build-trt
     gates them on PSNR against onnxruntime, here it is only recorded), PSNR of the output
     and of the input vs the clean image, request latency p50/p95 and sequential throughput.
-    Written to ``metrics_path``.
+    Per model, ``settings.clients`` concurrent HTTP clients: throughput, images per model
+    run (dynamic batching) and the same difference. Written to ``metrics_path``.
     """
     from denoise.metrics import psnr, to_batch, to_uint8
 
@@ -157,6 +220,7 @@ def smoke_test(
         "crop": settings.crop,
         "repeats": settings.repeats,
         "models": {},
+        "concurrent": {},
     }
     psnr_in = float(np.mean([psnr(noisy, clean) for _, noisy, clean in pairs]))
     with TritonServer(
@@ -209,12 +273,17 @@ def smoke_test(
                     **latency_ms(times),
                     "throughput_img_s": len(times) / sum(times),
                 }
-                if model != TRT_MODEL and not diff <= settings.tolerance:
-                    write_json(metrics_path, report)
-                    raise DenoiseError(
-                        f"{model} over {protocol}: served output differs from "
-                        f"local onnxruntime by {diff:.3g} (> triton.tolerance "
-                        f"{settings.tolerance:g})"
-                    )
+                _check_difference(diff, model, protocol, settings, report, metrics_path)
+            together, outs = _measure_concurrent(server.http_url, model, batches, settings.clients)
+            diff = float(
+                np.max(
+                    [
+                        np.max(np.abs(y - r))
+                        for y, r in zip(outs, local * settings.clients, strict=True)
+                    ]
+                )
+            )
+            report["concurrent"][model] = {**together, "max_abs_diff_vs_onnxruntime": diff}
+            _check_difference(diff, model, "concurrent http", settings, report, metrics_path)
     write_json(metrics_path, report)
     return report
