@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,22 @@ class TritonBackend:
             )
         return y
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self, at_least: int = 0, timeout_s: float = 10.0) -> tuple[int, int]:
         """``(inferences, executions)`` the server has counted for the model since it started:
-        images served, and model runs (fewer where dynamic batching joined requests)."""
+        images served, and model runs (fewer where dynamic batching joined requests).
+
+        The python backend counts a run after it has answered, so a count read right after
+        the last answer can miss it: with ``at_least``, wait (up to ``timeout_s``) until
+        that many images are counted.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            counted = self._counts()
+            if counted[0] >= at_least or time.monotonic() > deadline:
+                return counted
+            time.sleep(0.02)
+
+    def _counts(self) -> tuple[int, int]:
         try:
             stats = self._client.get_inference_statistics(self.model_name)
         except Exception as e:

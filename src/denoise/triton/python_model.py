@@ -53,8 +53,8 @@ class TritonPythonModel:
                 y = self.session.run([self.output_name], {self.input_name: batch})[0]
             except Exception as e:  # reported to these requests; the server keeps serving
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                error = pb_utils.TritonError(f"onnxruntime: {first}")
-                for i in members:
+                for i in members:  # an error object each: one shared by two crashes the stub
+                    error = pb_utils.TritonError(f"onnxruntime: {first}")
                     responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=error)
                 continue
             start = 0

@@ -147,12 +147,19 @@ def _measure_concurrent(
             spans.append((t0, time.perf_counter()))
         return outs
 
+    images = clients * sum(len(b) for b in batches)
     with contextlib.closing(TritonBackend(url, "http", model)) as stats:
         before = stats.counts()
         with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-            outs = [y for per_client in pool.map(send, range(clients)) for y in per_client]
-        after = stats.counts()
-    images, runs = after[0] - before[0], after[1] - before[1]
+            futures = [pool.submit(send, k) for k in range(clients)]
+            concurrent.futures.wait(futures)
+        # The first real failure, not a waiting client's BrokenBarrierError that it caused.
+        failures = [f.exception() for f in futures if f.exception() is not None]
+        real = [e for e in failures if not isinstance(e, threading.BrokenBarrierError)]
+        if failures:
+            raise (real or failures)[0]
+        outs = [y for f in futures for y in f.result()]
+        runs = stats.counts(at_least=before[0] + images)[1] - before[1]
     elapsed = max(end for _, end in spans) - min(begin for begin, _ in spans)
     return {
         "clients": clients,
