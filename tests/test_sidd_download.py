@@ -106,6 +106,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:  # keep test output quiet
         pass
 
+    def _send_chunked(self, body: bytes) -> None:
+        """End the headers and send ``body`` as one chunk: a whole response, no length."""
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
     def do_GET(self) -> None:
         st: Server = self.server.state
         rng = self.headers.get("Range")
@@ -121,9 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
         if st.page is not None:
             self.send_response(200)
             self.send_header("Content-Type", st.page_type)
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(st.page), st.page))
+            self._send_chunked(st.page)
             return
         start = 0
         m = re.fullmatch(r"bytes=(\d+)-", rng or "")
@@ -141,9 +145,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body = data[start : start + st.block]
                 end = start + len(body) - 1
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-                self.send_header("Transfer-Encoding", "chunked")
-                self.end_headers()
-                self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+                self._send_chunked(body)
                 st.bytes_sent += len(body)
                 return
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")

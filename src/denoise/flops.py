@@ -115,15 +115,17 @@ def conv_peak_gflops(
 
 
 @contextlib.contextmanager
-def strict_fp32() -> Iterator[None]:
-    """FP32 that is FP32 on CUDA: TF32 off for cuDNN convolutions and matmuls meanwhile.
+def strict_fp32(enabled: bool = True) -> Iterator[None]:
+    """FP32 that is FP32 on CUDA: TF32 off for cuDNN convolutions and matmuls meanwhile
+    (nothing changed where not ``enabled``).
 
     cuDNN runs FP32 convolutions in TF32 (a 10-bit mantissa, on tensor cores) by default; an
     "FP32" baseline or peak measured that way is TF32 (on an H100 the 3x3-conv probe read 265
     TFLOP/s, four times the FP32 peak). No effect on the CPU.
     """
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    if enabled:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         yield
     finally:
@@ -178,7 +180,7 @@ def machine_info(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         kinds["fp16"] = torch.float16
     for kind, dtype in kinds.items():
-        with strict_fp32() if kind == "fp32" else contextlib.nullcontext():
+        with strict_fp32(kind == "fp32"):
             mm = info[f"matmul_gflops_{kind}"] = round(matmul_peak_gflops(dtype, device), 1)
             conv = info[f"conv3x3_gflops_{kind}"] = round(conv_peak_gflops(dtype, device), 1)
         info[f"peak_gflops_{kind}"] = max(mm, conv)

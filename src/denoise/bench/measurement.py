@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import multiprocessing
 import resource
 import statistics
@@ -37,7 +36,7 @@ class Job:
 def measure(job: Job, fresh_process: bool = False) -> dict[str, Any]:
     """:func:`_measure` with TF32 off for the FP32 paths (true FP32 on CUDA, as the FP32
     peak is measured)."""
-    with strict_fp32() if job.path.precision == "fp32" else contextlib.nullcontext():
+    with strict_fp32(job.path.precision == "fp32"):
         return _measure(job, fresh_process)
 
 
