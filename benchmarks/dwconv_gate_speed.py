@@ -23,6 +23,7 @@ of the least memory traffic the kernel needs (read ``2C``, write ``C`` channels)
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -116,26 +117,37 @@ def measure_level(batch: int, size: int, c: int, unfused, shifted) -> dict[str, 
     return row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def level_arguments(description: str, default_json: str) -> argparse.Namespace:
+    """The per-level scripts' command line: batch, size, width, where the JSON goes."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--width", type=int, default=32)
-    ap.add_argument("--json", default="benchmarks/results/dwconv_gate_speed.json")
-    args = ap.parse_args()
+    ap.add_argument("--json", default=default_json)
+    return ap.parse_args()
+
+
+def run_levels(args: argparse.Namespace, measure: Callable[[int, int], dict[str, object]]) -> None:
+    """``measure(size, channels)`` at each level of NAFNet at ``args.width``, from
+    ``args.size`` down to 32 pixels (the image halved, the channels doubled each level)."""
+    rows = []
+    size, c = args.size, args.width
+    while size >= 32:
+        rows.append(measure(size, c))
+        print(rows[-1], flush=True)
+        # After every level: a GPU call that runs out of time keeps the levels done.
+        write_json(args.json, {"batch": args.batch, "dtype": "bf16", "levels": rows})
+        size, c = size // 2, c * 2
+
+
+def main() -> None:
+    args = level_arguments(__doc__.splitlines()[0], "benchmarks/results/dwconv_gate_speed.json")
     # Static shapes: by default the second level's shape would recompile both as one dynamic
     # kernel for all levels (75 GB/s for the shifted form on an H100), unlike in the network,
     # where every block has its own static shape.
     unfused = torch.compile(dwconv_gate_reference, dynamic=False)
     shifted = torch.compile(dwconv_gate_shifted, dynamic=False)
-    rows = []
-    size, c = args.size, args.width
-    while size >= 32:
-        rows.append(measure_level(args.batch, size, c, unfused, shifted))
-        print(rows[-1], flush=True)
-        # After every level: a GPU call that runs out of time keeps the levels done.
-        write_json(args.json, {"batch": args.batch, "dtype": "bf16", "levels": rows})
-        size, c = size // 2, c * 2
+    run_levels(args, partial(measure_level, args.batch, unfused=unfused, shifted=shifted))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,10 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 11. ``shift``: the inference form with the depthwise convolution as nine shifted taps
    (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
    model; then its profile.
+12. ``tail``: the inference form with the block-tail kernel (:mod:`denoise.fused.block_tail`)
+   against the same without it, both in CUDA graphs (the network's speed, first: it is the
+   verdict); the kernel per level (``block_tail_speed.py``); the CUDA tests of the inference
+   form and both kernels; the profile of the compiled inference form.
 
 Steps 1-6 fill one device call's budget, so each later step is for a call of its own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
@@ -37,6 +41,7 @@ H100 took 74-80 s per compiled path, and max-autotune was still compiling after 
     python benchmarks/gpu_check.py OUT_DIR --steps autotune --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps shift --budget 440
     python benchmarks/gpu_check.py OUT_DIR --steps kernel fused --budget 560
+    python benchmarks/gpu_check.py OUT_DIR --steps tail --budget 520
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -82,6 +87,8 @@ FUSED_PATHS = [
     "torch-bf16-fused-compile",
     "torch-bf16-fused-graphs",
 ]
+# The inference form with and without the block-tail kernel, the fastest form first.
+TAIL_PATHS = ["torch-bf16-fused-graphs", "torch-bf16-fused-graphs-torchtail"]
 SHIFT_PATHS = [
     "torch-bf16-fused-shift-compile",
     "torch-bf16-cast-compile",
@@ -217,6 +224,7 @@ def main() -> None:
             "kernel",
             "fused",
             "shift",
+            "tail",
         ],
         help="only these steps (default: all)",
     )
@@ -334,6 +342,18 @@ def main() -> None:
     compile_step("shift", SHIFT_PATHS, 300)
     shift_profile = str(out / "gpu_profile_shift.json")
     runner.run("shift-profile", [*profile, SHIFT_PATHS[0], "--json", shift_profile], 150)
+
+    compile_step("tail", TAIL_PATHS, 240)
+    tail_speed = [
+        py,
+        "benchmarks/block_tail_speed.py",
+        "--json",
+        str(out / "block_tail_speed.json"),
+    ]
+    runner.run("tail-speed", tail_speed, 180)
+    runner.run("tail-tests", tests, 180)
+    tail_profile = str(out / "gpu_profile_tail.json")
+    runner.run("tail-profile", [*profile, "torch-bf16-fused-compile", "--json", tail_profile], 120)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

@@ -1,4 +1,4 @@
-"""What the depthwise-convolution + gate kernels compile to for an H100, on a machine without one.
+"""What the fused NAFNet's Triton kernels compile to for an H100, on a machine without one.
 
     python benchmarks/triton_kernel_resources.py [--json OUT]
 
@@ -13,6 +13,12 @@ of 16, as at every NAFNet-w32 level), this records:
   one row): its SASS instructions per warp and its memory instructions by kind and width;
 - instructions per output: the loop's instructions times its iterations (the rolling form
   reads two rows more than it writes), over the outputs of a warp.
+
+For the block-tail kernel (:mod:`denoise.fused.block_tail_triton`), at each width of
+NAFNet-w32 and each candidate the autotuner would time there (and the default blocks at the
+two widths the network leaves to cuBLAS): registers, spills, shared memory, and its
+tensor-core instructions (``HGMMA``: Hopper's warp-group products; ``HMMA``: the older
+per-warp ones, which Triton falls back to for tiles of fewer than 64 pixels).
 
 A configuration that spills, or needs more instructions per output, is unlikely to be the
 faster; how fast any of them is only a GPU can say (``dwconv_gate_speed.py``).
@@ -38,6 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dwconv_gate_speed import ROLLING_VARIANTS, VARIANTS
 
 from denoise.fileio import write_json
+from denoise.fused.block_tail import KERNEL_WIDTHS
+from denoise.fused.block_tail_triton import (
+    TailBlocks,
+    _block_tail_kernel,
+    tail_block_sizes,
+    tail_tuning_candidates,
+)
 from denoise.fused.dwconv_gate_triton import Blocks, _dwconv_gate_kernel, block_sizes
 
 H100 = GPUTarget("cuda", 90, 32)
@@ -52,19 +65,34 @@ SIGNATURE = {
     "W": "i32",
     "C": "i32",
 }
+TAIL_TENSORS = ["x", "att", "inp", "out", "w3", "b3", "w4", "b4", "w5", "b5"]
+TAIL_SIGNATURE = {f"{t}_ptr": "*bf16" for t in TAIL_TENSORS} | {
+    "P": "i32",
+    "HW": "i32",
+    "eps": "fp32",
+}
 # Global, local (spill) and shared memory; LDGSTS copies global to shared, LDSM loads matrices.
 MEMORY_OPS = {"LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS", "LDSM"}
 
 
-def compile_for_h100(blocks: Blocks) -> tuple[bytes, int]:
-    """The cubin of one kernel at ``blocks``, as Triton would launch it on an H100, and the
-    shared memory it asks for at launch."""
-    sizes = blocks.constexprs()
-    signature = SIGNATURE | dict.fromkeys(sizes, "constexpr")
-    aligned = {(i,): [["tt.divisibility", 16]] for i in range(len(SIGNATURE))}
-    source = ASTSource(fn=_dwconv_gate_kernel, signature=signature, constexprs=sizes, attrs=aligned)
-    compiled = triton.compile(source, target=H100, options={"num_warps": blocks.warps})
+def compile_for_h100(
+    kernel: object, signature: dict[str, str], constexprs: dict[str, object], warps: int
+) -> tuple[bytes, int]:
+    """The cubin of ``kernel`` at ``constexprs``, as Triton would launch it on an H100 (every
+    pointer and integer a multiple of 16, as at every NAFNet-w32 level), and the shared
+    memory it asks for at launch."""
+    full = signature | dict.fromkeys(constexprs, "constexpr")
+    kinds = enumerate(signature.values())
+    aligned = {(i,): [["tt.divisibility", 16]] for i, kind in kinds if kind != "fp32"}
+    source = ASTSource(fn=kernel, signature=full, constexprs=constexprs, attrs=aligned)
+    compiled = triton.compile(source, target=H100, options={"num_warps": warps})
     return compiled.asm["cubin"], compiled.metadata.shared
+
+
+def registers_and_spills(cubin: bytes) -> tuple[int, int]:
+    usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
+    registers, stack = map(int, usage.groups())
+    return registers, stack
 
 
 def cuobjdump(cubin: bytes, flag: str) -> str:
@@ -95,9 +123,10 @@ def row_code(sass: str) -> list[str]:
 
 def resources(blocks: Blocks) -> dict[str, object]:
     """Registers, spills, shared memory and the row's instructions of one configuration."""
-    cubin, shared = compile_for_h100(blocks)
-    usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
-    registers, stack = map(int, usage.groups())
+    cubin, shared = compile_for_h100(
+        _dwconv_gate_kernel, SIGNATURE, blocks.constexprs(), blocks.warps
+    )
+    registers, stack = registers_and_spills(cubin)
     row = row_code(cuobjdump(cubin, "-sass"))
     # A program's loop runs once per row it outputs, and the rolling form twice more (the rows
     # above and below its own, which feed its first and last rows).
@@ -116,6 +145,36 @@ def resources(blocks: Blocks) -> dict[str, object]:
     }
 
 
+def tail_resources(channels: int, blocks: TailBlocks) -> dict[str, object]:
+    """Registers, spills, shared memory and tensor-core instructions of the block-tail kernel
+    at one width and blocks, in bf16."""
+    constexprs = {"C": channels, **blocks.constexprs(), "PRECISION": "tf32"}
+    cubin, shared = compile_for_h100(_block_tail_kernel, TAIL_SIGNATURE, constexprs, blocks.warps)
+    registers, stack = registers_and_spills(cubin)
+    opcodes = re.findall(
+        r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", cuobjdump(cubin, "-sass")
+    )
+    counts = Counter(opcodes)
+    return {
+        "channels": channels,
+        "blocks": str(blocks),
+        "fits": blocks.fits(channels),
+        "registers": registers,
+        "spill_bytes": stack,
+        "shared_bytes": shared,
+        "hgmma": counts["HGMMA"],
+        "hmma": counts["HMMA"],
+        "instructions": len(opcodes),
+    }
+
+
+def tail_configs() -> list[tuple[int, TailBlocks]]:
+    """Every candidate at the network's widths of NAFNet-w32, then the defaults beyond."""
+    widths = [32 << k for k in range(5)]
+    configs = [(c, b) for c in widths if c in KERNEL_WIDTHS for b in tail_tuning_candidates(c)]
+    return configs + [(c, tail_block_sizes(c)) for c in widths if c not in KERNEL_WIDTHS]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", default="benchmarks/results/triton_kernel_resources.json")
@@ -127,7 +186,19 @@ def main() -> None:
         for blocks in dict.fromkeys([*defaults, *variants]):
             rows.append(resources(blocks))
             print(rows[-1], flush=True)
-    write_json(args.json, {"target": "sm_90 (H100)", "triton": triton.__version__, "configs": rows})
+    tail = []
+    for channels, blocks in tail_configs():
+        tail.append(tail_resources(channels, blocks))
+        print(tail[-1], flush=True)
+    write_json(
+        args.json,
+        {
+            "target": "sm_90 (H100)",
+            "triton": triton.__version__,
+            "configs": rows,
+            "block_tail_configs": tail,
+        },
+    )
 
 
 if __name__ == "__main__":

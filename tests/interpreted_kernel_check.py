@@ -1,4 +1,4 @@
-"""Checks of the fused-NAFNet Triton kernel under Triton's CPU interpreter.
+"""Checks of the fused-NAFNet Triton kernels under Triton's CPU interpreter.
 
 Run by ``test_fused_nafnet.py`` in a process of its own with ``TRITON_INTERPRET=1`` set before
 Triton is imported: in a process where Triton was imported without it (torch's inductor does
@@ -6,8 +6,9 @@ that), the interpreter fails on Triton's own library functions.
 
     TRITON_INTERPRET=1 python tests/interpreted_kernel_check.py CHECK
 
-CHECK: kernel, rolling-kernel, tuned-kernel or custom-op. Triton's autotuner times on a GPU;
-here :class:`FakeTimer` stands in for its timer, so the checks choose which candidate wins.
+CHECK: kernel, rolling-kernel, tuned-kernel or custom-op (the depthwise kernel); tail-kernel,
+tuned-tail or tail-op (the block-tail kernel). Triton's autotuner times on a GPU; here
+:class:`FakeTimer` stands in for its timer, so the checks choose which candidate wins.
 """
 
 from __future__ import annotations
@@ -16,9 +17,15 @@ import os
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import torch
+import triton.language as tl
+from triton.runtime import interpreter
 
+from denoise.fused import block_tail_triton as tail_kernel
 from denoise.fused import dwconv_gate_triton as kernel
+from denoise.fused.block_tail import TailWeights, _block_tail_op, block_tail_reference
+from denoise.fused.block_tail_triton import TailBlocks, block_tail_triton, tail_block_sizes
 from denoise.fused.dwconv_gate import _dwconv_gate_op, dwconv_gate_reference
 from denoise.fused.dwconv_gate_triton import Blocks, block_sizes, dwconv_gate_triton
 
@@ -114,6 +121,95 @@ def check_custom_op() -> None:
     torch.testing.assert_close(mean, want_mean, atol=1e-5, rtol=1e-5)
 
 
+TAIL_CASES = [  # (N, H, W, C), dtype, tolerance relative to the largest output
+    ((2, 5, 7, 16), torch.float32, 1e-5),  # programs that span both images, a part-full last
+    ((1, 4, 9, 64), torch.float32, 1e-5),  # several channel steps
+    ((2, 3, 11, 32), torch.bfloat16, 0.03),  # rounding: FP32 sums, bf16 between the products
+]
+SMALL_TAIL = TailBlocks(pixels=16, step=16, warps=1)
+
+
+def _bf16_dot_in_float32() -> None:
+    """Triton 3.6's interpreter keeps bf16 values as their uint16 bits and multiplies those
+    bits in ``tl.dot``; give it the values (widened to float32, exactly) instead."""
+    original = interpreter.InterpreterBuilder.create_dot
+
+    def widened(handle: interpreter.TensorHandle) -> interpreter.TensorHandle:
+        if handle.dtype.scalar != tl.bfloat16:
+            return handle
+        bits = handle.data.astype(np.uint32) << 16
+        return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
+
+    def create_dot(self, a, b, *rest):  # type: ignore[no-untyped-def]
+        return original(self, widened(a), widened(b), *rest)
+
+    interpreter.InterpreterBuilder.create_dot = create_dot
+
+
+def tail_inputs(
+    shape: tuple[int, int, int, int], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TailWeights]:
+    """(x, attention, inp, weights) of a block of this shape, weights at the scale of trained
+    ones (products of about unit size)."""
+    n, _, _, c = shape
+    x, inp, attention = torch.randn(shape), torch.randn(shape), torch.randn(n, c)
+    w3, w4, w5 = (torch.randn(rows, c) / c**0.5 for rows in (c, 2 * c, c))
+    weights = (w3, torch.randn(c), w4, torch.randn(2 * c), w5, torch.randn(c))
+    return x.to(dtype), attention.to(dtype), inp.to(dtype), tuple(t.to(dtype) for t in weights)
+
+
+def assert_tail_matches_reference(
+    shape: tuple[int, int, int, int], dtype: torch.dtype, blocks: TailBlocks | None, tol: float
+) -> None:
+    """``block_tail_triton`` at ``blocks`` (None: tuned) against the PyTorch form in FP32."""
+    x, attention, inp, weights = tail_inputs(shape, dtype)
+    as_float = tuple(t.float() for t in weights)
+    want = block_tail_reference(x.float(), attention.float(), inp.float(), as_float, 1e-6)
+    got = block_tail_triton(x, attention, inp, weights, 1e-6, blocks)
+    assert got.dtype == dtype and got.shape == shape, (got.dtype, got.shape)
+    scale = want.abs().max()
+    msg = f"shape {shape}, {dtype}, blocks {blocks}"
+    torch.testing.assert_close(got.float() / scale, want / scale, atol=tol, rtol=0, msg=msg)
+
+
+def check_tail_kernel() -> None:
+    """The block-tail kernel against the PyTorch form, case by case, at the width's default
+    blocks and at the smallest (every program's pixels cross an image's end)."""
+    torch.manual_seed(3)
+    for shape, dtype, tol in TAIL_CASES:
+        for blocks in (tail_block_sizes(shape[-1]), SMALL_TAIL):
+            assert_tail_matches_reference(shape, dtype, blocks, tol)
+
+
+def check_tuned_tail() -> None:
+    """Without ``blocks`` the autotuner runs every candidate of the width and keeps the one
+    timed fastest; a second call at the shape is not re-timed."""
+    torch.manual_seed(4)
+    shape = (2, 3, 7, 32)
+    candidates = tail_kernel.tail_tuning_candidates(32)
+    assert len(candidates) > 2 and all(c.step <= 32 for c in candidates), candidates
+    for winner in (0, len(candidates) - 1):
+        tail_kernel._tuned_kernel.cache.clear()
+        timer = FakeTimer(winner)
+        tail_kernel._tuned_kernel.do_bench = timer
+        assert_tail_matches_reference(shape, torch.float32, None, 1e-5)
+        assert timer.calls == len(candidates)
+        assert tail_kernel.tuned_tail_blocks() == candidates[winner]
+        tail_kernel._tuned_kernel.do_bench = refuse_timing
+        assert_tail_matches_reference(shape, torch.float32, None, 1e-5)
+
+
+def check_tail_op() -> None:
+    """torch.compile traces the block-tail op through its fake and calls the kernel."""
+    tail_kernel._tuned_kernel.do_bench = FakeTimer(0)
+    x, attention, inp, weights = tail_inputs((2, 3, 5, 16), torch.float32)
+    compiled = torch.compile(lambda *a: _block_tail_op(*a, 1e-6), fullgraph=True)
+    got = compiled(x, attention, inp, *weights)
+    want = block_tail_reference(x, attention, inp, weights, 1e-6)
+    assert got.shape == inp.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") != "1":
         sys.exit("set TRITON_INTERPRET=1 (before Triton is imported)")
@@ -122,6 +218,10 @@ if __name__ == "__main__":
         "rolling-kernel": lambda: check_kernel(rolling=True),
         "tuned-kernel": check_tuned_kernel,
         "custom-op": check_custom_op,
+        "tail-kernel": check_tail_kernel,
+        "tuned-tail": check_tuned_tail,
+        "tail-op": check_tail_op,
     }
+    _bf16_dot_in_float32()
     checks[sys.argv[1]]()
     print("ok")

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from denoise.errors import DenoiseError
+from denoise.fused.block_tail import TailForm
 from denoise.fused.dwconv_gate import DwconvForm
 
 BASELINE = "torch"
@@ -55,15 +56,17 @@ def _inference_form(
     description: str,
     *,
     dwconv: DwconvForm = "triton",
+    tail: TailForm = "triton",
     needs_cuda: bool = False,
 ) -> BenchPath:
-    """A path through NAFNet's inference form, channels_last, its depthwise form ``dwconv``."""
+    """A path through NAFNet's inference form, channels_last, its depthwise form ``dwconv``
+    and block-tail form ``tail``."""
     options = {"channels_last": True, "amp": False, "compile": compile_how, "fuse": True}
     return BenchPath(
         name,
         "torch",
         precision,
-        options | {"fuse_dwconv": dwconv},
+        options | {"fuse_dwconv": dwconv, "fuse_tail": tail},
         needs_cuda=needs_cuda,
         opt_in=True,
         description=description,
@@ -188,7 +191,8 @@ _PATHS = [
         )
     ),
     # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory, its depthwise
-    # convolution and gate in one of three forms (denoise.fused.dwconv_gate).
+    # convolution and gate in one of three forms (denoise.fused.dwconv_gate), the rest of each
+    # block in one of two (denoise.fused.block_tail).
     _inference_form("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
     _inference_form("torch-fused-compile", "fp32", True, "torch.compile of torch-fused"),
     _inference_form(
@@ -202,13 +206,22 @@ _PATHS = [
         "torch-bf16-fused-compile in CUDA graphs",
         needs_cuda=True,
     ),
-    # CUDA only: elsewhere "triton" is "conv" too, the same as torch-bf16-fused-compile
+    # CUDA only: elsewhere each "triton" form is the PyTorch one
+    _inference_form(
+        "torch-bf16-fused-graphs-torchtail",
+        "bf16",
+        "reduce-overhead",
+        "torch-bf16-fused-graphs, the block tail in PyTorch (the dwconv kernel only)",
+        tail="torch",
+        needs_cuda=True,
+    ),
     _inference_form(
         "torch-bf16-fused-plain-compile",
         "bf16",
         True,
         "torch-bf16-fused-compile, cuDNN's dwconv, no Triton kernel",
         dwconv="conv",
+        tail="torch",
         needs_cuda=True,
     ),
     _inference_form(

@@ -12,9 +12,11 @@ and its arithmetic small, so on a GPU it is bound by how often each block reads 
 - The depthwise 3x3 convolution, SimpleGate and the channel mean for the attention are one
   operation (:mod:`denoise.fused.dwconv_gate`: a single Triton kernel on CUDA, the
   convolution followed by the gate, or nine shifted taps that inductor fuses with the gate).
-- The channel attention ``x * s`` (``s`` one scale per image and channel) is folded into the
-  weights of the 1x1 convolution that follows, as one batched matrix product with per-image
-  weights, so the scaled tensor is never written.
+- The rest of the block (the channel attention ``x * s``, three 1x1 convolutions, LayerNorm,
+  SimpleGate, both residuals) is one operation too (:mod:`denoise.fused.block_tail`: a single
+  Triton kernel on CUDA at the widths it is meant for, or PyTorch with the attention folded
+  into per-image weights of the convolution that follows, so the scaled tensor is never
+  written).
 
 The convolutions between levels (intro, down-, up-sampling, ending) are left as they are.
 
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from denoise.fused.block_tail import TailForm, block_tail, check_tail_form
 from denoise.fused.dwconv_gate import DwconvForm, check_dwconv_form, dwconv_gate
 from denoise.models.nafnet import LayerNorm2d, NAFBlock, NAFNet
 
@@ -56,9 +59,12 @@ def _scaled(conv: nn.Conv2d, scale: torch.Tensor) -> tuple[nn.Parameter, nn.Para
 class FusedNAFBlock(nn.Module):
     """One :class:`NAFBlock` on NHWC tensors, its parameters folded (see the module doc)."""
 
-    def __init__(self, block: NAFBlock, dwconv: DwconvForm = "triton") -> None:
+    def __init__(
+        self, block: NAFBlock, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+    ) -> None:
         super().__init__()
         self.dwconv = dwconv
+        self.tail = tail
         self.eps = block.norm1.eps
         self.w1, self.b1 = _folded_norm(block.norm1, block.conv1)
         self.w_dw = _frozen(block.conv2.weight.reshape(block.conv2.out_channels, 9))
@@ -70,18 +76,12 @@ class FusedNAFBlock(nn.Module):
         self.w5, self.b5 = _scaled(block.conv5, block.gamma)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        n, h, w, c = inp.shape
+        c = inp.shape[-1]
         x = F.linear(F.layer_norm(inp, (c,), eps=self.eps), self.w1, self.b1)
         x, mean = dwconv_gate(x, self.w_dw, self.b_dw, how=self.dwconv)
         attention = F.linear(mean.to(x.dtype), self.w_sca, self.b_sca)  # (n, c)
-        # conv3(x * attention): the attention scales conv3's input channels, image by image
-        weights = (self.w3 * attention[:, None, :]).transpose(1, 2)  # (n, c_in, c_out)
-        # bmm, not baddbmm: baddbmm first copies the broadcast bias into its whole output
-        y = inp + torch.bmm(x.reshape(n, h * w, c), weights).view(n, h, w, c) + self.b3
-        first, second = F.linear(F.layer_norm(y, (c,), eps=self.eps), self.w4, self.b4).chunk(
-            2, dim=-1
-        )
-        return y + F.linear(first * second, self.w5, self.b5)
+        weights = (self.w3, self.b3, self.w4, self.b4, self.w5, self.b5)
+        return block_tail(x, attention, inp, weights, self.eps, how=self.tail)
 
 
 class FusedNAFNet(nn.Module):
@@ -92,12 +92,15 @@ class FusedNAFNet(nn.Module):
     forward = NAFNet.forward
     _pad = NAFNet._pad
 
-    def __init__(self, net: NAFNet, dwconv: DwconvForm = "triton") -> None:
+    def __init__(
+        self, net: NAFNet, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+    ) -> None:
         super().__init__()
         check_dwconv_form(dwconv)
+        check_tail_form(tail)
 
         def blocks(seq: nn.Sequential) -> nn.Sequential:
-            return nn.Sequential(*(FusedNAFBlock(b, dwconv) for b in seq))
+            return nn.Sequential(*(FusedNAFBlock(b, dwconv, tail) for b in seq))
 
         self.intro = copy.deepcopy(net.intro)
         self.ending = copy.deepcopy(net.ending)
@@ -119,15 +122,18 @@ class FusedNAFNet(nn.Module):
         return x.permute(0, 3, 1, 2)
 
 
-def fuse_nafnet(net: nn.Module, dwconv: DwconvForm = "triton") -> FusedNAFNet:
+def fuse_nafnet(
+    net: nn.Module, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+) -> FusedNAFNet:
     """The inference form of a NAFNet (a copy: ``net`` is left as it is).
 
     ``dwconv`` picks the form of the depthwise convolution and gate
-    (:mod:`denoise.fused.dwconv_gate`). ``"conv"`` (cuDNN's convolution, the gate left to
+    (:mod:`denoise.fused.dwconv_gate`), ``tail`` that of the rest of each block
+    (:mod:`denoise.fused.block_tail`). ``"conv"`` (cuDNN's convolution, the gate left to
     inductor) was faster than the Triton kernel's row form at its fixed block sizes on an H100
     at every level of NAFNet-w32, tied at the smallest (``benchmarks/dwconv_gate_speed.py``).
     """
     if not isinstance(net, NAFNet):
         raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
     with torch.no_grad():
-        return FusedNAFNet(net, dwconv).eval().requires_grad_(False)
+        return FusedNAFNet(net, dwconv, tail).eval().requires_grad_(False)
