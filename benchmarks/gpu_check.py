@@ -29,10 +29,11 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
 11. ``shift``: the inference form with the depthwise convolution as nine shifted taps
    (fused with the gate by inductor), compiled and in CUDA graphs, beside the compiled cast
    model; then its profile.
-12. ``tail``: the inference form with the block-tail kernel (:mod:`denoise.fused.block_tail`)
-   against the same without it, both in CUDA graphs (the network's speed, first: it is the
-   verdict); the kernel per level (``block_tail_speed.py``); the CUDA tests of the inference
-   form and both kernels; the profile of the compiled inference form.
+12. ``pixelwise``: the inference form with the per-pixel kernels
+   (:mod:`denoise.fused.pixelwise`) against the same without them, both in CUDA graphs (the
+   network's speed, first: it is the verdict); the CUDA tests of the inference form and the
+   per-pixel kernels; the kernels per level (``pixelwise_speed.py``); the profile of the
+   compiled inference form.
 
 Steps 1-6 fill one device call's budget, so each later step is for a call of its own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
@@ -41,7 +42,7 @@ H100 took 74-80 s per compiled path, and max-autotune was still compiling after 
     python benchmarks/gpu_check.py OUT_DIR --steps autotune --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps shift --budget 440
     python benchmarks/gpu_check.py OUT_DIR --steps kernel fused --budget 560
-    python benchmarks/gpu_check.py OUT_DIR --steps tail --budget 520
+    python benchmarks/gpu_check.py OUT_DIR --steps pixelwise --budget 520
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -87,8 +88,8 @@ FUSED_PATHS = [
     "torch-bf16-fused-compile",
     "torch-bf16-fused-graphs",
 ]
-# The inference form with and without the block-tail kernel, the fastest form first.
-TAIL_PATHS = ["torch-bf16-fused-graphs", "torch-bf16-fused-graphs-torchtail"]
+# The inference form with and without the per-pixel kernels, the fastest form first.
+PIXELWISE_PATHS = ["torch-bf16-fused-graphs", "torch-bf16-fused-dwconv-graphs"]
 SHIFT_PATHS = [
     "torch-bf16-fused-shift-compile",
     "torch-bf16-cast-compile",
@@ -224,7 +225,7 @@ def main() -> None:
             "kernel",
             "fused",
             "shift",
-            "tail",
+            "pixelwise",
         ],
         help="only these steps (default: all)",
     )
@@ -343,17 +344,19 @@ def main() -> None:
     shift_profile = str(out / "gpu_profile_shift.json")
     runner.run("shift-profile", [*profile, SHIFT_PATHS[0], "--json", shift_profile], 150)
 
-    compile_step("tail", TAIL_PATHS, 240)
-    tail_speed = [
-        py,
-        "benchmarks/block_tail_speed.py",
+    # The network first (the verdict; cold, each graph path compiles and tunes for about 75 s),
+    # then the kernels' CUDA tests, the per-level times and the profile, within 520 s.
+    compile_step("pixelwise", PIXELWISE_PATHS, 260)
+    pixelwise_tests = [*tests[:-1], "pixelwise_kernels_on_cuda or fused_nafnet_on_cuda or autocast"]
+    runner.run("pixelwise-tests", pixelwise_tests, 120)
+    speed_json = str(out / "pixelwise_speed.json")
+    runner.run("pixelwise-speed", [py, "benchmarks/pixelwise_speed.py", "--json", speed_json], 80)
+    pixelwise_profile = [
+        "torch-bf16-fused-compile",
         "--json",
-        str(out / "block_tail_speed.json"),
+        str(out / "gpu_profile_pixelwise.json"),
     ]
-    runner.run("tail-speed", tail_speed, 180)
-    runner.run("tail-tests", tests, 180)
-    tail_profile = str(out / "gpu_profile_tail.json")
-    runner.run("tail-profile", [*profile, "torch-bf16-fused-compile", "--json", tail_profile], 120)
+    runner.run("pixelwise-profile", [*profile, *pixelwise_profile], 90)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

@@ -14,9 +14,9 @@ of 16, as at every NAFNet-w32 level), this records:
 - instructions per output: the loop's instructions times its iterations (the rolling form
   reads two rows more than it writes), over the outputs of a warp.
 
-For the block-tail kernel (:mod:`denoise.fused.block_tail_triton`), at each width of
+For both per-pixel kernels (:mod:`denoise.fused.pixelwise_triton`), at each width of
 NAFNet-w32 and each candidate the autotuner would time there (and the default blocks at the
-two widths the network leaves to cuBLAS): registers, spills, shared memory, and its
+two widths the network leaves to cuBLAS): registers, spills, shared memory, and their
 tensor-core instructions (``HGMMA``: Hopper's warp-group products; ``HMMA``: the older
 per-warp ones, which Triton falls back to for tiles of fewer than 64 pixels).
 
@@ -44,14 +44,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from dwconv_gate_speed import ROLLING_VARIANTS, VARIANTS
 
 from denoise.fileio import write_json
-from denoise.fused.block_tail import KERNEL_WIDTHS
-from denoise.fused.block_tail_triton import (
-    TailBlocks,
-    _block_tail_kernel,
-    tail_block_sizes,
-    tail_tuning_candidates,
-)
 from denoise.fused.dwconv_gate_triton import Blocks, _dwconv_gate_kernel, block_sizes
+from denoise.fused.pixelwise import KERNEL_WIDTHS
+from denoise.fused.pixelwise_triton import (
+    _KERNELS,
+    TUNING_CANDIDATES,
+    PixelBlocks,
+    default_blocks,
+    tuning_candidates,
+)
 
 H100 = GPUTarget("cuda", 90, 32)
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
@@ -65,12 +66,12 @@ SIGNATURE = {
     "W": "i32",
     "C": "i32",
 }
-TAIL_TENSORS = ["x", "att", "inp", "out", "w3", "b3", "w4", "b4", "w5", "b5"]
-TAIL_SIGNATURE = {f"{t}_ptr": "*bf16" for t in TAIL_TENSORS} | {
-    "P": "i32",
-    "HW": "i32",
-    "eps": "fp32",
+PIXELWISE_TENSORS = {
+    "head": ["inp", "out", "w1", "b1"],
+    "tail": ["x", "att", "inp", "out", "w3", "b3", "w4", "b4", "w5", "b5"],
 }
+PIXELWISE_SCALARS = {"head": {"P": "i32", "eps": "fp32"}}
+PIXELWISE_SCALARS["tail"] = {"P": "i32", "HW": "i32", "eps": "fp32"}
 # Global, local (spill) and shared memory; LDGSTS copies global to shared, LDSM loads matrices.
 MEMORY_OPS = {"LDG", "STG", "LDL", "STL", "LDS", "STS", "LDGSTS", "LDSM"}
 
@@ -90,6 +91,7 @@ def compile_for_h100(
 
 
 def registers_and_spills(cubin: bytes) -> tuple[int, int]:
+    """Registers per thread and stack (spill) bytes, as ``cuobjdump -res-usage`` reports."""
     usage = re.search(r"REG:(\d+) STACK:(\d+)", cuobjdump(cubin, "-res-usage"))
     registers, stack = map(int, usage.groups())
     return registers, stack
@@ -145,17 +147,19 @@ def resources(blocks: Blocks) -> dict[str, object]:
     }
 
 
-def tail_resources(channels: int, blocks: TailBlocks) -> dict[str, object]:
-    """Registers, spills, shared memory and tensor-core instructions of the block-tail kernel
-    at one width and blocks, in bf16."""
+def pixelwise_resources(which: str, channels: int, blocks: PixelBlocks) -> dict[str, object]:
+    """Registers, spills, shared memory and tensor-core instructions of per-pixel kernel
+    ``which`` (``"head"`` or ``"tail"``) at one width and blocks, in bf16."""
+    pointers = {f"{t}_ptr": "*bf16" for t in PIXELWISE_TENSORS[which]}
+    signature = pointers | PIXELWISE_SCALARS[which]
     constexprs = {"C": channels, **blocks.constexprs(), "PRECISION": "tf32"}
-    cubin, shared = compile_for_h100(_block_tail_kernel, TAIL_SIGNATURE, constexprs, blocks.warps)
+    cubin, shared = compile_for_h100(_KERNELS[which], signature, constexprs, blocks.warps)
     registers, stack = registers_and_spills(cubin)
-    opcodes = re.findall(
-        r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", cuobjdump(cubin, "-sass")
-    )
+    sass = cuobjdump(cubin, "-sass")
+    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", sass)
     counts = Counter(opcodes)
     return {
+        "kernel": which,
         "channels": channels,
         "blocks": str(blocks),
         "fits": blocks.fits(channels),
@@ -168,11 +172,15 @@ def tail_resources(channels: int, blocks: TailBlocks) -> dict[str, object]:
     }
 
 
-def tail_configs() -> list[tuple[int, TailBlocks]]:
-    """Every candidate at the network's widths of NAFNet-w32, then the defaults beyond."""
+def pixelwise_configs() -> list[tuple[int, PixelBlocks]]:
+    """Every candidate at the network's widths of NAFNet-w32; the listed blocks that do not
+    fit those widths (``fits`` false: what the bound keeps out); the defaults beyond."""
     widths = [32 << k for k in range(5)]
-    configs = [(c, b) for c in widths if c in KERNEL_WIDTHS for b in tail_tuning_candidates(c)]
-    return configs + [(c, tail_block_sizes(c)) for c in widths if c not in KERNEL_WIDTHS]
+    network = [c for c in widths if c in KERNEL_WIDTHS]
+    configs = [(c, b) for c in network for b in tuning_candidates(c)]
+    unfit = [(c, b) for c in network for b in TUNING_CANDIDATES if not b.fits(c)]
+    configs += [(c, b) for c, b in unfit if b.step <= c]
+    return configs + [(c, default_blocks(c)) for c in widths if c not in KERNEL_WIDTHS]
 
 
 def main() -> None:
@@ -186,17 +194,18 @@ def main() -> None:
         for blocks in dict.fromkeys([*defaults, *variants]):
             rows.append(resources(blocks))
             print(rows[-1], flush=True)
-    tail = []
-    for channels, blocks in tail_configs():
-        tail.append(tail_resources(channels, blocks))
-        print(tail[-1], flush=True)
+    pixelwise = []
+    for which in ("head", "tail"):
+        for channels, blocks in pixelwise_configs():
+            pixelwise.append(pixelwise_resources(which, channels, blocks))
+            print(pixelwise[-1], flush=True)
     write_json(
         args.json,
         {
             "target": "sm_90 (H100)",
             "triton": triton.__version__,
             "configs": rows,
-            "block_tail_configs": tail,
+            "pixelwise_configs": pixelwise,
         },
     )
 

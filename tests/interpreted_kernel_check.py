@@ -6,9 +6,10 @@ that), the interpreter fails on Triton's own library functions.
 
     TRITON_INTERPRET=1 python tests/interpreted_kernel_check.py CHECK
 
-CHECK: kernel, rolling-kernel, tuned-kernel or custom-op (the depthwise kernel); tail-kernel,
-tuned-tail or tail-op (the block-tail kernel). Triton's autotuner times on a GPU; here
-:class:`FakeTimer` stands in for its timer, so the checks choose which candidate wins.
+CHECK: kernel, rolling-kernel, tuned-kernel or custom-op (the depthwise kernel);
+pixelwise-kernels, tuned-pixelwise or pixelwise-ops (the per-pixel kernels). Triton's
+autotuner times on a GPU; here :class:`FakeTimer` stands in for its timer, so the checks
+choose which candidate wins.
 """
 
 from __future__ import annotations
@@ -22,12 +23,22 @@ import torch
 import triton.language as tl
 from triton.runtime import interpreter
 
-from denoise.fused import block_tail_triton as tail_kernel
 from denoise.fused import dwconv_gate_triton as kernel
-from denoise.fused.block_tail import TailWeights, _block_tail_op, block_tail_reference
-from denoise.fused.block_tail_triton import TailBlocks, block_tail_triton, tail_block_sizes
+from denoise.fused import pixelwise_triton as pixel_kernels
 from denoise.fused.dwconv_gate import _dwconv_gate_op, dwconv_gate_reference
 from denoise.fused.dwconv_gate_triton import Blocks, block_sizes, dwconv_gate_triton
+from denoise.fused.pixelwise import (
+    _block_head_op,
+    _block_tail_op,
+    block_head_reference,
+    block_tail_reference,
+)
+from denoise.fused.pixelwise_triton import (
+    PixelBlocks,
+    block_head_triton,
+    block_tail_triton,
+    default_blocks,
+)
 
 CASES = [  # (N, H, W, 2C), dtype, tolerance relative to the largest output
     ((2, 5, 7, 16), torch.float32, 1e-5),  # a width smaller than one block
@@ -121,12 +132,13 @@ def check_custom_op() -> None:
     torch.testing.assert_close(mean, want_mean, atol=1e-5, rtol=1e-5)
 
 
-TAIL_CASES = [  # (N, H, W, C), dtype, tolerance relative to the largest output
+PIXELWISE_CASES = [  # (N, H, W, C), dtype, tolerance relative to the largest output
     ((2, 5, 7, 16), torch.float32, 1e-5),  # programs that span both images, a part-full last
     ((1, 4, 9, 64), torch.float32, 1e-5),  # several channel steps
     ((2, 3, 11, 32), torch.bfloat16, 0.03),  # rounding: FP32 sums, bf16 between the products
 ]
-SMALL_TAIL = TailBlocks(pixels=16, step=16, warps=1)
+SMALL_PIXEL_BLOCKS = PixelBlocks(pixels=16, step=16, warps=1)
+EPS = 1e-6
 
 
 def _bf16_dot_in_float32() -> None:
@@ -146,68 +158,106 @@ def _bf16_dot_in_float32() -> None:
     interpreter.InterpreterBuilder.create_dot = create_dot
 
 
-def tail_inputs(
-    shape: tuple[int, int, int, int], dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, TailWeights]:
-    """(x, attention, inp, weights) of a block of this shape, weights at the scale of trained
-    ones (products of about unit size)."""
+def pixelwise_inputs(shape: tuple[int, int, int, int]) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Each kernel's inputs for a block of this shape, in FP32, weights at the scale of trained
+    ones (products of about unit size): ``head`` (inp, w1, b1), ``tail`` (x, attention, inp,
+    w3, b3, w4, b4, w5, b5)."""
     n, _, _, c = shape
     x, inp, attention = torch.randn(shape), torch.randn(shape), torch.randn(n, c)
-    w3, w4, w5 = (torch.randn(rows, c) / c**0.5 for rows in (c, 2 * c, c))
-    weights = (w3, torch.randn(c), w4, torch.randn(2 * c), w5, torch.randn(c))
-    return x.to(dtype), attention.to(dtype), inp.to(dtype), tuple(t.to(dtype) for t in weights)
+    w1, w3, w4, w5 = (torch.randn(rows, c) / c**0.5 for rows in (2 * c, c, 2 * c, c))
+    return {
+        "head": (inp, w1, torch.randn(2 * c)),
+        "tail": (x, attention, inp, w3, torch.randn(c), w4, torch.randn(2 * c), w5, torch.randn(c)),
+    }
 
 
-def assert_tail_matches_reference(
-    shape: tuple[int, int, int, int], dtype: torch.dtype, blocks: TailBlocks | None, tol: float
+def run_reference(which: str, tensors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The PyTorch form of kernel ``which`` on ``tensors`` (from :func:`pixelwise_inputs`)."""
+    if which == "head":
+        return block_head_reference(*tensors, EPS)
+    x, attention, inp, *weights = tensors
+    return block_tail_reference(x, attention, inp, tuple(weights), EPS)
+
+
+def run_kernel(
+    which: str, tensors: tuple[torch.Tensor, ...], blocks: PixelBlocks | None
+) -> torch.Tensor:
+    """Kernel ``which`` (``"head"`` or ``"tail"``) on ``tensors`` at ``blocks`` (None: tuned)."""
+    if which == "head":
+        return block_head_triton(*tensors, EPS, blocks)
+    x, attention, inp, *weights = tensors
+    return block_tail_triton(x, attention, inp, tuple(weights), EPS, blocks)
+
+
+def assert_pixelwise_matches_reference(
+    which: str,
+    shape: tuple[int, int, int, int],
+    dtype: torch.dtype,
+    blocks: PixelBlocks | None,
+    tol: float,
 ) -> None:
-    """``block_tail_triton`` at ``blocks`` (None: tuned) against the PyTorch form in FP32."""
-    x, attention, inp, weights = tail_inputs(shape, dtype)
-    as_float = tuple(t.float() for t in weights)
-    want = block_tail_reference(x.float(), attention.float(), inp.float(), as_float, 1e-6)
-    got = block_tail_triton(x, attention, inp, weights, 1e-6, blocks)
-    assert got.dtype == dtype and got.shape == shape, (got.dtype, got.shape)
+    """Kernel ``which`` in ``dtype`` at ``blocks`` against its PyTorch form in FP32."""
+    tensors = pixelwise_inputs(shape)[which]
+    want = run_reference(which, tensors)
+    got = run_kernel(which, tuple(t.to(dtype) for t in tensors), blocks)
+    assert got.dtype == dtype and got.shape == want.shape, (got.dtype, got.shape)
     scale = want.abs().max()
-    msg = f"shape {shape}, {dtype}, blocks {blocks}"
+    msg = f"{which}: shape {shape}, {dtype}, blocks {blocks}"
     torch.testing.assert_close(got.float() / scale, want / scale, atol=tol, rtol=0, msg=msg)
 
 
-def check_tail_kernel() -> None:
-    """The block-tail kernel against the PyTorch form, case by case, at the width's default
-    blocks and at the smallest (every program's pixels cross an image's end)."""
+def check_pixelwise_kernels() -> None:
+    """Both per-pixel kernels against their PyTorch forms, case by case, at the width's
+    default blocks and at the smallest (every program's pixels cross an image's end)."""
     torch.manual_seed(3)
-    for shape, dtype, tol in TAIL_CASES:
-        for blocks in (tail_block_sizes(shape[-1]), SMALL_TAIL):
-            assert_tail_matches_reference(shape, dtype, blocks, tol)
+    for which in ("head", "tail"):
+        for shape, dtype, tol in PIXELWISE_CASES:
+            for blocks in (default_blocks(shape[-1]), SMALL_PIXEL_BLOCKS):
+                assert_pixelwise_matches_reference(which, shape, dtype, blocks, tol)
+    # refused: a channel step past the width (it would read past each row), two dtypes
+    inp, w1, b1 = pixelwise_inputs((1, 2, 3, 32))["head"]
+    for bad, args in (
+        ("do not fit width 32", (inp, w1, b1, EPS, PixelBlocks(16, 64, 4))),
+        ("needs one dtype", (inp.to(torch.bfloat16), w1, b1, EPS)),
+    ):
+        try:
+            block_head_triton(*args)
+        except ValueError as e:
+            assert bad in str(e), e
+        else:
+            raise AssertionError(f"not refused: {bad}")
 
 
-def check_tuned_tail() -> None:
-    """Without ``blocks`` the autotuner runs every candidate of the width and keeps the one
-    timed fastest; a second call at the shape is not re-timed."""
+def check_tuned_pixelwise() -> None:
+    """Without ``blocks`` each kernel's autotuner runs every candidate of the width and keeps
+    the one timed fastest; a second call at the shape is not re-timed."""
     torch.manual_seed(4)
     shape = (2, 3, 7, 32)
-    candidates = tail_kernel.tail_tuning_candidates(32)
+    candidates = pixel_kernels.tuning_candidates(32)
     assert len(candidates) > 2 and all(c.step <= 32 for c in candidates), candidates
-    for winner in (0, len(candidates) - 1):
-        tail_kernel._tuned_kernel.cache.clear()
-        timer = FakeTimer(winner)
-        tail_kernel._tuned_kernel.do_bench = timer
-        assert_tail_matches_reference(shape, torch.float32, None, 1e-5)
-        assert timer.calls == len(candidates)
-        assert tail_kernel.tuned_tail_blocks() == candidates[winner]
-        tail_kernel._tuned_kernel.do_bench = refuse_timing
-        assert_tail_matches_reference(shape, torch.float32, None, 1e-5)
+    for which in ("head", "tail"):
+        tuner = pixel_kernels._tuned[which]
+        for winner in (0, len(candidates) - 1):
+            tuner.cache.clear()
+            timer = FakeTimer(winner)
+            tuner.do_bench = timer
+            assert_pixelwise_matches_reference(which, shape, torch.float32, None, 1e-5)
+            assert timer.calls == len(candidates)
+            assert pixel_kernels.tuned_blocks(which) == candidates[winner]
+            tuner.do_bench = refuse_timing
+            assert_pixelwise_matches_reference(which, shape, torch.float32, None, 1e-5)
 
 
-def check_tail_op() -> None:
-    """torch.compile traces the block-tail op through its fake and calls the kernel."""
-    tail_kernel._tuned_kernel.do_bench = FakeTimer(0)
-    x, attention, inp, weights = tail_inputs((2, 3, 5, 16), torch.float32)
-    compiled = torch.compile(lambda *a: _block_tail_op(*a, 1e-6), fullgraph=True)
-    got = compiled(x, attention, inp, *weights)
-    want = block_tail_reference(x, attention, inp, weights, 1e-6)
-    assert got.shape == inp.shape
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+def check_pixelwise_ops() -> None:
+    """torch.compile traces both ops through their fakes and calls the kernels."""
+    for tuner in pixel_kernels._tuned.values():
+        tuner.do_bench = FakeTimer(0)
+    tensors = pixelwise_inputs((2, 3, 5, 32))  # a width with several candidates
+    ops = {"head": _block_head_op, "tail": _block_tail_op}
+    for which, op in ops.items():
+        compiled = torch.compile(lambda *a, op=op: op(*a, EPS), fullgraph=True)
+        got = compiled(*tensors[which])
+        torch.testing.assert_close(got, run_reference(which, tensors[which]), atol=1e-5, rtol=1e-5)
 
 
 if __name__ == "__main__":
@@ -218,9 +268,9 @@ if __name__ == "__main__":
         "rolling-kernel": lambda: check_kernel(rolling=True),
         "tuned-kernel": check_tuned_kernel,
         "custom-op": check_custom_op,
-        "tail-kernel": check_tail_kernel,
-        "tuned-tail": check_tuned_tail,
-        "tail-op": check_tail_op,
+        "pixelwise-kernels": check_pixelwise_kernels,
+        "tuned-pixelwise": check_tuned_pixelwise,
+        "pixelwise-ops": check_pixelwise_ops,
     }
     _bf16_dot_in_float32()
     checks[sys.argv[1]]()

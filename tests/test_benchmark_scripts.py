@@ -156,7 +156,7 @@ def test_gpu_check_names_only_known_paths() -> None:
 
     lists = [gpu_check.EAGER_PATHS, gpu_check.COMPILE_PATHS, gpu_check.CAST_PATHS]
     lists += [gpu_check.AUTOTUNE_PATHS, gpu_check.FUSED_PATHS, gpu_check.SHIFT_PATHS]
-    lists += [gpu_check.TAIL_PATHS]
+    lists += [gpu_check.PIXELWISE_PATHS]
     assert set().union(*lists) <= set(PATHS)
 
 
@@ -177,20 +177,22 @@ def test_rolling_kernel_compiles_for_an_h100_without_spills() -> None:
     assert rolling["instructions_per_output"] < rows["instructions_per_output"] / 2
 
 
-def test_block_tail_kernel_compiles_for_an_h100_on_tensor_cores() -> None:
-    """Compiled for sm_90 here, with no GPU: at its default blocks for each width the network
-    sends it, the block-tail kernel keeps every value in registers and does its products on
-    the tensor cores (Hopper's warp-group instructions where a tile has 64 pixels or more)."""
+def test_pixelwise_kernels_compile_for_an_h100_on_tensor_cores() -> None:
+    """Compiled for sm_90 here, with no GPU: at their default blocks for each width the
+    network sends them, both per-pixel kernels keep every value in registers and do their
+    products on the tensor cores (Hopper's warp-group instructions where a tile has 64 pixels
+    or more)."""
     pytest.importorskip("triton")
-    from denoise.fused.block_tail import KERNEL_WIDTHS
-    from denoise.fused.block_tail_triton import tail_block_sizes
+    from denoise.fused.pixelwise import KERNEL_WIDTHS
+    from denoise.fused.pixelwise_triton import default_blocks
 
-    tail_resources = _script("triton_kernel_resources").tail_resources
-    for channels in (c for c in KERNEL_WIDTHS if c >= 32):
-        blocks = tail_block_sizes(channels)
-        used = tail_resources(channels, blocks)
-        assert used["spill_bytes"] == 0, used
-        assert used["hgmma" if blocks.pixels >= 64 else "hmma"] > 0, used
+    pixelwise_resources = _script("triton_kernel_resources").pixelwise_resources
+    for which in ("head", "tail"):
+        for channels in (c for c in KERNEL_WIDTHS if c >= 32):
+            blocks = default_blocks(channels)
+            used = pixelwise_resources(which, channels, blocks)
+            assert used["spill_bytes"] == 0, used
+            assert used["hgmma" if blocks.pixels >= 64 else "hmma"] > 0, used
 
 
 @pytest.mark.parametrize("steps", [None, {"train"}])

@@ -16,19 +16,24 @@ import torch
 from tiny_models import tiny_model
 
 from denoise.errors import DenoiseError
-from denoise.fused.block_tail import block_tail, block_tail_reference
 from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_reference, dwconv_gate_shifted
 from denoise.fused.nafnet import FusedNAFBlock, fuse_nafnet
+from denoise.fused.pixelwise import (
+    block_head,
+    block_head_reference,
+    block_tail,
+    block_tail_reference,
+)
 from denoise.infer import TorchBackend
 from denoise.models.dncnn import DnCNN
 
 try:
-    from denoise.fused.block_tail_triton import TailBlocks, tail_tuning_candidates
     from denoise.fused.dwconv_gate_triton import TUNING_CANDIDATES, Blocks
+    from denoise.fused.pixelwise_triton import PixelBlocks, tuning_candidates
 except ImportError:  # no Triton: the tests that need these are skipped
     TUNING_CANDIDATES = ()
 
-    def tail_tuning_candidates(channels: int) -> list:  # type: ignore[no-redef]
+    def tuning_candidates(channels: int) -> list:  # type: ignore[no-redef]
         return []
 
 
@@ -141,17 +146,16 @@ def test_custom_op_compiles_as_one_opaque_call() -> None:
 
 
 @needs_triton
-@pytest.mark.parametrize("check", ["tail-kernel", "tuned-tail", "tail-op"])
-def test_block_tail_kernel_matches_the_reference(check: str) -> None:
-    """The block-tail kernel: programs whose pixels cross from one image to the next, a
-    part-full last program, several channel steps, bf16 rounding; tuned; compiled as an op."""
+@pytest.mark.parametrize("check", ["pixelwise-kernels", "tuned-pixelwise", "pixelwise-ops"])
+def test_pixelwise_kernels_match_the_reference(check: str) -> None:
+    """The per-pixel kernels: programs whose pixels cross from one image to the next, a
+    part-full last program, several channel steps, bf16 rounding; tuned; compiled as ops."""
     run_interpreted(check)
 
 
-def test_block_tail_off_cuda_is_the_reference() -> None:
-    """Off CUDA the ``"triton"`` form is the PyTorch one, and that is NAFNet's block: the
-    fused network with either form computes what NAFNet does (checked above) and both forms
-    agree here; an unknown form is refused."""
+def test_pixelwise_off_cuda_is_the_reference() -> None:
+    """Off CUDA the ``"triton"`` forms are the PyTorch ones, and those are NAFNet's block,
+    checked by hand for one pixel; an unknown form is refused."""
     torch.manual_seed(0)
     n, c = 2, 16
     x, inp, attention = torch.randn(n, 3, 4, c), torch.randn(n, 3, 4, c), torch.randn(n, c)
@@ -168,23 +172,29 @@ def test_block_tail_off_cuda_is_the_reference() -> None:
     torch.testing.assert_close(
         got[1, 2, 3], y + weights[4] @ (first * second) + weights[5], rtol=1e-5, atol=1e-4
     )
-    with pytest.raises(ValueError, match="unknown block-tail form 'fused'"):
+    head = block_head(inp, weights[2], weights[3], 1e-6)
+    torch.testing.assert_close(head, block_head_reference(inp, weights[2], weights[3], 1e-6))
+    normed = torch.nn.functional.layer_norm(inp[0, 1, 2], (c,), eps=1e-6)
+    torch.testing.assert_close(
+        head[0, 1, 2], weights[2] @ normed + weights[3], rtol=1e-5, atol=1e-5
+    )
+    with pytest.raises(ValueError, match="unknown per-pixel form 'fused'"):
         block_tail(x, attention, inp, weights, 1e-6, how="fused")  # type: ignore[arg-type]
 
 
 def fused_and_plain_errors(
-    device: str, dwconv: str, tail: str = "triton"
+    device: str, dwconv: str, pixelwise: str = "triton"
 ) -> tuple[float, float, float]:
     """Mean absolute error against FP32 (on the CPU) of: the inference form (depthwise form
-    ``dwconv``, block-tail form ``tail``) in FP32 on ``device``, the inference form cast to
+    ``dwconv``, per-pixel form ``pixelwise``) in FP32 on ``device``, the inference form cast to
     bf16 (compiled), and NAFNet itself cast to bf16."""
     net = perturbed_nafnet()
     x = torch.rand(2, 3, 40, 56)
     with torch.no_grad():
         want = net(x)
-        fused32 = fuse_nafnet(net, dwconv, tail).to(device)(x.to(device)).cpu()
+        fused32 = fuse_nafnet(net, dwconv, pixelwise).to(device)(x.to(device)).cpu()
         plain = copy.deepcopy(net).to(device, torch.bfloat16)(x.to(device, torch.bfloat16))
-        fused = fuse_nafnet(net, dwconv, tail).to(device, torch.bfloat16)
+        fused = fuse_nafnet(net, dwconv, pixelwise).to(device, torch.bfloat16)
         fused = fused.to(memory_format=torch.channels_last)
         xb = x.to(device, torch.bfloat16).contiguous(memory_format=torch.channels_last)
         compiled = torch.compile(fused)(xb)
@@ -201,15 +211,15 @@ def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16(dwconv: str) 
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize(
-    ("dwconv", "tail"),
+    ("dwconv", "pixelwise"),
     [("triton", "triton"), ("triton", "torch"), ("conv", "triton"), ("shifted", "torch")],
 )
-def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str, tail: str) -> None:
-    """Each depthwise and block-tail form on CUDA, checked the same way (no TF32 in the FP32
-    reference). The test network's widths 16 and 32 take the block-tail kernel, 8 not."""
+def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str, pixelwise: str) -> None:
+    """Each depthwise and per-pixel form on CUDA, checked the same way (no TF32 in the FP32
+    reference). The test network's widths 16 and 32 take the per-pixel kernels, 8 not."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    fp32, fused, plain = fused_and_plain_errors("cuda", dwconv, tail)
+    fp32, fused, plain = fused_and_plain_errors("cuda", dwconv, pixelwise)
     assert fp32 < 1e-4
     assert 0 < fused < 2 * plain
 
@@ -275,26 +285,38 @@ def assert_kernel_on_cuda_matches(
 @needs_triton
 @pytest.mark.parametrize(
     ("channels", "blocks"),
-    [(c, b) for c in (32, 128) for b in tail_tuning_candidates(c)] + [(64, None), (256, None)],
+    [(c, b) for c in (32, 128) for b in tuning_candidates(c)] + [(64, None), (256, None)],
     ids=str,
 )
-def test_block_tail_kernel_on_cuda(channels: int, blocks: TailBlocks | None) -> None:
-    """Each block-tail candidate compiled for the GPU at two of NAFNet-w32's widths, then
-    tuned at a third and at 256 (which only ``benchmarks/block_tail_speed.py`` sends to the
-    kernel), in FP32 (no TF32: ``ieee`` products) and in bf16, against the PyTorch form on
+def test_pixelwise_kernels_on_cuda(channels: int, blocks: PixelBlocks | None) -> None:
+    """Both per-pixel kernels at each candidate, compiled for the GPU at two of NAFNet-w32's
+    widths, then tuned at a third and at 256 (which only ``benchmarks/pixelwise_speed.py``
+    sends to them), in bf16 (the network's only dtype for them), against the PyTorch forms on
     the CPU in FP32."""
-    from denoise.fused.block_tail_triton import block_tail_triton
+    from interpreted_kernel_check import pixelwise_inputs, run_kernel, run_reference
 
     torch.manual_seed(0)
     shape = (2, 7, 9, channels)  # 126 pixels: the last program part-full, one crossing images
-    x, inp, attention = torch.randn(shape), torch.randn(shape), torch.randn(2, channels)
-    scaled = (torch.randn(r, channels) / channels**0.5 for r in (channels, 2 * channels, channels))
-    w3, w4, w5 = scaled
-    weights = (w3, torch.randn(channels), w4, torch.randn(2 * channels), w5, torch.randn(channels))
-    want = block_tail_reference(x, attention, inp, weights, 1e-6)
-    scale = want.abs().max()
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 0.03)):
-        cast = [t.to("cuda", dtype) for t in (x, attention, inp, *weights)]
-        got = block_tail_triton(*cast[:3], tuple(cast[3:]), 1e-6, blocks)
-        assert got.dtype == dtype
-        torch.testing.assert_close(got.float().cpu() / scale, want / scale, atol=tol, rtol=0)
+    for which, tensors in pixelwise_inputs(shape).items():
+        want = run_reference(which, tensors)
+        got = run_kernel(which, tuple(t.to("cuda", torch.bfloat16) for t in tensors), blocks)
+        scale = want.abs().max()
+        assert got.dtype == torch.bfloat16, which
+        torch.testing.assert_close(
+            got.float().cpu() / scale, want / scale, atol=0.03, rtol=0, msg=which
+        )
+
+
+@needs_cuda
+@needs_triton
+def test_inference_form_under_autocast_on_cuda() -> None:
+    """With autocast (FP32 weights, bf16 activations) the kernels get their weights cast to
+    the activations' dtype: the result is as close to FP32 as the cast inference form's."""
+    net = perturbed_nafnet()
+    batch = np.random.default_rng(0).random((2, 3, 40, 56), dtype=np.float32)
+    want = TorchBackend(net, device="cpu")(batch)
+    errors = {}
+    for amp in (True, False):
+        backend = TorchBackend(net, device="cuda", precision="bf16", amp=amp, fuse=True)
+        errors[amp] = float(np.abs(backend(batch) - want).mean())
+    assert 0 < errors[True] < 2 * errors[False], errors

@@ -31,9 +31,9 @@ from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, check_writable_type, read_photo, write_image
-from denoise.fused.block_tail import TailForm
 from denoise.fused.dwconv_gate import DwconvForm
 from denoise.fused.nafnet import fuse_nafnet
+from denoise.fused.pixelwise import PixelwiseForm
 from denoise.metrics import to_uint8
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
@@ -152,12 +152,12 @@ class TorchBackend:
     - ``cuda_graph``: on CUDA, capture one CUDA graph per input shape and replay it (removes
       the kernel-launch overhead of a network of many small ops).
     - ``fuse``: NAFNet only: run its inference form (:mod:`denoise.fused.nafnet`: NHWC
-      blocks, folded parameters, depthwise convolution and gate as one operation, the rest of
-      each block as another), the same function with fewer passes over memory.
-      ``fuse_dwconv`` names the first operation's form: ``"triton"`` (one Triton kernel on
-      CUDA), ``"conv"`` or ``"shifted"`` (:mod:`denoise.fused.dwconv_gate`); ``fuse_tail``
-      the second's: ``"triton"`` (one Triton kernel on CUDA) or ``"torch"``
-      (:mod:`denoise.fused.block_tail`).
+      blocks, folded parameters, depthwise convolution and gate as one operation, the
+      per-pixel work before and after it as one each), the same function with fewer passes
+      over memory. ``fuse_dwconv`` names the depthwise operation's form: ``"triton"`` (one
+      Triton kernel on CUDA), ``"conv"`` or ``"shifted"`` (:mod:`denoise.fused.dwconv_gate`);
+      ``fuse_pixelwise`` the others': ``"triton"`` (one Triton kernel each on CUDA) or
+      ``"torch"`` (:mod:`denoise.fused.pixelwise`).
     - ``cudnn_benchmark``: on CUDA, set ``torch.backends.cudnn.benchmark`` (for the whole
       process): cuDNN times its algorithms on each new input shape and keeps the fastest. It
       pays when one shape repeats (the bench) and costs a timing pass per new shape; the
@@ -182,7 +182,7 @@ class TorchBackend:
         cudnn_benchmark: bool = False,
         fuse: bool = False,
         fuse_dwconv: DwconvForm = "triton",
-        fuse_tail: TailForm = "triton",
+        fuse_pixelwise: PixelwiseForm = "triton",
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -202,7 +202,7 @@ class TorchBackend:
         self.pad_multiple = pad_multiple_of(module)
         if fuse:
             try:
-                module = fuse_nafnet(module, fuse_dwconv, fuse_tail)
+                module = fuse_nafnet(module, fuse_dwconv, fuse_pixelwise)
             except (TypeError, ValueError) as e:
                 raise DenoiseError(f"fuse: {e}") from None
         self.module = module.eval().to(self.device)

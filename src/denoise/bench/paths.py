@@ -9,8 +9,8 @@ from typing import Any
 import torch
 
 from denoise.errors import DenoiseError
-from denoise.fused.block_tail import TailForm
 from denoise.fused.dwconv_gate import DwconvForm
+from denoise.fused.pixelwise import PixelwiseForm
 
 BASELINE = "torch"
 
@@ -56,17 +56,17 @@ def _inference_form(
     description: str,
     *,
     dwconv: DwconvForm = "triton",
-    tail: TailForm = "triton",
+    pixelwise: PixelwiseForm = "triton",
     needs_cuda: bool = False,
 ) -> BenchPath:
     """A path through NAFNet's inference form, channels_last, its depthwise form ``dwconv``
-    and block-tail form ``tail``."""
+    and per-pixel form ``pixelwise``."""
     options = {"channels_last": True, "amp": False, "compile": compile_how, "fuse": True}
     return BenchPath(
         name,
         "torch",
         precision,
-        options | {"fuse_dwconv": dwconv, "fuse_tail": tail},
+        options | {"fuse_dwconv": dwconv, "fuse_pixelwise": pixelwise},
         needs_cuda=needs_cuda,
         opt_in=True,
         description=description,
@@ -191,12 +191,12 @@ _PATHS = [
         )
     ),
     # NAFNet's inference form (denoise.fused.nafnet): fewer passes over memory, its depthwise
-    # convolution and gate in one of three forms (denoise.fused.dwconv_gate), the rest of each
-    # block in one of two (denoise.fused.block_tail).
+    # convolution and gate in one of three forms (denoise.fused.dwconv_gate), each block's
+    # per-pixel work in one of two (denoise.fused.pixelwise).
     _inference_form("torch-fused", "fp32", False, "NAFNet's inference form, FP32, channels_last"),
     _inference_form("torch-fused-compile", "fp32", True, "torch.compile of torch-fused"),
     _inference_form(
-        "torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernel on CUDA)"
+        "torch-bf16-fused", "bf16", False, "torch-fused cast to bf16 (Triton kernels on CUDA)"
     ),
     _inference_form("torch-bf16-fused-compile", "bf16", True, "torch.compile of torch-bf16-fused"),
     _inference_form(
@@ -208,11 +208,11 @@ _PATHS = [
     ),
     # CUDA only: elsewhere each "triton" form is the PyTorch one
     _inference_form(
-        "torch-bf16-fused-graphs-torchtail",
+        "torch-bf16-fused-dwconv-graphs",
         "bf16",
         "reduce-overhead",
-        "torch-bf16-fused-graphs, the block tail in PyTorch (the dwconv kernel only)",
-        tail="torch",
+        "torch-bf16-fused-graphs, the per-pixel work in PyTorch (the dwconv kernel only)",
+        pixelwise="torch",
         needs_cuda=True,
     ),
     _inference_form(
@@ -221,7 +221,7 @@ _PATHS = [
         True,
         "torch-bf16-fused-compile, cuDNN's dwconv, no Triton kernel",
         dwconv="conv",
-        tail="torch",
+        pixelwise="torch",
         needs_cuda=True,
     ),
     _inference_form(

@@ -6,17 +6,18 @@ and its arithmetic small, so on a GPU it is bound by how often each block reads 
 :class:`FusedNAFNet`, which computes the same output (up to rounding) with fewer such passes:
 
 - The blocks work on NHWC tensors, so LayerNorm normalises the last axis (no permutes) and the
-  1x1 convolutions are matrix products (``F.linear``).
+  1x1 convolutions are matrix products.
 - LayerNorm's affine parameters are folded into the 1x1 convolution after it, and ``beta`` and
   ``gamma`` into the one before them.
 - The depthwise 3x3 convolution, SimpleGate and the channel mean for the attention are one
   operation (:mod:`denoise.fused.dwconv_gate`: a single Triton kernel on CUDA, the
   convolution followed by the gate, or nine shifted taps that inductor fuses with the gate).
-- The rest of the block (the channel attention ``x * s``, three 1x1 convolutions, LayerNorm,
-  SimpleGate, both residuals) is one operation too (:mod:`denoise.fused.block_tail`: a single
-  Triton kernel on CUDA at the widths it is meant for, or PyTorch with the attention folded
-  into per-image weights of the convolution that follows, so the scaled tensor is never
-  written).
+- The per-pixel work before it (LayerNorm and a 1x1 convolution) is one operation, and the
+  per-pixel work after it (the channel attention ``x * s``, three 1x1 convolutions,
+  LayerNorm, SimpleGate, both residuals) another (:mod:`denoise.fused.pixelwise`: a single
+  Triton kernel each on CUDA at the widths they are meant for, or PyTorch with the attention
+  folded into per-image weights of the convolution that follows, so the scaled tensor is
+  never written).
 
 The convolutions between levels (intro, down-, up-sampling, ending) are left as they are.
 
@@ -35,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denoise.fused.block_tail import TailForm, block_tail, check_tail_form
 from denoise.fused.dwconv_gate import DwconvForm, check_dwconv_form, dwconv_gate
+from denoise.fused.pixelwise import PixelwiseForm, block_head, block_tail, check_pixelwise_form
 from denoise.models.nafnet import LayerNorm2d, NAFBlock, NAFNet
 
 
@@ -60,11 +61,11 @@ class FusedNAFBlock(nn.Module):
     """One :class:`NAFBlock` on NHWC tensors, its parameters folded (see the module doc)."""
 
     def __init__(
-        self, block: NAFBlock, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+        self, block: NAFBlock, dwconv: DwconvForm = "triton", pixelwise: PixelwiseForm = "triton"
     ) -> None:
         super().__init__()
         self.dwconv = dwconv
-        self.tail = tail
+        self.pixelwise = pixelwise
         self.eps = block.norm1.eps
         self.w1, self.b1 = _folded_norm(block.norm1, block.conv1)
         self.w_dw = _frozen(block.conv2.weight.reshape(block.conv2.out_channels, 9))
@@ -76,12 +77,11 @@ class FusedNAFBlock(nn.Module):
         self.w5, self.b5 = _scaled(block.conv5, block.gamma)
 
     def forward(self, inp: torch.Tensor) -> torch.Tensor:
-        c = inp.shape[-1]
-        x = F.linear(F.layer_norm(inp, (c,), eps=self.eps), self.w1, self.b1)
+        x = block_head(inp, self.w1, self.b1, self.eps, how=self.pixelwise)
         x, mean = dwconv_gate(x, self.w_dw, self.b_dw, how=self.dwconv)
         attention = F.linear(mean.to(x.dtype), self.w_sca, self.b_sca)  # (n, c)
         weights = (self.w3, self.b3, self.w4, self.b4, self.w5, self.b5)
-        return block_tail(x, attention, inp, weights, self.eps, how=self.tail)
+        return block_tail(x, attention, inp, weights, self.eps, how=self.pixelwise)
 
 
 class FusedNAFNet(nn.Module):
@@ -93,14 +93,14 @@ class FusedNAFNet(nn.Module):
     _pad = NAFNet._pad
 
     def __init__(
-        self, net: NAFNet, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+        self, net: NAFNet, dwconv: DwconvForm = "triton", pixelwise: PixelwiseForm = "triton"
     ) -> None:
         super().__init__()
         check_dwconv_form(dwconv)
-        check_tail_form(tail)
+        check_pixelwise_form(pixelwise)
 
         def blocks(seq: nn.Sequential) -> nn.Sequential:
-            return nn.Sequential(*(FusedNAFBlock(b, dwconv, tail) for b in seq))
+            return nn.Sequential(*(FusedNAFBlock(b, dwconv, pixelwise) for b in seq))
 
         self.intro = copy.deepcopy(net.intro)
         self.ending = copy.deepcopy(net.ending)
@@ -123,17 +123,17 @@ class FusedNAFNet(nn.Module):
 
 
 def fuse_nafnet(
-    net: nn.Module, dwconv: DwconvForm = "triton", tail: TailForm = "triton"
+    net: nn.Module, dwconv: DwconvForm = "triton", pixelwise: PixelwiseForm = "triton"
 ) -> FusedNAFNet:
     """The inference form of a NAFNet (a copy: ``net`` is left as it is).
 
     ``dwconv`` picks the form of the depthwise convolution and gate
-    (:mod:`denoise.fused.dwconv_gate`), ``tail`` that of the rest of each block
-    (:mod:`denoise.fused.block_tail`). ``"conv"`` (cuDNN's convolution, the gate left to
+    (:mod:`denoise.fused.dwconv_gate`), ``pixelwise`` that of the per-pixel work around it
+    (:mod:`denoise.fused.pixelwise`). ``"conv"`` (cuDNN's convolution, the gate left to
     inductor) was faster than the Triton kernel's row form at its fixed block sizes on an H100
     at every level of NAFNet-w32, tied at the smallest (``benchmarks/dwconv_gate_speed.py``).
     """
     if not isinstance(net, NAFNet):
         raise TypeError(f"only a NAFNet has a fused inference form, not a {type(net).__name__}")
     with torch.no_grad():
-        return FusedNAFNet(net, dwconv, tail).eval().requires_grad_(False)
+        return FusedNAFNet(net, dwconv, pixelwise).eval().requires_grad_(False)
