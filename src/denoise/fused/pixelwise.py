@@ -45,6 +45,10 @@ TailWeights = tuple[
 # width; the deeper levels of NAFNet-w32 (256 and 512 channels, small images) stay with
 # cuBLAS until ``benchmarks/pixelwise_speed.py`` shows the kernels ahead there on a GPU.
 KERNEL_WIDTHS = (16, 32, 64, 128)
+# The dtypes the ``"triton"`` form sends to the kernels: their products run on the tensor
+# cores. In FP32 (``ieee`` products, no TF32) they are multiply-add loops that spill when
+# compiled for an H100, so FP32 stays with cuBLAS.
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def check_pixelwise_form(how: str) -> None:
@@ -52,12 +56,6 @@ def check_pixelwise_form(how: str) -> None:
     if how not in PIXELWISE_FORMS:
         known = ", ".join(PIXELWISE_FORMS)
         raise ValueError(f"unknown per-pixel form {how!r}; known: {known}")
-
-
-# The dtypes the ``"triton"`` form sends to the kernels: their products run on the tensor
-# cores. In FP32 (``ieee`` products, no TF32) they are multiply-add loops that spill when
-# compiled for an H100, so FP32 stays with cuBLAS.
-KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _kernel_takes(how: PixelwiseForm, inp: torch.Tensor) -> bool:

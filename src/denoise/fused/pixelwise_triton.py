@@ -1,7 +1,8 @@
 """The Triton kernels behind :mod:`denoise.fused.pixelwise` (imports Triton).
 
 Both work a tile of ``BLOCK_P`` pixels (NHWC rows of ``C`` channels) at a time, with every
-intermediate in registers: FP32 sums, matrix products in the input dtype on the tensor cores.
+intermediate in registers: FP32 sums, matrix products in the input dtype on the tensor cores
+(bf16 or fp16 in the network; FP32 inputs run too, in full FP32, for the interpreter's checks).
 
 - ``_block_head_kernel``: LayerNorm and the 1x1 convolution to ``2C`` that open a NAFNet
   block: read ``C`` channels, write ``2C`` (3 passes over a ``C``-channel tensor, against 5
