@@ -249,13 +249,15 @@ def test_run_into_a_folder_with_the_onnx_backend(tmp_path: Path, model_files) ->
 
 def test_run_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")  # the project: not this checkout
     write_rgb8(tmp_path / "x.png", pair(1)[0])
     result = runner.invoke(app, ["run", "x.png"])
     assert result.exit_code == 1 and "--model" in result.output
-    assert "no params.yaml in this folder" in result.output
+    assert "no params.yaml here or in a folder above" in result.output
     (tmp_path / "params.yaml").write_text("seed: 0\n")
     result = runner.invoke(app, ["run", "x.png"])
-    assert result.exit_code == 1 and "no `model:` in params.yaml" in result.output
+    assert result.exit_code == 1
+    assert f"no `model:` in {tmp_path / 'params.yaml'}" in result.output
     (tmp_path / "params.yaml").write_text("model: nafnet\n")
     result = runner.invoke(app, ["run", "x.png"])
     assert result.exit_code == 1 and "models/nafnet.pt" in result.output

@@ -31,13 +31,14 @@ from denoise.infer import (
     denoise_image,
     expand_inputs,
     open_backend,
+    output_path,
     pad_multiple_of,
     register_backend,
     tile_starts,
     tile_weights,
 )
 from denoise.metrics import psnr
-from denoise.model_choice import resolve_model
+from denoise.model_choice import find_project, resolve_model
 
 
 def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -435,9 +436,14 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
             progress=False, on_error=lambda p, m: errors.append((p, m)),
         )  # fmt: skip
 
-    # The same file named alone and through its folder is denoised once.
+    # The same file named alone, through its folder and through a link is denoised once,
+    # under the first name given.
     a = tmp_path / "a" / "x.png"
+    (tmp_path / "a" / "link.png").symlink_to(a)
     assert run(a, tmp_path / "a", out="out1") == [tmp_path / "out1" / "x_denoised.png"]
+    assert run(a, tmp_path / "a" / "link.png", out="out1b") == [
+        tmp_path / "out1b" / "x_denoised.png"
+    ]
     assert errors == []
     # Two inputs with one output name: the second is refused, the first kept.
     assert run(a, tmp_path / "b" / "x.png", out="out2") == [tmp_path / "out2" / "x_denoised.png"]
@@ -577,6 +583,11 @@ def test_each_output_and_each_failure_is_reported_as_it_happens(tmp_path: Path) 
     assert events == [("wrote", "a_denoised.png"), ("failed", "b.png"), ("wrote", "c_denoised.png")]
 
 
+def test_output_names_keep_the_type_and_give_one_to_an_input_without_a_suffix() -> None:
+    assert output_path("d/IMG_1.JPG") == Path("d/IMG_1_denoised.JPG")
+    assert output_path("d/scan", "out") == Path("out/scan_denoised.png")  # written as PNG
+
+
 def test_an_output_type_without_an_encoder_is_refused_before_the_work(tmp_path: Path) -> None:
     (tmp_path / "anim.gif").write_bytes(b"GIF89a not read: refused before")
     backend, errors = Recorder(), []
@@ -585,8 +596,8 @@ def test_an_output_type_without_an_encoder_is_refused_before_the_work(tmp_path: 
         on_error=lambda p, m: errors.append(m),
     )  # fmt: skip
     assert written == [] and backend.shapes == []
-    assert errors == [
-        f"{tmp_path / 'anim_denoised.gif'}: cannot write .gif images; convert the input to "
+    assert errors == [  # named by the file the user gave
+        f"{tmp_path / 'anim.gif'}: cannot write .gif images; convert the input to "
         ".png, .jpg or .tif"
     ]
 
@@ -606,9 +617,8 @@ def test_bad_tiling_is_named(tile: int, overlap: int, message: str) -> None:
 
 def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     params, models = tmp_path / "params.yaml", tmp_path / "models"
-    repo = tmp_path / "model_repository"
-    export = tmp_path / "metrics" / "export.json"  # none yet: params.yaml decides
-    kw = {"params_path": params, "models_dir": models, "repository": repo, "export_metrics": export}
+    repo = tmp_path / "model_repository"  # and no metrics/export.json yet: params.yaml decides
+    kw = {"project": tmp_path}
     with pytest.raises(DenoiseError, match="run the export-onnx stage first"):
         resolve_model(None, "onnxruntime", **kw)
     with pytest.raises(DenoiseError, match=r"model\.plan: not found .*build-trt"):
@@ -639,13 +649,9 @@ def test_resolve_model_takes_the_last_export_over_the_params_switch(tmp_path: Pa
     (tmp_path / "params.yaml").write_text("model: dncnn\n")
     export = tmp_path / "metrics" / "export.json"
     export.parent.mkdir()
-    kw = {
-        "params_path": tmp_path / "params.yaml",
-        "models_dir": models,
-        "repository": tmp_path / "model_repository",
-        "export_metrics": export,
-    }
-    export.write_text(json.dumps({"checkpoint": str(models / "nafnet.pt"), "passed": True}))
+    kw = {"project": tmp_path}
+    # the stage names the checkpoint relative to the project folder
+    export.write_text(json.dumps({"checkpoint": "models/nafnet.pt", "passed": True}))
     assert resolve_model(None, None, **kw) == ("torch", str(models / "nafnet.pt"))
     assert resolve_model(None, "torch", **kw) == ("torch", str(models / "nafnet.pt"))
     assert resolve_model(str(models / "dncnn.pt"), None, **kw)[1] == str(models / "dncnn.pt")
@@ -664,3 +670,27 @@ def test_resolve_model_takes_the_last_export_over_the_params_switch(tmp_path: Pa
     assert resolve_model("x.plan", None, **kw) == ("tensorrt", "x.plan")
     with pytest.raises(DenoiseError, match="unknown model file type"):
         resolve_model("x.bin", None, **kw)
+
+
+def test_default_model_is_found_from_outside_the_project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Photos seldom sit in the project: the project is the working folder or one above it
+    that holds dvc.yaml, else $DENOISE_PROJECT, else this package's checkout."""
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    (project / "params.yaml").write_text("model: dncnn\n")
+    (project / "models" / "dncnn.pt").write_bytes(b"")
+    photos = project / "photos" / "2026"
+    photos.mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    assert find_project(photos) == project
+    monkeypatch.setenv("DENOISE_PROJECT", str(project))
+    assert find_project(elsewhere) == project
+    monkeypatch.chdir(elsewhere)
+    assert resolve_model(None, None) == ("torch", str(project / "models" / "dncnn.pt"))
+    monkeypatch.delenv("DENOISE_PROJECT")
+    checkout = Path(__file__).resolve().parents[1]  # the tests run from a checkout
+    assert find_project(elsewhere) == checkout

@@ -212,7 +212,10 @@ def run(
 @app.command()
 @user_errors
 def serve(
-    repo: Annotated[Path, typer.Option(help="Triton model repository.")] = REPOSITORY,
+    repo: Annotated[
+        Path | None,
+        typer.Option(help="Triton model repository (default: the project's model_repository)."),
+    ] = None,
     http_port: Annotated[int, typer.Option(help="HTTP port (bound to 127.0.0.1).")] = 8000,
     grpc_port: Annotated[int, typer.Option(help="gRPC port (bound to 127.0.0.1).")] = 8001,
     model: Annotated[
@@ -227,8 +230,10 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the model repository with Triton in the foreground (Ctrl-C stops it)."""
+    from denoise.model_choice import find_project
     from denoise.triton.server import serve as serve_repository
 
+    repo = find_project() / REPOSITORY if repo is None else repo
     serve_repository(repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary)
 
 

@@ -493,10 +493,11 @@ def _quantise(img: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def output_path(src: str | Path, out_dir: str | Path | None = None) -> Path:
-    """``<stem>_denoised<suffix>`` beside ``src`` or in ``out_dir``."""
+    """``<stem>_denoised<suffix>`` beside ``src`` or in ``out_dir``; ``.png`` for an input
+    without a suffix (what the writer then writes)."""
     src = Path(src)
     parent = Path(out_dir) if out_dir is not None else src.parent
-    return parent / f"{src.stem}_denoised{src.suffix}"
+    return parent / f"{src.stem}_denoised{src.suffix or '.png'}"
 
 
 def expand_inputs(
@@ -532,8 +533,12 @@ def expand_inputs(
                 raise DenoiseError(message)
             on_empty(item, message)
         files += photos
-    # The same file named twice (alone and through its folder) is denoised once.
-    return list({p.resolve(): p for p in files}.values())
+    # The same file named twice (alone, through its folder, through a link) is denoised once,
+    # under the first name given.
+    first_names: dict[Path, Path] = {}
+    for p in files:
+        first_names.setdefault(p.resolve(), p)
+    return list(first_names.values())
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -595,7 +600,7 @@ def denoise_files(
                 raise DenoiseError(f"{dst}: is a folder; not replaced by an output")
             if dst.exists() and not overwrite:
                 raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
-            check_writable_type(dst)  # before the work, not after minutes of it
+            check_writable_type(src)  # the output keeps its type; before the work
             if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
             photo = read_photo(src)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PARAMS_FILE = Path("params.yaml")
+PIPELINE_FILE = Path("dvc.yaml")  # marks the project folder
 RAW_DIR = Path("data/raw")  # the download stage's SIDD-layout pairs
 SPLIT_DIR = Path("data/split")  # crop-split: train/ and val/ patch stores, test/ whole images
 TEST_DIR = SPLIT_DIR / "test"
