@@ -227,6 +227,22 @@ def test_write_errors_name_the_output_or_the_input_that_failed(tmp_path: Path) -
     assert list(tmp_path.iterdir()) == []  # nothing staged is left behind
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_an_all_opaque_alpha_is_dropped(tmp_path: Path, dtype) -> None:
+    """An RGBA file whose alpha is all opaque reads as its colour; one transparent pixel, and
+    it is refused."""
+    rng = np.random.default_rng(3)
+    bgra = rng.integers(0, np.iinfo(dtype).max, (5, 6, 4), dtype=dtype, endpoint=True)
+    bgra[..., 3] = np.iinfo(dtype).max
+    cv2.imwrite(str(tmp_path / "opaque.png"), bgra)
+    photo = read_photo(tmp_path / "opaque.png")
+    np.testing.assert_array_equal(photo.rgb, bgra[..., 2::-1])
+    bgra[4, 5, 3] -= 1
+    cv2.imwrite(str(tmp_path / "clear.png"), bgra)
+    with pytest.raises(DenoiseError, match=r"clear\.png: has an alpha channel"):
+        read_photo(tmp_path / "clear.png")
+
+
 def test_grey_with_alpha_is_named_as_such(tmp_path: Path) -> None:
     from PIL import Image
 

@@ -269,9 +269,9 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
 
     Pixels are returned the way a viewer shows them: an EXIF orientation (JPEG, PNG, TIFF,
     WebP) is applied to the pixels. Grey is expanded to three channels and 16-bit is rounded
-    to 8-bit (when not ``keep16``) only if ``allow_convert``; RGBA is always rejected (the
-    alpha channel has no meaning for a photograph and dropping it silently could hide a wrong
-    file).
+    to 8-bit (when not ``keep16``) only if ``allow_convert``. An alpha channel that is all
+    opaque (screenshots, phone editors) is dropped; one with any transparency is rejected (it
+    has no meaning for a photograph, and dropping it silently could hide a wrong file).
     Every refusal is a :class:`DenoiseError` naming the file.
     """
     path = Path(path)
@@ -303,9 +303,11 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
             raise DenoiseError(f"{path}: greyscale image, expected {expected}")
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     elif img.shape[2] == 4:
-        raise DenoiseError(
-            f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
-        )
+        if not (img[..., 3] == np.iinfo(img.dtype).max).all():
+            raise DenoiseError(
+                f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
+            )
+        img = np.ascontiguousarray(img[..., :3])  # all opaque: the alpha says nothing
     elif img.shape[2] != 3:
         raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
     metadata = read_metadata(data)
