@@ -142,8 +142,8 @@ EPS = 1e-6
 
 
 def _bf16_dot_in_float32() -> None:
-    """Triton 3.6's interpreter keeps bf16 values as their uint16 bits and multiplies those
-    bits in ``tl.dot``; give it the values (widened to float32, exactly) instead."""
+    """Triton's interpreter (3.6.0 and 3.7.1) keeps bf16 values as their uint16 bits and
+    multiplies those bits in ``tl.dot``; give it the values (widened to float32, exactly)."""
     original = interpreter.InterpreterBuilder.create_dot
 
     def widened(handle: interpreter.TensorHandle) -> interpreter.TensorHandle:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,21 @@ import torch
 from torch import nn
 from typer.testing import CliRunner, Result
 
+import denoise.bench.inputs
 import denoise.flops
 from denoise.bench import run_bench
-from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs
+from denoise.bench.inputs import _fit, build_bench_model, psnr_pairs, synthetic_pairs
 from denoise.bench.measurement import Job, measure, merge_rounds, peak_rss_mb
 from denoise.bench.paths import AUTOTUNE_OPTIONS, BASELINE, PATHS, select_paths
 from denoise.bench.report import MEASURED_KEYS, format_table, progress_line, summarise
 from denoise.checkpoint import save_checkpoint
 from denoise.cli import app
 from denoise.errors import DenoiseError
+from denoise.fileio import write_rgb8
 from denoise.flops import count_macs, cpu_features, cpu_name
 from denoise.infer import TorchBackend, open_backend
 from denoise.metrics import psnr, to_uint8
+from denoise.paths import TEST_DIR
 
 TINY = {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]}
 RESULT_KEYS = {
@@ -44,8 +48,6 @@ RESULT_KEYS = {
 def no_default_test_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Without --test-dir the bench takes the pipeline's test split where it exists (this
     repository's own after `dvc repro`): these tests get synthetic pairs wherever they run."""
-    import denoise.bench.inputs
-
     monkeypatch.setattr(denoise.bench.inputs, "TEST_DIR", tmp_path / "no-split")
 
 
@@ -70,6 +72,29 @@ def _tiny_run(
         str(ckpt), size=32, repeats=1, psnr_images=1, test_dir=None, val_dir=None,
         backends=backends, isolate=isolate, progress=progress, **options,
     )  # fmt: skip
+
+
+def test_bench_finds_the_projects_files_from_a_folder_below_it(
+    tiny_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As ``denoise run`` does: ``--model nafnet`` is the project's models/nafnet.pt, and the
+    PSNR images its test split, also when the command runs in a folder inside the project."""
+    project = tmp_path / "project"
+    (project / "models").mkdir(parents=True)
+    (project / "dvc.yaml").write_text("stages: {}\n")
+    shutil.copy(tiny_ckpt, project / "models" / "nafnet.pt")
+    noisy, clean = synthetic_pairs(1, 40, seed=3)
+    write_rgb8(project / TEST_DIR / "noisy" / "a.png", noisy[0])
+    write_rgb8(project / TEST_DIR / "clean" / "a.png", clean[0])
+    (project / "src").mkdir()
+    monkeypatch.chdir(project / "src")
+    monkeypatch.setattr(denoise.bench.inputs, "TEST_DIR", TEST_DIR)  # undo the fixture's
+    report = run_bench(
+        "nafnet", size=32, repeats=1, psnr_images=1, backends=[BASELINE], isolate=False,
+        progress=False,
+    )  # fmt: skip
+    assert report["model"]["source"] == str(project / "models" / "nafnet.pt")
+    assert report["inputs"]["psnr_images"] == f"{project / TEST_DIR} (1 centre crops)"
 
 
 def test_count_macs_of_known_layers() -> None:
@@ -150,6 +175,7 @@ def test_unknown_names_are_clear_errors(tiny_ckpt: Path) -> None:
         (["--model", "m/1/model.onnx"], "error: m/1/model.onnx: the bench needs a .pt"),
         (["--test-dir", "no/such/split"], "error: no/such/split: not a folder"),
         (["--test-dir", "."], "error: .: no pairs found"),
+        (["--backends", ","], "error: --backends ',' names no backend"),
     ],
 )
 def test_bad_bench_options_are_one_line(args: list[str], message: str) -> None:

@@ -22,9 +22,9 @@ NAFNET_CONFIGS = [
     # the SIDD release layout (width 32 is NAFNet-SIDD-width32.pth)
     {"img_channel": 3, "width": 32, "middle_blk_num": 12, "enc_blk_nums": [2, 2, 4, 8],
      "dec_blk_nums": [2, 2, 2, 2]},
-    # a level without blocks, fewer decoder levels than encoder levels, no middle blocks
+    # a level without blocks, decoder levels unlike their encoders, no middle blocks
     {"img_channel": 1, "width": 8, "middle_blk_num": 0, "enc_blk_nums": [1, 0, 2],
-     "dec_blk_nums": [3, 1]},
+     "dec_blk_nums": [3, 1, 0]},
 ]  # fmt: skip
 DNCNN_CONFIGS = [
     {"in_nc": 3, "out_nc": 3, "nc": 64, "nb": 17, "batch_norm": True},

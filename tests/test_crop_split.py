@@ -137,6 +137,11 @@ def test_scene_holdout_errors() -> None:
         split_instances(_instances(4, scenes=2), _params(val_scenes=[1], test_scenes=[2]))
     with pytest.raises(DenoiseError, match="no instances left for validation"):
         split_instances(_instances(10, scenes=3), _params(test_scenes=[2]))
+    # Without test images the pipeline would train both models and only then fail at evaluate.
+    with pytest.raises(DenoiseError, match="no instances left for testing"):
+        split_instances(_instances(10, scenes=3), _params(val_scenes=[2]))
+    with pytest.raises(DenoiseError, match=r"no instances left .*evaluation needs test"):
+        split_instances(_instances(2), _params())  # fewer instances than splits
 
 
 def test_params_are_checked() -> None:
@@ -144,8 +149,11 @@ def test_params_are_checked() -> None:
         _params(step=17)
     with pytest.raises(DenoiseError, match="weights"):
         _params(weights={"train": 0, "val": 1, "test": 1})
-    with pytest.raises(DenoiseError, match="positive train and val"):
-        _params(weights={"train": 1, "val": 0, "test": 1})
+    for split in ("val", "test"):
+        with pytest.raises(DenoiseError, match="must all be positive"):
+            _params(weights={"train": 1, "val": 1, "test": 1} | {split: 0})
+    with pytest.raises(DenoiseError, match=r"crop_split\.weights: unknown tset"):
+        _params(weights={"train": 1, "val": 1, "test": 1, "tset": 1})
     with pytest.raises(DenoiseError, match="crop_split"):
         SplitParams.from_dict({"seed": 1})
     with pytest.raises(DenoiseError, match=r"params\.yaml crop_split: unknown stpe"):

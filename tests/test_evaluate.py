@@ -81,7 +81,7 @@ def test_scores_agree_with_skimage_on_the_uint8_output() -> None:
             p.add_(0.01 * torch.randn_like(p))
     out = denoise_image(noisy, TorchBackend(model), tile=32, overlap=8)
     assert out.dtype == np.uint8 and not np.array_equal(out, noisy)
-    score = score_image(out, clean)
+    score = score_image(out, clean, "pair")
     assert score.psnr == pytest.approx(
         peak_signal_noise_ratio(clean, out, data_range=255), abs=1e-9
     )

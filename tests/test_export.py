@@ -15,7 +15,13 @@ from torch import nn
 from denoise import export
 from denoise.errors import DenoiseError
 from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
-from denoise.triton.repository import INPUT_NAME, ONNX_MODEL, PYTHON_MODEL, PYTHON_MODEL_TEMPLATE
+from denoise.triton.repository import (
+    INPUT_NAME,
+    ONNX_MODEL,
+    PYTHON_MODEL,
+    PYTHON_MODEL_TEMPLATE,
+    TRT_MODEL,
+)
 
 SETTINGS = ExportSettings(
     opset=17,
@@ -70,11 +76,15 @@ def test_failed_parity_leaves_repository_untouched(
     old = repo / ONNX_MODEL / "config.pbtxt"
     old.parent.mkdir(parents=True)
     old.write_text("previous model\n")
+    engine = repo / TRT_MODEL / "1" / "model.plan"  # an earlier run's, from an earlier ONNX
+    engine.parent.mkdir(parents=True)
+    engine.write_bytes(b"an older network's engine")
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"32x32": 0.5, "17x51": 2e-5})
     with pytest.raises(DenoiseError, match=r"differs from PyTorch by 0\.5"):
         export_checkpoint(ckpt, repo, metrics, SETTINGS)
     assert old.read_text() == "previous model\n"
     assert not (repo / PYTHON_MODEL).exists()
+    assert not (repo / TRT_MODEL).exists()  # `denoise run --backend tensorrt` cannot use it
     assert json.loads(metrics.read_text())["passed"] is False
 
 
@@ -139,3 +149,18 @@ def test_settings_from_params_reject_unknown_and_missing() -> None:
         ExportSettings.from_params({**params, "opst": 17})
     with pytest.raises(DenoiseError, match=r"export: missing seed"):
         ExportSettings.from_params({k: v for k, v in params.items() if k != "seed"})
+    for bad, message in (
+        ({"opset": 99}, r"opset must be 17-20"),
+        ({"parity_sizes": []}, r"parity_sizes must be one or more"),
+        ({"parity_sizes": [[0, 5]]}, r"parity_sizes .* of sides >= 1"),
+        ({"parity_batch": 0}, r"parity_batch and max_batch_size must be >= 1"),
+        ({"tolerance": -1.0}, r"tolerance and python_threads must be >= 0"),
+    ):
+        with pytest.raises(DenoiseError, match=rf"^params\.yaml export: {message}"):
+            ExportSettings.from_params({**params, **bad})
+
+
+def test_the_newest_opset_allowed_is_the_exporters() -> None:
+    from torch.onnx import _constants
+
+    assert export.MAX_OPSET == _constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET

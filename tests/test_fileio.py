@@ -14,7 +14,10 @@ import pytest
 from denoise.errors import DenoiseError
 from denoise.fileio import (
     atomic_path,
+    check_free_space,
+    clear_stale_staging,
     is_truncated_jpeg,
+    is_truncated_png,
     read_photo,
     read_rgb8,
     write_errors_named,
@@ -65,6 +68,35 @@ def test_a_folder_swap_that_fails_puts_the_old_folder_back(
         (tmp / "new.txt").write_text("new")
     assert (target / "old.txt").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+
+
+def test_an_error_inside_names_the_output_not_its_staging_folder(tmp_path: Path) -> None:
+    target = tmp_path / "split"
+    with pytest.raises(DenoiseError) as exc, atomic_path(target) as tmp:
+        tmp.mkdir()
+        check_free_space(tmp, 10**18, "the train patches")
+    assert str(exc.value).startswith(f"not enough free space in {target} for the train patches")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_staging_folders_are_cleared_and_a_target_left_aside_is_put_back(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "raw"
+    killed = tmp_path / ".raw.ab12cd_9.tmp"  # a write killed mid-way: half the new data
+    (killed / "raw").mkdir(parents=True)
+    other = tmp_path / ".raw.v2.ab12cd_9.tmp"  # another target's (raw.v2) staging
+    other.mkdir()
+    (tmp_path / "raw.v2").mkdir()
+    clear_stale_staging(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "raw.v2"]
+
+    swapped = tmp_path / ".raw.zz99zz99.tmp"  # killed between the two renames
+    (swapped / ".replaced").mkdir(parents=True)
+    (swapped / ".replaced" / "old.txt").write_text("old")
+    clear_stale_staging(target)
+    assert (target / "old.txt").read_text() == "old"
+    assert not swapped.exists()
 
 
 def test_the_longest_legal_name_can_be_written(tmp_path: Path) -> None:
@@ -160,6 +192,18 @@ def test_a_truncated_jpeg_is_refused_by_name(tmp_path: Path, progressive: int) -
     assert read_rgb8(tmp_path / "motion.jpg").shape == (64, 64, 3)
 
 
+def test_a_truncated_png_is_refused_by_name(tmp_path: Path) -> None:
+    data = cv2.imencode(".png", np.zeros((32, 48, 3), np.uint8))[1].tobytes()
+    assert not is_truncated_png(data)
+    assert not is_truncated_png(data + b"trailing bytes after IEND")
+    for end in (8, 20, 40, len(data) // 2, len(data) - 1):
+        assert is_truncated_png(data[:end]), end
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(data[:40])  # inside the header: libpng gives no reason at all
+    with pytest.raises(DenoiseError, match=r"cut\.png: truncated PNG \(the image data stops"):
+        read_rgb8(cut)
+
+
 def test_corrupt_data_is_refused_and_the_decoders_say_nothing(tmp_path: Path, capfd) -> None:
     """libjpeg decodes a JPEG with damaged entropy data (garbled rows) and libpng gives up on a
     cut PNG; both write to the error stream themselves. One error naming the file, no more."""
@@ -176,9 +220,11 @@ def test_corrupt_data_is_refused_and_the_decoders_say_nothing(tmp_path: Path, ca
     with pytest.raises(DenoiseError, match=r"flip\.jpg: corrupt image data \(Corrupt JPEG data"):
         read_rgb8(tmp_path / "flip.jpg")
     png = cv2.imencode(".png", img)[1].tobytes()
-    (tmp_path / "cut.png").write_bytes(png[: len(png) // 2])
-    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image \(libpng error: PNG"):
-        read_rgb8(tmp_path / "cut.png")  # libpng's reason, not only that it failed
+    damaged = bytearray(png)
+    damaged[len(png) // 2] ^= 0xFF
+    (tmp_path / "crc.png").write_bytes(bytes(damaged))
+    with pytest.raises(DenoiseError, match=r"crc\.png: not a readable image \(libpng error: IDAT"):
+        read_rgb8(tmp_path / "crc.png")  # libpng's reason, not only that it failed
     (tmp_path / "good.png").write_bytes(png)
     np.testing.assert_array_equal(read_rgb8(tmp_path / "good.png"), img[..., ::-1])  # BGR file
     captured = capfd.readouterr()
@@ -305,6 +351,6 @@ def test_a_bad_file_leaves_no_decoder_chatter_on_stderr(
     path = tmp_path / "cut.png"
     path.write_bytes(buf.tobytes()[: len(buf) // 2])
     capfd.readouterr()
-    with pytest.raises(DenoiseError, match=r"cut\.png: not a readable image"):
+    with pytest.raises(DenoiseError, match=r"cut\.png: truncated PNG"):
         read_rgb8(path)
     assert capfd.readouterr().err == ""  # OpenCV would print "[ WARN:0@...] ... incomplete"

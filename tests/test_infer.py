@@ -570,6 +570,33 @@ def test_unreadable_folders_and_failed_inferences_are_skipped_by_name(
     assert "torch: inference on a (1, 3, 40, 40) batch failed (DefaultCPUAllocator" in message
 
 
+def test_a_photo_too_big_for_memory_is_skipped_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's MemoryError for the photo's own buffers (not the network's tile): one line with
+    the photo's size, and the next photo still runs."""
+    write_image(tmp_path / "huge.png", np.zeros((30, 40, 3), np.uint8))
+    write_image(tmp_path / "small.png", np.zeros((8, 8, 3), np.uint8))
+    real_zeros = np.zeros
+
+    def zeros(shape, *args, **kwargs):
+        if shape == (30, 40, 3):
+            raise MemoryError("Unable to allocate 14.1 KiB for an array with shape (30, 40, 3)")
+        return real_zeros(shape, *args, **kwargs)
+
+    monkeypatch.setattr(np, "zeros", zeros)
+    errors: list[str] = []
+    written = denoise_files(
+        [tmp_path / "huge.png", tmp_path / "small.png"], Recorder(), tile=0, overlap=0,
+        out_dir=tmp_path / "out", progress=False, on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [tmp_path / "out" / "small_denoised.png"]
+    assert errors == [
+        f"{tmp_path / 'huge.png'}: not enough memory for a 40x30 photo (0 MP): besides the "
+        "network's tiles it needs about 20 bytes per pixel"
+    ]
+
+
 def test_each_output_and_each_failure_is_reported_as_it_happens(tmp_path: Path) -> None:
     for name in ("a.png", "c.png"):
         write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))

@@ -38,6 +38,14 @@ def test_ssim_matches_skimage_gaussian_protocol(pair) -> None:
     assert ssim(clean, clean) == pytest.approx(1.0)
 
 
+def test_an_image_smaller_than_the_ssim_window_is_refused_with_its_size() -> None:
+    small = np.zeros((9, 40, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"40x9 is smaller than SSIM's 11x11 window"):
+        ssim(small, small)
+    smallest = np.zeros((11, 11, 3), np.uint8)
+    assert ssim(smallest, smallest) == pytest.approx(1.0)
+
+
 def test_scores_are_on_clamped_quantised_output() -> None:
     img = np.array([[[-0.2, 0.5, 1.3]]], np.float32)
     assert to_uint8(img).tolist() == [[[0, 128, 255]]]

@@ -336,6 +336,8 @@ def test_served_output_matches_onnxruntime(
         backend(np.zeros((1, 4, 8, 8), np.float32))
     with pytest.raises(DenoiseError, match=r"wrong input .* float64"):
         backend(np.zeros((1, 3, 8, 8)))
+    with pytest.raises(DenoiseError, match=r"wrong input \(0, 3, 8, 8\) .* N >= 1"):
+        backend(np.zeros((0, 3, 8, 8), np.float32))
     backend.close()
     default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
     assert default.model_name == PYTHON_MODEL
@@ -579,6 +581,42 @@ def test_a_port_in_time_wait_is_free_to_serve_on() -> None:
     assert not port_in_use(port)
 
 
+@pytest.mark.parametrize(
+    ("ports", "models", "message"),
+    [
+        ((99999, 8001), [PYTHON_MODEL], r"http_port and grpc_port must be 1-65535 \(got 99999"),
+        ((0, 8001), [PYTHON_MODEL], "must be 1-65535"),  # 0: any free port, which no client knows
+        ((8000, 8000), [PYTHON_MODEL], r"must differ \(both 8000\)"),
+        ((8000, 8001), ["../elsewhere"], r"'\.\./elsewhere': not a model name"),
+    ],
+)
+def test_bad_ports_and_model_names_are_refused_before_a_start(
+    repository: Path, ports: tuple[int, int], models: list[str], message: str
+) -> None:
+    """What `denoise serve --http-port/--model` passes on: one line, not a bind() traceback,
+    a minute's wait, or a copy outside the private repository."""
+    with pytest.raises(DenoiseError, match=message):
+        TritonServer(repository, models, http_port=ports[0], grpc_port=ports[1])
+
+
+def test_a_model_named_twice_is_served_once(repository: Path) -> None:
+    srv = TritonServer(repository, [PYTHON_MODEL, PYTHON_MODEL], http_port=1, grpc_port=2)
+    assert srv.models == [PYTHON_MODEL]
+
+
+def test_the_reason_given_is_the_servers_error_not_its_routine_lines(repository: Path) -> None:
+    srv = TritonServer(repository, [PYTHON_MODEL], http_port=1, grpc_port=2)
+    gpu = 'E1127 10:00:00.000000 1 pinned_memory_manager.cc:1] "CudaDriverHelper has not been '
+    srv._log.extend([f'{gpu}initialized."', "I1127 10:00:01.000000 1 server.cc:1] started"])
+    assert srv._log_reason() == "no error in the server log"  # not the GPU line of every start
+    # a bad argument: the usage text (one of its lines says "error"), then the reason
+    srv._log.extend(["Usage: tritonserver [options]", "  --load-model ... will result in error"])
+    srv._log.append("The server cannot listen to HTTP requests and GRPC requests at the same")
+    assert srv._log_reason(exited=True).startswith("The server cannot listen")
+    srv._log.append('E1127 10:00:02.000000 1 model.cc:1] "failed to load denoise_python"')
+    assert srv._log_reason() == '"failed to load denoise_python"'
+
+
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
     srv = TritonServer(repository, [PYTHON_MODEL], http_port=free_port(), grpc_port=free_port())
     with srv:
@@ -717,8 +755,14 @@ def test_smoke_settings_reject_impossible_values() -> None:
     assert SmokeSettings.from_params(section).tolerance == section["tolerance"]
     assert SmokeSettings.from_params({**section, "binary": None}).binary is None  # -S ...=null
     for bad, match in (
-        ({"http_port": 0}, "http_port and grpc_port must be 1-65535"),
-        ({"grpc_port": section["http_port"]}, "http_port and grpc_port must differ"),
+        (
+            {"http_port": 0},
+            rf"http_port and grpc_port must be 1-65535 \(got 0, {section['grpc_port']}\)",
+        ),
+        (
+            {"grpc_port": section["http_port"]},
+            rf"http_port and grpc_port must differ \(both {section['http_port']}\)",
+        ),
         ({"repeats": 0}, "images, repeats and clients must be >= 1"),
         ({"clients": 0}, "images, repeats and clients must be >= 1"),
         ({"tolerance": -1.0}, "warmup and tolerance must be >= 0"),

@@ -19,7 +19,7 @@ from torch import nn
 
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import write_bytes_atomic
-from denoise.models.registry import build_model, infer_architecture
+from denoise.models.registry import build_model, check_rgb, infer_architecture
 from denoise.paths import MODELS_DIR
 
 
@@ -121,12 +121,10 @@ def load_model(
     mismatch = _mismatch(model.state_dict(), ckpt["params"])
     if mismatch:
         raise DenoiseError(f"{path}: weights do not match {name} {cfg}: {mismatch}")
-    channels = getattr(model, "channels", (3, 3))
-    if channels != (3, 3):
-        raise DenoiseError(
-            f"{path}: a {name} for {channels[0]}-channel input and {channels[1]}-channel "
-            "output; denoise works on RGB photos (3 channels in and out)"
-        )
+    try:
+        check_rgb(model, name)
+    except DenoiseError as e:
+        raise DenoiseError(f"{path}: {e}") from None
     model.load_state_dict(ckpt["params"])
     return model.eval(), ckpt
 

@@ -301,6 +301,8 @@ def bench(
     from denoise.fileio import write_json
 
     names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]
+    if backends and not names:  # `--backends ,` (an empty shell variable): not "all of them"
+        raise DenoiseError(f"--backends {' '.join(backends)!r} names no backend")
     check_json_out(json_out)  # before minutes of measuring
     report = run_bench(
         model,

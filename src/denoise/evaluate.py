@@ -129,9 +129,13 @@ class Score:
     ssim: float
 
 
-def score_image(output: np.ndarray, clean: np.ndarray) -> Score:
-    """The per-image score: PSNR (dB) and SSIM of a uint8 output against the clean image."""
-    return Score(psnr(output, clean), ssim(output, clean))
+def score_image(output: np.ndarray, clean: np.ndarray, name: str) -> Score:
+    """The per-image score: PSNR (dB) and SSIM of a uint8 output against the clean image
+    (``name``'s); an image that cannot be scored (too small for SSIM) is an error naming it."""
+    try:
+        return Score(psnr(output, clean), ssim(output, clean))
+    except ValueError as e:
+        raise DenoiseError(f"{name}: cannot score ({e})") from None
 
 
 def _num(x: float) -> float | None:
@@ -181,7 +185,8 @@ def score_pairs(
     for name, noisy, clean in tqdm(
         pairs, total=total, desc="score", unit="image", disable=not progress
     ):
-        before, after = score_image(noisy, clean), score_image(denoiser(noisy), clean)
+        before = score_image(noisy, clean, name)
+        after = score_image(denoiser(noisy), clean, name)
         rows.append(
             {
                 "name": name,
@@ -467,7 +472,7 @@ def evaluate(
             panels = []
             for method, denoiser in methods.items():
                 out, s_per_mp = _timed(denoiser, noisy)
-                score = score_image(out, clean)
+                score = score_image(out, clean, pair.name)
                 records.append(
                     ImageRecord(
                         pair.name, method, score, None if method == "noisy" else s_per_mp, groups

@@ -11,6 +11,7 @@ match PyTorch within a tolerance on several sizes, including ones that are not m
 from __future__ import annotations
 
 import collections
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,9 +28,16 @@ from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
 from denoise.infer import PAD_MULTIPLE_KEY, OnnxRuntimeBackend, pad_multiple_of
 from denoise.params import checked_section
-from denoise.triton.repository import INPUT_NAME, ONNX_ROUTES, OUTPUT_NAME, write_onnx_route
+from denoise.triton.repository import (
+    INPUT_NAME,
+    ONNX_ROUTES,
+    OUTPUT_NAME,
+    TRT_MODEL,
+    write_onnx_route,
+)
 
 MIN_OPSET = 17
+MAX_OPSET = 20  # the newest the legacy (TorchScript) exporter writes, in torch 2.13
 # Models whose graph must contain native LayerNormalization nodes after export.
 NEEDS_LAYERNORM = {"nafnet"}
 
@@ -50,7 +58,34 @@ class ExportSettings:
     def from_params(cls, section: dict[str, Any]) -> ExportSettings:
         s = checked_section(cls, section, "export")
         s["parity_sizes"] = tuple(tuple(int(v) for v in hw) for hw in s["parity_sizes"])
-        return cls(**s)
+        settings = cls(**s)
+        problems = [
+            msg
+            for ok, msg in (
+                (
+                    MIN_OPSET <= settings.opset <= MAX_OPSET,
+                    f"opset must be {MIN_OPSET}-{MAX_OPSET} (LayerNormalization needs "
+                    f"{MIN_OPSET}; torch's exporter writes up to {MAX_OPSET})",
+                ),
+                (
+                    bool(settings.parity_sizes)
+                    and all(len(hw) == 2 and min(hw) >= 1 for hw in settings.parity_sizes),
+                    "parity_sizes must be one or more [height, width] pairs of sides >= 1",
+                ),
+                (
+                    min(settings.parity_batch, settings.max_batch_size) >= 1,
+                    "parity_batch and max_batch_size must be >= 1",
+                ),
+                (
+                    settings.tolerance >= 0 and settings.python_threads >= 0,
+                    "tolerance and python_threads must be >= 0",
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise DenoiseError(f"params.yaml export: {'; '.join(problems)}")
+        return settings
 
 
 def export_onnx(
@@ -142,10 +177,15 @@ def export_checkpoint(
 
     Verification happens on a temporary file: when the checker, the LayerNorm check or the
     parity (max abs diff above ``settings.tolerance``) fails, a DenoiseError is raised and
-    the repository is left untouched (the metrics file is still written, for diagnosis).
+    the ONNX routes are left untouched (the metrics file is still written, for diagnosis). A
+    TensorRT engine in the repository is removed either way: it was built from the ONNX this
+    export replaces, and served beside a new one it would answer with the old network.
     """
     model, ckpt = load_model(checkpoint)
     name = str(ckpt["model"])
+    engine = Path(repository) / TRT_MODEL
+    if engine.is_dir():  # built from the ONNX this export replaces: build-trt makes it anew
+        shutil.rmtree(engine)
     with tempfile.TemporaryDirectory(prefix="denoise-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, opset=settings.opset)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -63,7 +64,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=_staging_prefix(target), suffix=".tmp", dir=target.parent))
     staged, aside = tmp / target.name, tmp / ".replaced"
     try:
-        yield staged
+        try:
+            yield staged
+        except DenoiseError as e:  # name the output, not a hidden folder about to be removed
+            if str(staged) not in str(e):
+                raise
+            raise DenoiseError(str(e).replace(str(staged), str(target))) from None
         try:
             if target.is_dir() and not target.is_symlink():
                 os.replace(target, aside)  # deleted with ``tmp`` below
@@ -74,6 +80,25 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_stale_staging(target: str | Path) -> None:
+    """Remove the hidden staging folders that killed :func:`atomic_path` writes of ``target``
+    left beside it: as large as the output (half an extracted archive, half the patches), and
+    nothing else would ever remove them. An old ``target`` that a kill left aside in one, with
+    no ``target`` in its place, is put back first. Only for outputs no other process can be
+    writing at the time, such as a DVC stage's (DVC locks the project while a stage runs)."""
+    target = Path(target)
+    # mkdtemp's names: the prefix, then 8 of [a-z0-9_]; a longer name is another target's.
+    pattern = re.compile(re.escape(_staging_prefix(target)) + r"[a-z0-9_]{8}\.tmp")
+    if not target.parent.is_dir():
+        return
+    for tmp in target.parent.iterdir():
+        if pattern.fullmatch(tmp.name) and tmp.is_dir() and not tmp.is_symlink():
+            aside = tmp / ".replaced"
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -195,6 +220,30 @@ def is_truncated_jpeg(data: bytes) -> bool:
                 break
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def is_truncated_png(data: bytes) -> bool:
+    """A PNG that stops before the end of its end chunk (IEND): cut off mid-download or
+    mid-copy. Walks the chunks by their lengths; data after IEND does not count, and a length
+    no PNG can have is left to the decoder to judge."""
+    if not data.startswith(_PNG_SIGNATURE):
+        return False
+    i, n = len(_PNG_SIGNATURE), len(data)
+    while True:
+        if i + 8 > n:
+            return True
+        length = int.from_bytes(data[i : i + 4], "big")
+        if length > 2**31 - 1:
+            return False
+        end = i + 12 + length  # length, type, data, CRC
+        if end > n:
+            return True
+        if data[i + 4 : i + 8] == b"IEND":
+            return False
+        i = end
+
+
 @dataclass(frozen=True)
 class Photo:
     """An image as ``denoise run`` reads it: upright RGB pixels (``rgb``), whether the file was
@@ -285,8 +334,11 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
         raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None
     if not data:
         raise DenoiseError(f"{path}: empty file")
-    if is_truncated_jpeg(data):  # libjpeg would decode it, greying out what is missing
-        raise DenoiseError(f"{path}: truncated JPEG (the image data stops before its end)")
+    # libjpeg would decode a cut JPEG, greying out what is missing; libpng says only that its
+    # input buffer is incomplete, or nothing when the cut is in the header.
+    cut = "JPEG" if is_truncated_jpeg(data) else "PNG" if is_truncated_png(data) else None
+    if cut:
+        raise DenoiseError(f"{path}: truncated {cut} (the image data stops before its end)")
     img = _decode(path, data)
     if img is None:
         raise DenoiseError(f"{path}: not a readable image")

@@ -38,10 +38,20 @@ def psnr(pred: np.ndarray, target: np.ndarray) -> float:
     return float(10.0 * np.log10(255.0**2 / mse))
 
 
+# The side of SSIM's Gaussian window: scikit-image truncates it at 3.5 sigma each way, and
+# sigma is 1.5, so 2 * round(3.5 * 1.5) + 1. A smaller image has no SSIM.
+SSIM_WINDOW = 11
+
+
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     """SSIM between two uint8 HWC images (Gaussian window, as in the SIDD/NAFNet papers)."""
     if pred.shape != target.shape:
         raise ValueError(f"shape mismatch {pred.shape} vs {target.shape}")
+    if min(pred.shape[:2]) < SSIM_WINDOW:
+        h, w = pred.shape[:2]
+        raise ValueError(
+            f"{w}x{h} is smaller than SSIM's {SSIM_WINDOW}x{SSIM_WINDOW} window: no SSIM for it"
+        )
     return float(
         structural_similarity(
             pred,

@@ -83,6 +83,8 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
     as that int; any other mismatch is one line naming the key, e.g. ``params.yaml
     train.nafnet.iters: expected an integer, got '4000'``.
     """
+    if section is not None and not isinstance(section, Mapping):
+        raise DenoiseError(f"params.yaml {where}: expected a mapping of keys, got {section!r}")
     section = dict(section or {})
     fields = dataclasses.fields(cls)
     required = sorted(

@@ -208,8 +208,10 @@ class TensorRTBackend:
         self.pad_multiple = pad_multiple or _configured_pad_multiple(path)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if batch.ndim != 4 or batch.shape[1] != 3:
-            raise DenoiseError(f"tensorrt: wrong input shape {batch.shape}, expected (N, 3, H, W)")
+        if batch.ndim != 4 or batch.shape[1] != 3 or not len(batch):
+            raise DenoiseError(
+                f"tensorrt: wrong input shape {batch.shape}, expected (N, 3, H, W) with N >= 1"
+            )
         h, w = batch.shape[2:]
         if not (
             self.min_shape[2] <= h <= self.max_shape[2]

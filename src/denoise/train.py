@@ -31,13 +31,13 @@ from denoise.checkpoint import save_checkpoint
 from denoise.data.patch_store import RandomCropDataset
 from denoise.errors import DenoiseError
 from denoise.metrics import psnr_batch, ssim, to_uint8
-from denoise.models.registry import build_model
+from denoise.models.registry import build_model, check_rgb
 from denoise.training import distributed
 from denoise.training.config import TrainConfig
 from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler
 from denoise.training.resume import fingerprint, load_resume, save_resume, set_rng_state
 from denoise.training.sampling import EpochIndexed, IterationBatchSampler
-from denoise.training.tracking import Tracker
+from denoise.training.tracking import Tracker, history_digest
 
 
 @dataclass
@@ -229,6 +229,10 @@ def _train(
     )
 
     model = build_model(cfg.model, cfg.arch).to(d.device)
+    try:
+        check_rgb(model, cfg.model)
+    except DenoiseError as e:
+        raise DenoiseError(f"params.yaml train.{cfg.model}.arch: {e}") from None
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     scaler = grad_scaler(amp)
@@ -243,6 +247,16 @@ def _train(
         "input_psnr": math.nan,
     }
     state = load_resume(resume_path, fp, quiet=not d.main) if resume_path else None
+    if state is not None and live_dir is not None:
+        at = int(state["meta"]["iteration"])
+        moved = d.main and history_digest(live_dir, at) != state.get("history")
+        if distributed.any_rank(moved, d):  # every rank starts over, or none
+            if d.main:
+                print(
+                    f"note: {live_dir} no longer holds the interrupted run's history up to "
+                    f"iteration {at} (restored or removed?); starting from scratch"
+                )
+            state = None
     if state is not None:
         model.load_state_dict(state["params"])
         optimizer.load_state_dict(state["optimizer"])
@@ -290,79 +304,86 @@ def _train(
     window: list[float] = list(state["loss_window"]) if state is not None else []
     step_time, steps = 0.0, 0
     batches = iter(loader)
-    for it in range(start + 1, cfg.iters + 1):
-        t0 = time.perf_counter()
-        noisy, clean = next(batches)
-        noisy = noisy.to(d.device, non_blocking=True)
-        clean = clean.to(d.device, non_blocking=True)
-        with amp_context(amp):
-            out = net(noisy)
-        loss = loss_fn(out.float(), clean)
-        loss_value = float(distributed.all_mean(loss.detach(), d))
-        if not math.isfinite(loss_value):
-            raise DenoiseError(
-                f"train {cfg.model}: non-finite loss ({loss_value}) at "
-                f"iteration {it}; no model written (lower train.{cfg.model}.lr?)"
-            )
-        lr = optimizer.param_groups[0]["lr"]  # this iteration's, before the schedule moves on
-        optimizer_step(loss, net, optimizer, scaler, cfg.grad_clip)
-        scheduler.step()
-        step_time += time.perf_counter() - t0
-        steps += 1
-        window.append(loss_value)
-
-        logged: dict[str, float] = {}
-        image = None
-        if it % cfg.log_every == 0 or it == cfg.iters:
-            logged = {
-                "train/loss": float(np.mean(window)),
-                "train/lr": lr,
-            }
-            window.clear()
-        if it % cfg.val_every == 0 or it == cfg.iters:
-            v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp) if d.main else None
-            # Every rank stops together: rank 0 alone raising would leave the rest waiting.
-            if distributed.any_rank(v is not None and math.isnan(v.psnr), d):
+    try:  # the bar closed first, so an error is not printed into it
+        for it in range(start + 1, cfg.iters + 1):
+            t0 = time.perf_counter()
+            noisy, clean = next(batches)
+            noisy = noisy.to(d.device, non_blocking=True)
+            clean = clean.to(d.device, non_blocking=True)
+            with amp_context(amp):
+                out = net(noisy)
+            loss = loss_fn(out.float(), clean)
+            loss_value = float(distributed.all_mean(loss.detach(), d))
+            if not math.isfinite(loss_value):
                 raise DenoiseError(
-                    f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
-                    "(the network outputs non-finite values); no model written"
+                    f"train {cfg.model}: non-finite loss ({loss_value}) at "
+                    f"iteration {it}; no model written (lower train.{cfg.model}.lr?)"
                 )
-            if v is not None:
-                logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
-                image = v.strip
-                if v.psnr > best["psnr"]:
-                    best = {
-                        "psnr": v.psnr,
-                        "ssim": v.ssim,
-                        "iteration": it,
-                        "input_psnr": v.input_psnr,
-                        "params": {
-                            k: t.detach().cpu().clone() for k, t in model.state_dict().items()
-                        },
-                    }
-                bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
-        if logged:
-            tracker.log(it, logged, image, f"val/{it:07d}.png")
-            bar.set_postfix(
-                loss=f"{loss_value:.4g}",
-                **({"val_psnr": f"{best['psnr']:.2f}"} if best["params"] is not None else {}),
-            )
-        bar.update(1)
-        if it % cfg.checkpoint_every == 0 and it < cfg.iters and d.main and resume_path:
-            save_resume(
-                resume_path,
-                cfg.model,
-                cfg.arch,
-                fp=fp,
-                iteration=it,
-                model=model,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                scaler=scaler,
-                best=best,
-                loss_window=window,
-            )
-    bar.close()
+            lr = optimizer.param_groups[0]["lr"]  # this iteration's, before the schedule moves on
+            optimizer_step(loss, net, optimizer, scaler, cfg.grad_clip)
+            scheduler.step()
+            step_time += time.perf_counter() - t0
+            steps += 1
+            window.append(loss_value)
+
+            logged: dict[str, float] = {}
+            image = None
+            if it % cfg.log_every == 0 or it == cfg.iters:
+                logged = {
+                    "train/loss": float(np.mean(window)),
+                    "train/lr": lr,
+                }
+                window.clear()
+            if it % cfg.val_every == 0 or it == cfg.iters:
+                v = (
+                    validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp)
+                    if d.main
+                    else None
+                )
+                # Every rank stops together: rank 0 alone raising would leave the rest waiting.
+                if distributed.any_rank(v is not None and math.isnan(v.psnr), d):
+                    raise DenoiseError(
+                        f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
+                        "(the network outputs non-finite values); no model written"
+                    )
+                if v is not None:
+                    logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
+                    image = v.strip
+                    if v.psnr > best["psnr"]:
+                        best = {
+                            "psnr": v.psnr,
+                            "ssim": v.ssim,
+                            "iteration": it,
+                            "input_psnr": v.input_psnr,
+                            "params": {
+                                k: t.detach().cpu().clone() for k, t in model.state_dict().items()
+                            },
+                        }
+                    bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
+            if logged:
+                tracker.log(it, logged, image, f"val/{it:07d}.png")
+                bar.set_postfix(
+                    loss=f"{loss_value:.4g}",
+                    **({"val_psnr": f"{best['psnr']:.2f}"} if best["params"] is not None else {}),
+                )
+            bar.update(1)
+            if it % cfg.checkpoint_every == 0 and it < cfg.iters and d.main and resume_path:
+                save_resume(
+                    resume_path,
+                    cfg.model,
+                    cfg.arch,
+                    fp=fp,
+                    iteration=it,
+                    model=model,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    best=best,
+                    loss_window=window,
+                    history=history_digest(live_dir, it) if live_dir else None,
+                )
+    finally:
+        bar.close()
     del batches  # stops the loader's workers
 
     result = TrainResult(

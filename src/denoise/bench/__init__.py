@@ -46,7 +46,8 @@ from denoise.bench.report import progress_line, summarise
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError
 from denoise.flops import count_macs, machine_info
-from denoise.paths import SPLIT_DIR
+from denoise.model_choice import find_project
+from denoise.paths import MODELS_DIR, SPLIT_DIR
 
 
 def run_bench(
@@ -61,7 +62,8 @@ def run_bench(
     warmup: int = 1,
     psnr_images: int = 10,
     test_dir: str | Path | None = None,
-    val_dir: str | Path | None = SPLIT_DIR / "val",
+    val_dir: str | Path | None = None,
+    project: str | Path | None = None,
     isolate: bool = True,
     threads: int | None = None,
     seed: int = 0,
@@ -69,9 +71,13 @@ def run_bench(
 ) -> dict[str, Any]:
     """Measure every selected path; returns ``{"machine", "model", "inputs", "results"}``.
 
-    ``isolate`` runs each path in its own spawned process (its own libraries' memory, no state
-    shared between paths); without it everything runs here, and each path's ``peak_rss_mb``
-    counts from the process's size when it started (None where that counter cannot be reset).
+    The pipeline's files (``models/<name>.pt`` for a ``model`` given by name, the test pairs
+    for the PSNR change, the validation patches for int8 calibration where ``val_dir`` is
+    None) are looked for in ``project`` (default: :func:`~denoise.model_choice.find_project`,
+    as ``denoise run`` does). ``isolate`` runs each path in its own spawned process (its own
+    libraries' memory, no state shared between paths); without it everything runs here, and
+    each path's ``peak_rss_mb`` counts from the process's size when it started (None where
+    that counter cannot be reset).
     """
     if size < 16 or batch < 1 or repeats < 1 or rounds < 1 or psnr_images < 1:
         raise DenoiseError(
@@ -84,11 +90,15 @@ def run_bench(
     paths = select_paths(backends, device)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
+    project = find_project() if project is None else Path(project)
+    val_dir = project / SPLIT_DIR / "val" if val_dir is None else val_dir
     # Before any model is built: a mistyped --test-dir fails in seconds, not minutes.
-    noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed)
+    noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed, project=project)
     with tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
         workdir = Path(tmp)
-        bench_model = prepare_model(model, arch, workdir, seed=seed)
+        bench_model = prepare_model(
+            model, arch, workdir, seed=seed, models_dir=project / MODELS_DIR
+        )
         net, ckpt = load_model(bench_model.checkpoint)
         macs = count_macs(net, (1, 3, size, size))
         params = sum(p.numel() for p in net.parameters())

@@ -115,13 +115,18 @@ def synthetic_pairs(count: int, size: int, seed: int = 0) -> tuple[np.ndarray, n
 
 
 def psnr_pairs(
-    test_dir: str | Path | None, count: int, size: int, seed: int = 0
+    test_dir: str | Path | None,
+    count: int,
+    size: int,
+    seed: int = 0,
+    *,
+    project: Path = Path("."),
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """``(noisy, clean, source)``: ``count`` ``size x size`` uint8 pairs, NHWC.
 
     Centre crops of the first ``count`` test pairs (reflect-padded where an image is smaller)
-    from ``test_dir``, which must hold some. Without one, from the pipeline's test split where
-    it holds any, else synthetic camera pairs; ``source`` says which.
+    from ``test_dir``, which must hold some. Without one, from the test split of the pipeline
+    in ``project`` where it holds any, else synthetic camera pairs; ``source`` says which.
     """
     from denoise.evaluate import find_pairs, read_pair
 
@@ -130,7 +135,7 @@ def psnr_pairs(
         if not pairs:
             raise DenoiseError(f"{test_dir}: no noisy/clean pairs")
     else:
-        test_dir = TEST_DIR
+        test_dir = project / TEST_DIR
         try:
             pairs = find_pairs(test_dir)[:count] if test_dir.is_dir() else []
         except DenoiseError:

@@ -38,7 +38,7 @@ from denoise.fileio import (
     write_rgb8,
 )
 from denoise.metrics import psnr
-from denoise.params import checked_section
+from denoise.params import check_keys, checked_section
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class SplitParams:
     def from_dict(cls, d: Mapping[str, Any]) -> SplitParams:
         """Parse and check the params section; every problem is a one-line DenoiseError."""
         d = checked_section(cls, d, "crop_split")  # no unknown or missing keys
+        check_keys(d["weights"], SPLITS, SPLITS, "params.yaml crop_split.weights")
         try:
             weights = {s: float(d["weights"][s]) for s in SPLITS}
             params = cls(
@@ -75,10 +76,10 @@ class SplitParams:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise DenoiseError(f"params.yaml crop_split: missing or invalid value ({e})") from None
-        if any(w < 0 for w in weights.values()) or weights["train"] <= 0 or weights["val"] <= 0:
+        if any(w <= 0 for w in weights.values()):
             raise DenoiseError(
-                f"params.yaml crop_split.weights: {weights} must be >= 0 "
-                "with positive train and val weights"
+                f"params.yaml crop_split.weights: {weights} must all be positive: "
+                "training needs train and val, evaluation needs test"
             )
         if params.patch_size < 1 or not 1 <= params.step <= params.patch_size:
             raise DenoiseError(
@@ -206,11 +207,12 @@ def split_instances(instances: Sequence[Instance], params: SplitParams) -> dict[
         for s in SPLITS:
             out[s] = ranked[start : start + counts[s]]
             start += counts[s]
-    for split, role in (("train", "training"), ("val", "validation")):
+    for split, role in (("train", "training"), ("val", "validation"), ("test", "testing")):
         if not out[split]:
             raise DenoiseError(
                 f"no instances left for {role} ({len(names)} instances, split "
-                f"{ {s: len(v) for s, v in out.items()} }); training needs both train and val"
+                f"{ {s: len(v) for s, v in out.items()} }); training needs train and val, "
+                "evaluation needs test"
             )
     return {s: sorted(v) for s, v in out.items()}
 

@@ -51,7 +51,18 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
 class _Interrupted(Exception):
-    """The transfer stopped early; the ``.part`` holds what arrived and a retry can resume."""
+    """The transfer stopped early; the ``.part`` holds what arrived and a retry can resume,
+    unless ``resumable`` is false: the server answered a range request with the whole file."""
+
+    def __init__(self, reason: str, *, resumable: bool = True) -> None:
+        super().__init__(reason)
+        self.resumable = resumable
+
+
+_NO_RESUME = (
+    "the server cannot resume a download (it answers range requests with the whole file): run "
+    "again to start over, or set data.sidd.url to a mirror that can"
+)
 
 
 # --------------------------------------------------------------------------- verification
@@ -106,9 +117,13 @@ def is_verified(archive: str | Path, size: int, md5: str) -> bool:
 
 
 def _mark_verified(archive: Path, size: int, md5: str) -> None:
-    write_json(
-        _marker(archive), {"size": size, "md5": md5.lower(), "mtime_ns": archive.stat().st_mtime_ns}
-    )
+    """Record that ``archive`` passed, so the next run need not hash it again. Only a saving:
+    an archive on a read-only disk is used all the same, and hashed again each run."""
+    record = {"size": size, "md5": md5.lower(), "mtime_ns": archive.stat().st_mtime_ns}
+    try:
+        write_json(_marker(archive), record)
+    except DenoiseError as e:
+        tqdm.write(f"note: {e}; the archive is verified but will be hashed again next run")
 
 
 # ------------------------------------------------------------------------------- download
@@ -185,6 +200,7 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
                 "page?); set data.sidd.url to the file's direct link"
             )
         skip = 0  # bytes of the body already on disk
+        ranged = offset > 0
         if resp.status == 206:
             start, total = _parse_content_range(resp.headers.get("Content-Range"))
             if start > offset:
@@ -192,9 +208,16 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
                 raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
             skip, mode = offset - start, "ab"  # an earlier start (a proxy's block boundary)
         else:  # 200: the server ignored Range (or there was none) and sends the whole file
+            if ranged:
+                tqdm.write(f"{url} ignores range requests: downloading from the start")
             offset, mode = 0, "wb"
             length = resp.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
+        # Whether a later request can pick up where this one stops: not where a range request
+        # was answered with the whole file, or the server says up front that it takes none.
+        resumable = resp.status == 206 or (
+            not ranged and resp.headers.get("Accept-Ranges", "").lower() != "none"
+        )
         if total is not None and total != size:
             raise DenoiseError(
                 f"{url} serves {total} bytes but {size} are expected; check "
@@ -218,7 +241,9 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
                     try:
                         chunk = resp.read(min(CHUNK, skip) if skip else CHUNK)
                     except (OSError, http.client.HTTPException) as e:
-                        raise _Interrupted(f"{type(e).__name__}: {e}") from None
+                        raise _Interrupted(
+                            f"{type(e).__name__}: {e}", resumable=resumable
+                        ) from None
                     if not chunk:
                         break
                     if skip:
@@ -244,7 +269,9 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
             f"were expected (not the archive?); check data.sidd.url and data.sidd.size"
         )
     if written < size:
-        raise _Interrupted(f"connection closed after {written} of {size} bytes")
+        raise _Interrupted(
+            f"connection closed after {written} of {size} bytes", resumable=resumable
+        )
 
 
 def download(
@@ -282,6 +309,13 @@ def download(
         return dest
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    rejected = dest.with_name(dest.name + ".rejected")
+    if rejected.exists() and not _mismatch(rejected, size, md5, progress=progress):
+        # A download refused under a wrong data.sidd.md5 that has since been corrected.
+        tqdm.write(f"{rejected} is the expected archive after all: using it")
+        os.replace(rejected, dest)
+        _mark_verified(dest, size, md5)
+        return dest
     part = dest.with_name(dest.name + ".part")
     last = part.stat().st_size if part.exists() else 0
     stalled = 0  # interruptions in a row that brought no new byte
@@ -294,23 +328,25 @@ def download(
             stalled = 0 if have > last else stalled + 1
             last = have
             if retries == 0 or stalled > retries:
+                then = f"run again to resume from {part}" if e.resumable else _NO_RESUME
                 raise DenoiseError(
-                    f"download of {url} interrupted at {have} of {size} bytes "
-                    f"({e}); run again to resume from {part}"
+                    f"download of {url} interrupted at {have} of {size} bytes ({e}); {then}"
                 ) from None
-            tqdm.write(f"download interrupted at {have} of {size} bytes ({e}); resuming")
+            again = "resuming" if e.resumable else "trying again (a range request may work)"
+            tqdm.write(f"download interrupted at {have} of {size} bytes ({e}); {again}")
             time.sleep(retry_delay * 2**stalled)
 
     reason = _mismatch(part, size, md5, progress=progress)
     if reason:
-        rejected = dest.with_name(dest.name + ".rejected")
         os.replace(part, rejected)
         raise DenoiseError(
-            f"{url}: downloaded file failed verification ({reason}); moved to "
-            f"{rejected}; check data.sidd.url and data.sidd.md5"
+            f"{url}: downloaded file failed verification ({reason}); moved to {rejected}; "
+            "check data.sidd.url and data.sidd.md5 (the next run checks that file first)"
         )
     os.replace(part, dest)
     _mark_verified(dest, size, md5)
+    if rejected.exists():  # not the archive these params expect (checked above): only space
+        rejected.unlink()
     return dest
 
 
@@ -415,6 +451,8 @@ def safe_extract(zip_path: str | Path, target_dir: str | Path, *, progress: bool
                 f"no space left on device extracting {zip_path} into "
                 f"{target_dir}; free space and run again"
             ) from None
+        if e.filename is not None and Path(e.filename) == zip_path:  # the archive, not the target
+            raise DenoiseError(f"{zip_path}: cannot read ({e.strerror or e})") from None
         raise DenoiseError(
             f"{zip_path}: cannot extract into {target_dir}: {e.strerror or e}"
         ) from None

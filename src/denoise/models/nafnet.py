@@ -102,6 +102,11 @@ class NAFNet(nn.Module):
         dec_blk_nums: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        if len(enc_blk_nums) != len(dec_blk_nums):  # the ending would get the wrong width
+            raise ValueError(
+                f"enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)} "
+                "need one entry per level each"
+            )
         self.intro = nn.Conv2d(img_channel, width, 3, padding=1, bias=True)
         self.ending = nn.Conv2d(width, img_channel, 3, padding=1, bias=True)
         nn.init.zeros_(self.ending.weight)
@@ -164,8 +169,7 @@ class NAFNet(nn.Module):
             skips.append(x)
             x = self._to_blocks(down(self._from_blocks(x)))
         x = self.middle_blks(x)
-        # strict=False as in the reference: fewer decoder levels than encoder levels is legal
-        for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=False):
+        for decoder, up, skip in zip(self.decoders, self.ups, skips[::-1], strict=True):
             x = decoder(self._to_blocks(up(self._from_blocks(x))) + skip)
         x = self.ending(self._from_blocks(x)) + inp
         return x[:, :, :h, :w]

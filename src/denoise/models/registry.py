@@ -50,6 +50,17 @@ def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
         raise DenoiseError(f"model {name}: bad config {config}: {e}") from None
 
 
+def check_rgb(model: nn.Module, name: str) -> None:
+    """A :class:`DenoiseError` unless network ``name`` takes and gives 3-channel images: the
+    photos, pairs and exports of this project are all RGB."""
+    channels = getattr(model, "channels", (3, 3))
+    if channels != (3, 3):
+        raise DenoiseError(
+            f"a {name} for {channels[0]}-channel input and {channels[1]}-channel "
+            "output; denoise works on RGB photos (3 channels in and out)"
+        )
+
+
 def infer_architecture(
     state_dict: Mapping[str, torch.Tensor], name: str | None = None
 ) -> tuple[str, dict[str, Any]]:

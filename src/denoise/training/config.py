@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from denoise.errors import DenoiseError
+from denoise.metrics import SSIM_WINDOW
 from denoise.models.registry import model_names
 from denoise.params import checked_section
 
@@ -81,7 +82,10 @@ class TrainConfig:
             (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
             (self.log_every > 0, "log_every must be > 0"),
             (self.val_batch > 0, "val_batch must be > 0"),
-            (self.val_crop > 0, "val_crop must be > 0"),
+            (
+                self.val_crop >= SSIM_WINDOW,
+                f"val_crop must be >= {SSIM_WINDOW} (SSIM's window), not {self.val_crop}",
+            ),
             (self.lr > 0, f"lr must be > 0, not {self.lr!r}"),
             (
                 min(self.weight_decay, self.eta_min, self.grad_clip) >= 0,
@@ -98,7 +102,8 @@ class TrainConfig:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the result (a resume state from other values is stale)."""
         d = dataclasses.asdict(self)
-        # log_every stays: a resumed run's curves must have one logging interval throughout
-        for k in ("device", "num_workers", "checkpoint_every", "val_batch"):
+        # log_every stays: a resumed run's curves must have one logging interval throughout;
+        # so does val_batch: the batch moves a validation's scores in their last digits
+        for k in ("device", "num_workers", "checkpoint_every"):
             d.pop(k)
         return d

@@ -77,7 +77,10 @@ def save_resume(
     scaler: Any,
     best: dict[str, Any],
     loss_window: list[float],
+    history: str | None,
 ) -> None:
+    """``history``: :func:`~denoise.training.tracking.history_digest` of the DVCLive folder
+    at ``iteration`` (None: no tracking)."""
     save_checkpoint(
         path,
         model_name,
@@ -90,6 +93,7 @@ def save_resume(
         rng=rng_state(),
         best=best,
         loss_window=list(loss_window),
+        history=history,
     )
 
 

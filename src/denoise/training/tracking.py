@@ -10,6 +10,7 @@ pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -88,33 +89,66 @@ def _whole(row: dict[str | None, Any]) -> bool:
     return None not in row and None not in row.values() and str(row["step"]).isdigit()
 
 
-def _truncate(live_dir: Path, step: int) -> None:
-    """Drop what an interrupted run logged after its last resume state (steps > ``step``).
+def _kept_curves(live_dir: Path, step: int) -> dict[Path, bytes | None]:
+    """Each curve file's contents as a resume at ``step`` keeps them: the rows up to ``step``,
+    rewritten (``None``: a file without a ``step`` column, which cannot be cut).
 
     The columns come from the header, not from a row: a file whose rows all come later keeps
-    its header (without it DVCLive would append headless rows). A file without a ``step``
-    column cannot be cut and is removed; DVCLive starts it anew. Rewritten atomically.
+    its header (without it DVCLive would append headless rows).
     """
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+    kept: dict[Path, bytes | None] = {}
+    for tsv in sorted((live_dir / "plots" / "metrics").rglob("*.tsv")):
         with open(tsv, newline="") as f:
             reader = csv.DictReader(f, delimiter="\t")
             fields = list(reader.fieldnames or [])
-            kept = (
-                [r for r in reader if _whole(r) and int(r["step"]) <= step]
-                if "step" in fields
-                else None
-            )
-        if kept is None:
-            tsv.unlink()
-            continue
+            if "step" not in fields:
+                kept[tsv] = None
+                continue
+            rows = [r for r in reader if _whole(r) and int(r["step"]) <= step]
         out = io.StringIO()
         # DVCLive's own line ending (csv's default is \r\n): a resumed history must be
         # byte-identical to an uninterrupted one, or dvc.lock records a different hash.
         w = csv.DictWriter(out, fieldnames=fields, delimiter="\t", lineterminator=os.linesep)
         w.writeheader()
-        w.writerows(kept)
-        write_bytes_atomic(tsv, out.getvalue().encode())
+        w.writerows(rows)
+        kept[tsv] = out.getvalue().encode()
+    return kept
+
+
+def _images(live_dir: Path) -> list[tuple[int, Path]]:
+    """The validation images, with the step each was logged at."""
     images = live_dir / "plots" / "images"
-    for png in images.rglob("*.png") if images.is_dir() else []:
-        if png.stem.isdigit() and int(png.stem) > step:
+    found = images.rglob("*.png") if images.is_dir() else []
+    return sorted((int(png.stem), png) for png in found if png.stem.isdigit())
+
+
+def history_digest(live_dir: Path, step: int) -> str:
+    """A hash of the history a resume at ``step`` keeps of ``live_dir``.
+
+    Saved with each resume state: on resuming, a folder that no longer holds the interrupted
+    run's history (restored from git, deleted) would otherwise be cut and continued, giving
+    one run's curves joined to another's, or curves that start at the resume step.
+    """
+    h = hashlib.sha256()
+    for tsv, data in _kept_curves(live_dir, step).items():
+        h.update(tsv.relative_to(live_dir).as_posix().encode() + b"\0" + (data or b"") + b"\0")
+    for logged, png in _images(live_dir):
+        if logged <= step:
+            h.update(png.relative_to(live_dir).as_posix().encode() + b"\0" + png.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _truncate(live_dir: Path, step: int) -> None:
+    """Drop what an interrupted run logged after its last resume state (steps > ``step``).
+
+    A curve file without a ``step`` column is removed; DVCLive starts it anew. Rewritten
+    atomically.
+    """
+    for tsv, data in _kept_curves(live_dir, step).items():
+        if data is None:
+            tsv.unlink()
+        else:
+            write_bytes_atomic(tsv, data)
+    for logged, png in _images(live_dir):
+        if logged > step:
             png.unlink()

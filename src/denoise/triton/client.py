@@ -124,10 +124,10 @@ class TritonBackend:
         return [m["name"] for m in index if m.get("state") == "READY"]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1] != 3:
+        if batch.dtype != np.float32 or batch.ndim != 4 or batch.shape[1] != 3 or not len(batch):
             raise DenoiseError(
                 f"{self.model_name}: wrong input {batch.shape} {batch.dtype}, "
-                "expected (N, 3, H, W) float32"
+                "expected (N, 3, H, W) float32 with N >= 1"
             )
         step = self.max_batch_size or len(batch)
         return np.concatenate(

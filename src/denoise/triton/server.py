@@ -74,6 +74,21 @@ def find_server(binary: str | Path | None = None) -> ServerBinary:
     )
 
 
+# What the bundled server logs as an error on every start on a machine without a GPU.
+_HARMLESS = "CudaDriverHelper has not been initialized"
+
+
+def port_problems(http_port: int, grpc_port: int) -> list[str]:
+    """What is wrong with a server's two ports (empty: nothing); the one definition for the
+    triton params and ``denoise serve``."""
+    problems = []
+    if not all(1 <= p <= 65535 for p in (http_port, grpc_port)):
+        problems.append(f"http_port and grpc_port must be 1-65535 (got {http_port}, {grpc_port})")
+    if http_port == grpc_port:
+        problems.append(f"http_port and grpc_port must differ (both {http_port})")
+    return problems
+
+
 def port_in_use(port: int, host: str = HOST) -> bool:
     """True when ``host:port`` cannot be bound (another process listens there).
 
@@ -172,8 +187,14 @@ class TritonServer:
         startup_timeout_s: float = 60.0,
         echo: bool = False,
     ) -> None:
+        problems = port_problems(http_port, grpc_port)
+        if problems:
+            raise DenoiseError(f"triton: {'; '.join(problems)}")
+        for model in models:  # a folder of the repository, copied into a private one
+            if model in ("", ".", "..") or "/" in model or "\\" in model:
+                raise DenoiseError(f"{model!r}: not a model name (a folder in the repository)")
         self.repository = Path(repository).resolve()
-        self.models = list(models)
+        self.models = list(dict.fromkeys(models))  # each once
         self.http_port = http_port
         self.grpc_port = grpc_port
         self.binary = find_server(binary)
@@ -280,11 +301,15 @@ class TritonServer:
     def log_tail(self, lines: int = 20) -> str:
         return "\n".join(list(self._log)[-lines:])
 
-    def _log_reason(self) -> str:
-        """The server's last error line (``E...`` glog lines, or 'error:' text)."""
-        lines = list(self._log)
+    def _log_reason(self, *, exited: bool = False) -> str:
+        """The server's last error line (a glog ``E...`` line, not the one every start on a
+        machine without a GPU logs); for a server that ``exited``, else its last line that is
+        no glog info or warning: an error before logging starts (a bad argument) comes as
+        plain text after the usage text."""
+        lines = [ln for ln in self._log if ln.strip() and _HARMLESS not in ln]
         errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln)]
-        errors = errors or [ln for ln in lines if "error" in ln.lower()]
+        if not errors and exited:
+            errors = [ln for ln in lines if not re.match(r"^[IW]\d{4} ", ln)]
         if not errors:
             return "no error in the server log"
         return re.sub(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ", "", errors[-1]).strip()
@@ -305,7 +330,7 @@ class TritonServer:
                     raise DenoiseError(
                         f"{self.binary.path}: exited with code "
                         f"{self.process.returncode} during startup: "
-                        f"{self._log_reason()}"
+                        f"{self._log_reason(exited=True)}"
                     )
                 try:
                     live = client.is_server_live()

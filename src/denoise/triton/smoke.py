@@ -16,7 +16,7 @@ from denoise.infer import OnnxRuntimeBackend
 from denoise.params import checked_section
 from denoise.triton.client import TritonBackend
 from denoise.triton.repository import PYTHON_MODEL, TRT_MODEL, reference_onnx
-from denoise.triton.server import TritonServer
+from denoise.triton.server import TritonServer, port_problems
 
 
 @dataclass(frozen=True)
@@ -40,14 +40,9 @@ class SmokeSettings:
         s = checked_section(cls, section, "triton")
         s["models"] = tuple(s["models"])
         settings = cls(**s)
-        problems = [
+        problems = port_problems(settings.http_port, settings.grpc_port) + [
             msg
             for ok, msg in (
-                (
-                    all(1 <= p <= 65535 for p in (settings.http_port, settings.grpc_port)),
-                    "http_port and grpc_port must be 1-65535",
-                ),
-                (settings.http_port != settings.grpc_port, "http_port and grpc_port must differ"),
                 (
                     min(settings.images, settings.repeats, settings.clients) >= 1,
                     "images, repeats and clients must be >= 1",
