@@ -20,7 +20,10 @@ from denoise.triton.repository import (
     ONNX_MODEL,
     PYTHON_MODEL,
     PYTHON_MODEL_TEMPLATE,
+    SOURCE_ONNX_KEY,
     TRT_MODEL,
+    file_md5,
+    model_config,
 )
 
 SETTINGS = ExportSettings(
@@ -76,16 +79,39 @@ def test_failed_parity_leaves_repository_untouched(
     old = repo / ONNX_MODEL / "config.pbtxt"
     old.parent.mkdir(parents=True)
     old.write_text("previous model\n")
-    engine = repo / TRT_MODEL / "1" / "model.plan"  # an earlier run's, from an earlier ONNX
+    engine = repo / TRT_MODEL / "1" / "model.plan"  # built from the previous ONNX
     engine.parent.mkdir(parents=True)
-    engine.write_bytes(b"an older network's engine")
+    engine.write_bytes(b"the previous network's engine")
     monkeypatch.setattr(export, "parity", lambda *a, **k: {"32x32": 0.5, "17x51": 2e-5})
     with pytest.raises(DenoiseError, match=r"differs from PyTorch by 0\.5"):
         export_checkpoint(ckpt, repo, metrics, SETTINGS)
     assert old.read_text() == "previous model\n"
     assert not (repo / PYTHON_MODEL).exists()
-    assert not (repo / TRT_MODEL).exists()  # `denoise run --backend tensorrt` cannot use it
+    assert engine.read_bytes() == b"the previous network's engine"
     assert json.loads(metrics.read_text())["passed"] is False
+
+
+TRT_CONFIG = {"max_batch_size": 1, "platform": "tensorrt_plan"}
+
+
+def test_an_engine_of_another_onnx_is_removed_and_one_of_the_same_kept(tmp_path: Path) -> None:
+    """A new export makes an engine of the previous ONNX stale (served beside the new ONNX it
+    would answer with the old network); a re-run that writes the same bytes (a changed
+    tolerance) keeps it, since build-trt, whose input did not change, would not rebuild it."""
+    ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
+    repo, metrics = tmp_path / "repo", tmp_path / "export.json"
+    config = repo / TRT_MODEL / "config.pbtxt"
+    config.parent.mkdir(parents=True)
+    config.write_text(model_config(TRT_MODEL, **TRT_CONFIG, parameters={SOURCE_ONNX_KEY: "0"}))
+    export_checkpoint(ckpt, repo, metrics, SETTINGS)
+    assert not (repo / TRT_MODEL).exists()
+
+    onnx_md5 = file_md5(repo / ONNX_MODEL / "1" / "model.onnx")
+    config.parent.mkdir(parents=True)
+    config.write_text(model_config(TRT_MODEL, **TRT_CONFIG, parameters={SOURCE_ONNX_KEY: onnx_md5}))
+    export_checkpoint(ckpt, repo, metrics, SETTINGS)  # the same model: the same bytes
+    assert file_md5(repo / ONNX_MODEL / "1" / "model.onnx") == onnx_md5
+    assert config.is_file()
 
 
 def test_a_nan_at_any_size_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -77,6 +77,12 @@ def test_an_error_inside_names_the_output_not_its_staging_folder(tmp_path: Path)
         check_free_space(tmp, 10**18, "the train patches")
     assert str(exc.value).startswith(f"not enough free space in {target} for the train patches")
     assert list(tmp_path.iterdir()) == []
+    # An OSError of a file inside, as write_errors_named around the two reports it.
+    with pytest.raises(DenoiseError) as exc, write_errors_named(target), atomic_path(target) as tmp:
+        raise OSError(28, "No space left on device", str(tmp / "train" / "noisy.npy"))
+    assert str(exc.value) == (
+        f"{target}: cannot write (No space left on device: {target / 'train' / 'noisy.npy'})"
+    )
 
 
 def test_stale_staging_folders_are_cleared_and_a_target_left_aside_is_put_back(

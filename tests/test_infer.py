@@ -593,7 +593,7 @@ def test_a_photo_too_big_for_memory_is_skipped_by_name(
     assert written == [tmp_path / "out" / "small_denoised.png"]
     assert errors == [
         f"{tmp_path / 'huge.png'}: not enough memory for a 40x30 photo (0 MP): besides the "
-        "network's tiles it needs about 20 bytes per pixel"
+        "network's tiles a photo needs about 20 bytes per pixel"
     ]
 
 

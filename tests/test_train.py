@@ -122,26 +122,30 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize(
-    ("model", "log_every", "torn"),
+    ("model", "log_every", "torn", "val_every"),
     # log_every 3: the resume state at 8 falls between the loss points at 6 and 9. torn: the
-    # kill came while DVCLive rewrote its summary files in place.
+    # kill came while DVCLive rewrote its summary files in place. val_every 10: the first
+    # validation (and its curves' files) comes after the resume state at 8, before the kill.
     [
-        ("nafnet", 1, ""),
-        ("dncnn", 1, ""),
-        ("nafnet", 3, ""),
-        ("nafnet", 1, "cut"),
-        ("nafnet", 1, "empty"),
+        ("nafnet", 1, "", 4),
+        ("dncnn", 1, "", 4),
+        ("nafnet", 3, "", 4),
+        ("nafnet", 1, "cut", 4),
+        ("nafnet", 1, "empty", 4),
+        ("dncnn", 1, "", 10),
     ],
 )
 def test_interrupted_run_resumes_bit_identically(
     split: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
     model: str,
     log_every: int,
     torn: str,
+    val_every: int,
 ) -> None:
-    cfg = _cfg(model, log_every=log_every)
+    cfg = _cfg(model, log_every=log_every, val_every=val_every)
     reference = _run(cfg, split, tmp_path / "straight")
 
     real_log = tracking.Tracker.log
@@ -161,7 +165,9 @@ def test_interrupted_run_resumes_bit_identically(
         path = work / "live" / name  # "empty": DVCLive had opened it for writing, no more
         path.write_bytes(path.read_bytes()[:40] + b"\x00\x00{" if torn == "cut" else b"")
     monkeypatch.setattr(tracking.Tracker, "log", real_log)
+    capsys.readouterr()
     resumed = _run(cfg, split, work)
+    assert "resuming nafnet from iteration 8" in capsys.readouterr().out.replace("dncnn", "nafnet")
 
     assert resumed["meta"] == reference["meta"]
     assert resumed["params"].keys() == reference["params"].keys()

@@ -609,6 +609,8 @@ def test_the_reason_given_is_the_servers_error_not_its_routine_lines(repository:
     gpu = 'E1127 10:00:00.000000 1 pinned_memory_manager.cc:1] "CudaDriverHelper has not been '
     srv._log.extend([f'{gpu}initialized."', "I1127 10:00:01.000000 1 server.cc:1] started"])
     assert srv._log_reason() == "no error in the server log"  # not the GPU line of every start
+    srv._log.append("error: creating server: Invalid argument - a running server's complaint")
+    assert srv._log_reason().startswith("error: creating server")
     # a bad argument: the usage text (one of its lines says "error"), then the reason
     srv._log.extend(["Usage: tritonserver [options]", "  --load-model ... will result in error"])
     srv._log.append("The server cannot listen to HTTP requests and GRPC requests at the same")

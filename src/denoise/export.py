@@ -11,7 +11,6 @@ match PyTorch within a tolerance on several sizes, including ones that are not m
 from __future__ import annotations
 
 import collections
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ from denoise.triton.repository import (
     INPUT_NAME,
     ONNX_ROUTES,
     OUTPUT_NAME,
-    TRT_MODEL,
+    file_md5,
+    remove_engine_unless_built_from,
     write_onnx_route,
 )
 
@@ -177,15 +177,13 @@ def export_checkpoint(
 
     Verification happens on a temporary file: when the checker, the LayerNorm check or the
     parity (max abs diff above ``settings.tolerance``) fails, a DenoiseError is raised and
-    the ONNX routes are left untouched (the metrics file is still written, for diagnosis). A
-    TensorRT engine in the repository is removed either way: it was built from the ONNX this
-    export replaces, and served beside a new one it would answer with the old network.
+    the repository is left untouched (the metrics file is still written, for diagnosis). A
+    TensorRT engine built from another ONNX than the one written is removed (build-trt
+    builds it anew); one built from the same bytes (a re-run that changed only the checks)
+    stays.
     """
     model, ckpt = load_model(checkpoint)
     name = str(ckpt["model"])
-    engine = Path(repository) / TRT_MODEL
-    if engine.is_dir():  # built from the ONNX this export replaces: build-trt makes it anew
-        shutil.rmtree(engine)
     with tempfile.TemporaryDirectory(prefix="denoise-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, opset=settings.opset)
@@ -222,4 +220,5 @@ def export_checkpoint(
                 max_batch_size=settings.max_batch_size,
                 python_threads=settings.python_threads,
             )
+        remove_engine_unless_built_from(repository, file_md5(onnx_path))
     return report

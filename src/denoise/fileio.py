@@ -66,10 +66,17 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     try:
         try:
             yield staged
-        except DenoiseError as e:  # name the output, not a hidden folder about to be removed
+        # Errors name the output, not a hidden folder about to be removed.
+        except DenoiseError as e:
             if str(staged) not in str(e):
                 raise
             raise DenoiseError(str(e).replace(str(staged), str(target))) from None
+        except OSError as e:  # as write_errors_named around this will report it
+            for attr in ("filename", "filename2"):
+                name = getattr(e, attr)
+                if isinstance(name, str) and str(staged) in name:
+                    setattr(e, attr, name.replace(str(staged), str(target)))
+            raise
         try:
             if target.is_dir() and not target.is_symlink():
                 os.replace(target, aside)  # deleted with ``tmp`` below

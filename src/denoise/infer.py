@@ -603,18 +603,22 @@ def denoise_files(
             check_writable_type(src)  # the output keeps its type; before the work
             if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
-            photo = read_photo(src)
+            photo = None
             try:
+                photo = read_photo(src)
                 out = denoise_image(
                     photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many
                 )
+                write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
             except MemoryError:  # the photo's own buffers (the tile's fail as a DenoiseError)
-                h, w = photo.rgb.shape[:2]
+                size = "this photo"
+                if photo is not None:
+                    h, w = photo.rgb.shape[:2]
+                    size = f"a {w}x{h} photo ({w * h / 1e6:.0f} MP)"
                 raise DenoiseError(
-                    f"{src}: not enough memory for a {w}x{h} photo ({w * h / 1e6:.0f} MP): "
-                    "besides the network's tiles it needs about 20 bytes per pixel"
+                    f"{src}: not enough memory for {size}: besides the network's tiles a "
+                    "photo needs about 20 bytes per pixel"
                 ) from None
-            write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
         except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
             if on_error is None:
                 raise

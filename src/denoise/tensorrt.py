@@ -41,8 +41,10 @@ from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
     OUTPUT_NAME,
+    SOURCE_ONNX_KEY,
     TRT_MODEL,
     config_parameter,
+    file_md5,
     model_config,
     onnx_pad_multiple,
     reference_onnx,
@@ -322,7 +324,7 @@ def _build_check_publish(
             platform="tensorrt_plan",
             max_batch_size=settings.max_shape[0],
             instance_kind="KIND_GPU",
-            parameters={PAD_MULTIPLE_KEY: str(multiple)},
+            parameters={PAD_MULTIPLE_KEY: str(multiple), SOURCE_ONNX_KEY: file_md5(onnx_path)},
         )
         write_model(repository, TRT_MODEL, config, {"model.plan": plan_path})
     report["status"] = "built"

@@ -131,6 +131,8 @@ def history_digest(live_dir: Path, step: int) -> str:
     """
     h = hashlib.sha256()
     for tsv, data in _kept_curves(live_dir, step).items():
+        if data is not None and data.count(b"\n") <= 1:
+            continue  # a header alone: a curve first logged after ``step``, as if not there
         h.update(tsv.relative_to(live_dir).as_posix().encode() + b"\0" + (data or b"") + b"\0")
     for logged, png in _images(live_dir):
         if logged <= step:

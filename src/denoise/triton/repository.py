@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from pathlib import Path
@@ -17,6 +18,8 @@ TRT_MODEL = "denoise_trt"
 # The Triton models the export stage writes from one ONNX file (route -> model name).
 ONNX_ROUTES = {"onnx": ONNX_MODEL, "python": PYTHON_MODEL}
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("python_model.py")
+# The TensorRT engine's config parameter: the MD5 of the ONNX file it was built from.
+SOURCE_ONNX_KEY = "source_onnx_md5"
 
 
 def model_config(
@@ -151,6 +154,28 @@ def reference_onnx(repository: str | Path) -> Path:
         f"{repository}: no {ONNX_MODEL}/1/model.onnx or {PYTHON_MODEL}/1/"
         "model.onnx (run the export-onnx stage first)"
     )
+
+
+def file_md5(path: str | Path) -> str:
+    """The MD5 of a file's bytes (an ONNX file: what a TensorRT engine was built from)."""
+    return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def remove_engine_unless_built_from(repository: str | Path, onnx_md5: str) -> bool:
+    """Remove the TensorRT engine unless its config says it was built from the ONNX file
+    whose MD5 is ``onnx_md5``; True if it was removed. Served beside a new ONNX, an engine
+    of the old one would answer with the old network."""
+    engine = Path(repository) / TRT_MODEL
+    if not engine.is_dir():
+        return False
+    try:
+        built_from = config_parameter((engine / "config.pbtxt").read_text(), SOURCE_ONNX_KEY)
+    except OSError:
+        built_from = None
+    if built_from == onnx_md5:
+        return False
+    shutil.rmtree(engine)
+    return True
 
 
 def exported_model(backend: str, repository: str | Path) -> Path:

@@ -303,13 +303,16 @@ class TritonServer:
 
     def _log_reason(self, *, exited: bool = False) -> str:
         """The server's last error line (a glog ``E...`` line, not the one every start on a
-        machine without a GPU logs); for a server that ``exited``, else its last line that is
-        no glog info or warning: an error before logging starts (a bad argument) comes as
-        plain text after the usage text."""
+        machine without a GPU logs). Else, for a server that ``exited``, its last line that
+        is no glog info or warning: an error before logging starts (a bad argument) comes as
+        plain text after the usage text (whose lines may say "error" too); for one still
+        running, its last line that says "error"."""
         lines = [ln for ln in self._log if ln.strip() and _HARMLESS not in ln]
         errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln)]
         if not errors and exited:
             errors = [ln for ln in lines if not re.match(r"^[IW]\d{4} ", ln)]
+        if not errors:
+            errors = [ln for ln in lines if "error" in ln.lower()]
         if not errors:
             return "no error in the server log"
         return re.sub(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ", "", errors[-1]).strip()
