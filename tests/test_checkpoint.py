@@ -120,6 +120,27 @@ def test_a_corrupt_file_is_refused_without_unsafe_advice(tmp_path: Path) -> None
     assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
 
 
+class _RunsCodeWhenUnpickled:
+    """What a malicious checkpoint holds: unpickling it calls a function of its choosing (here
+    one that leaves a file behind, so the test can see whether it ran)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "downloaded.pt"
+    params = tiny_model("dncnn").state_dict()
+    torch.save({"model": "dncnn", "params": params, "extra": _RunsCodeWhenUnpickled(marker)}, path)
+    with pytest.raises(DenoiseError, match=r"not a checkpoint that loads safely"):
+        read_checkpoint(path)
+    assert not marker.exists()  # weights_only=True: the function was never called
+
+
 def test_a_grey_release_is_refused_in_one_line(tmp_path: Path) -> None:
     """KAIR's dncnn_25.pth and dncnn_gray_blind.pth are 1-channel: not for RGB photos."""
     path = tmp_path / "dncnn_gray_blind.pth"

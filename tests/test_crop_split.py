@@ -328,6 +328,9 @@ def test_grey_and_16bit_are_converted_and_logged(
     for f in (GT_NAME, NOISY_NAME):  # test images are written as 8-bit RGB
         img = cv2.imread(str(tmp_path / "split" / "test" / test_name / f), cv2.IMREAD_UNCHANGED)
         assert img.dtype == np.uint8 and img.shape == (20, 28, 3)
+        # each the converted pixels of its own source file (not the pair's other image)
+        source = raw / "Data" / test_name / f
+        np.testing.assert_array_equal(img[..., ::-1], read_rgb8(source))
 
 
 # --- the stage script ----------------------------------------------------------------------

@@ -7,6 +7,7 @@ A module missing from a stage's ``deps`` means an edit to it does not re-run the
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,10 @@ def _module_file(name: str) -> Path | None:
 
 
 def _imported_modules(path: Path) -> set[str]:
-    """Absolute imports anywhere in the file (function-level ones too), as dotted names."""
+    """Absolute imports anywhere in the file (function-level ones too), as dotted names, with
+    their parent packages (whose ``__init__`` runs first). Modules imported by a name in a
+    string (``infer``'s backends for a ``--backend`` the stage may not use) are not followed:
+    a stage that opens one lists it by hand."""
     names: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -48,11 +52,25 @@ def _imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             # ``from denoise.data import synthetic_camera`` imports a module by attribute name.
             names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    names |= {".".join(n.split(".")[:i]) for n in names for i in range(1, n.count(".") + 1)}
     return {n for n in names if n.split(".")[0] in ("denoise", "common")}
 
 
+def _sibling_files(path: Path) -> set[Path]:
+    """Python files beside ``path`` that it names as data (``Path(__file__).with_name(
+    "python_model.py")``: a template copied into the Triton repository)."""
+    return {
+        path.with_name(node.value)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and re.fullmatch(r"\w+\.py", node.value)
+        and path.with_name(node.value).is_file()
+    }
+
+
 def import_closure(script: Path) -> set[str]:
-    """Repository-relative paths of the script and every project module it reaches."""
+    """Repository-relative paths of the script and every project file it reaches."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
@@ -61,6 +79,7 @@ def import_closure(script: Path) -> set[str]:
             continue
         seen.add(path)
         todo += [f for f in map(_module_file, _imported_modules(path)) if f is not None]
+        todo += _sibling_files(path)
     return {p.relative_to(REPO).as_posix() for p in seen}
 
 
@@ -82,3 +101,27 @@ def test_the_closure_follows_function_level_imports() -> None:
     # still reach them.
     closure = import_closure(REPO / "stages" / "triton_smoke.py")
     assert "src/denoise/data/sidd_layout.py" in closure and "src/denoise/metrics.py" in closure
+
+
+def test_the_closure_follows_packages_and_templates() -> None:
+    closure = import_closure(REPO / "stages" / "evaluate.py")
+    assert "src/denoise/fused/__init__.py" in closure  # a package's __init__ runs first
+    export = import_closure(REPO / "stages" / "export_onnx.py")
+    assert "src/denoise/triton/python_model.py" in export  # copied into the repository
+
+
+def test_python_bytecode_is_no_change_to_a_dependency() -> None:
+    """Any import with PYTHONDONTWRITEBYTECODE unset writes __pycache__ into the folders that
+    are dependencies; DVC must not count it, or every stage after them would re-run."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        for path in (
+            "src/denoise/models/__pycache__/nafnet.cpython-311.pyc",
+            "src/denoise/training/__pycache__",
+            "src/denoise/fused/x.pyc",
+        ):
+            assert repo.dvcignore.is_ignored(repo.fs, repo.fs.join(repo.root_dir, path)), path
+        assert not repo.dvcignore.is_ignored(
+            repo.fs, repo.fs.join(repo.root_dir, "src/denoise/models/nafnet.py")
+        )

@@ -26,7 +26,7 @@ from denoise.evaluate import (
     tune_nlm,
 )
 from denoise.fileio import write_rgb8
-from denoise.infer import TorchBackend, denoise_image
+from denoise.infer import TorchBackend, denoise_image, open_backend
 from denoise.metrics import psnr
 from denoise.models.registry import build_model
 
@@ -170,6 +170,13 @@ def test_evaluate_writes_metrics_and_plots(tmp_path: Path, split: Path) -> None:
         assert 0 < entry["ssim"] <= 1
     iso_low = summary["methods"]["noisy"]["by_iso"]["ISO<400"]["psnr"]
     assert iso_low == pytest.approx(psnr(*pairs[0]), abs=1e-4)
+    scored = {}
+    for name, ckpt in ckpts.items():  # each column is its own network's output, tiled
+        backend = open_backend("torch", ckpt)
+        outputs = [denoise_image(n, backend, tile=32, overlap=8) for n, _ in pairs]
+        scored[name] = np.mean([psnr(o, c) for o, (_, c) in zip(outputs, pairs, strict=True)])
+        assert summary["methods"][name]["psnr"] == pytest.approx(scored[name], abs=1e-4)
+    assert abs(scored["dncnn"] - scored["nafnet"]) > 1e-3  # a swap of the two would show
 
     speed = json.loads((out / "speed.json").read_text())
     assert set(speed["seconds_per_megapixel"]) == {"nlm", "dncnn", "nafnet"}

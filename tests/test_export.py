@@ -140,6 +140,23 @@ def test_parity_catches_a_shape_frozen_at_trace_time(tmp_path: Path) -> None:
     assert diffs["17x23"] == pytest.approx(1.0)
 
 
+class EdgeBakedAtTrace(nn.Module):
+    """Adds 1 to the last column of inputs wider than 40 px: an error at the edge only."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] <= 40:
+            return x
+        return torch.cat([x[..., :-1], x[..., -1:] + 1.0], dim=-1)
+
+
+def test_parity_is_the_worst_pixel_not_an_average(tmp_path: Path) -> None:
+    path = tmp_path / "edge.onnx"
+    with pytest.warns(torch.jit.TracerWarning):
+        export_onnx(EdgeBakedAtTrace(), path, sample_hw=(64, 64))
+    diffs = parity(EdgeBakedAtTrace(), path, [(17, 23)], batch=2)
+    assert diffs["17x23"] == pytest.approx(1.0)  # one column in 23: a mean would say 0.04
+
+
 def test_checker_and_layernorm_requirement(tmp_path: Path) -> None:
     _, dncnn = tiny_checkpoint(tmp_path, "dncnn")
     path = tmp_path / "dncnn.onnx"

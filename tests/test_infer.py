@@ -194,17 +194,18 @@ def test_tiles_reach_a_padding_network_reflect_padded_to_its_multiple() -> None:
             self.batches.append(batch)
             return super().__call__(batch)
 
-    img = np.random.default_rng(4).integers(0, 256, (21, 37, 3), dtype=np.uint8)
+    # 11 rows and 8 columns short of the multiple: height and width are padded each their own
+    img = np.random.default_rng(4).integers(0, 256, (21, 40, 3), dtype=np.uint8)
     backend = PaddingRecorder()
     out = denoise_image(img, backend, tile=0, overlap=0)
     np.testing.assert_array_equal(out, img)  # the padding is cropped away again
     assert backend.shapes == [(1, 3, 32, 48)]
     (x,) = backend.batches
-    np.testing.assert_array_equal(x[..., 21:, :37], x[..., 19:8:-1, :37])  # mirrored rows
-    np.testing.assert_array_equal(x[..., :21, 37:], x[..., :21, 35:24:-1])  # mirrored columns
+    np.testing.assert_array_equal(x[..., 21:, :40], x[..., 19:8:-1, :40])  # mirrored rows
+    np.testing.assert_array_equal(x[..., :21, 40:], x[..., :21, 38:30:-1])  # mirrored columns
     plain = Recorder()
     denoise_image(img, plain, tile=0, overlap=0)
-    assert plain.shapes == [(1, 3, 21, 37)]  # a network that pads nothing gets the image as is
+    assert plain.shapes == [(1, 3, 21, 40)]  # a network that pads nothing gets the image as is
 
 
 def test_padding_multiple_follows_the_network_into_onnx(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from denoise.metrics import psnr, psnr_batch, ssim, to_uint8
+from denoise.metrics import psnr, psnr_batch, ssim, to_batch, to_uint8
 
 
 @pytest.fixture
@@ -44,6 +44,12 @@ def test_an_image_smaller_than_the_ssim_window_is_refused_with_its_size() -> Non
         ssim(small, small)
     smallest = np.zeros((11, 11, 3), np.uint8)
     assert ssim(smallest, smallest) == pytest.approx(1.0)
+
+
+def test_a_uint8_image_becomes_the_batch_backends_take() -> None:
+    batch = to_batch(np.array([[[0, 128, 255]]], np.uint8))
+    assert batch.shape == (1, 3, 1, 1) and batch.dtype == np.float32
+    assert batch.ravel().tolist() == [0.0, np.float32(128 / 255), 1.0]
 
 
 def test_scores_are_on_clamped_quantised_output() -> None:

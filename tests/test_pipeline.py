@@ -31,7 +31,8 @@ DEPLOY_STAGES = {"export-onnx", "build-trt", "triton-smoke"}
 pytestmark = pytest.mark.slow
 
 
-def _run(cmd: list[str], cwd: Path) -> str:
+def _run(cmd: list[str], cwd: Path, *, fails: bool = False) -> str:
+    """``cmd``'s output; a failure fails the test, or, with ``fails``, success does."""
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -42,8 +43,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
         GIT_COMMITTER_EMAIL="t@localhost",
     )
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    if (proc.returncode != 0) != fails:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout + proc.stderr
 
 
@@ -147,3 +148,24 @@ def test_a_queued_sweep_runs_one_experiment_per_value(workdir: Path) -> None:
     assert len(columns) == 1, list(rows[0])
     psnrs = {done[str(float(r))][columns[0]] for r in rates}
     assert len(psnrs) == 2 and all(p for p in psnrs), psnrs
+
+
+def test_a_failed_export_leaves_the_served_models_in_place(workdir: Path) -> None:
+    """DVC deletes a stage's outputs before it runs, unless they persist: a parity check that
+    fails must not leave `denoise serve` with nothing to serve."""
+    repo = workdir / "model_repository"
+    before = {p: p.read_bytes() for p in sorted(repo.glob("denoise_*/**/*")) if p.is_file()}
+    assert any(p.name == "model.onnx" for p in before)
+    params_file = workdir / "params.yaml"
+    kept = params_file.read_text()
+    params = yaml.safe_load(kept)
+    params["export"]["tolerance"] = 0.0  # no export's ONNX matches PyTorch to the last bit
+    params["model"] = "dncnn" if params["model"] == "nafnet" else "nafnet"
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        out = _run(["dvc", "repro", "export-onnx"], workdir, fails=True)
+    finally:
+        params_file.write_text(kept)
+    assert "differs from PyTorch" in out, out
+    after = {p: p.read_bytes() for p in sorted(repo.glob("denoise_*/**/*")) if p.is_file()}
+    assert after == before

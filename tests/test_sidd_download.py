@@ -336,6 +336,30 @@ def test_a_resume_from_an_earlier_byte_keeps_the_partial(
     assert dest.read_bytes() == archive.data
 
 
+def test_a_resume_from_a_later_byte_restarts_from_the_first(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    """A 206 that starts after the asked-for byte would leave a hole: the partial is dropped
+    and the next request asks for the whole file."""
+    server.cut_next, server.resume_back = 1, -100
+    with pytest.raises(DenoiseError, match="interrupted"):
+        _fetch(server, tmp_path, md5=archive.md5, retries=0)
+    dest = _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    assert server.requests == [None, f"bytes={len(archive.data) // 2}-", None]
+    assert dest.read_bytes() == archive.data
+
+
+def test_a_partial_longer_than_the_archive_is_started_over(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    part = tmp_path / "downloads" / f"{ROOT}.zip.part"
+    part.parent.mkdir()
+    part.write_bytes(b"x" * (len(archive.data) + 10))  # not a prefix of the expected file
+    dest = _fetch(server, tmp_path, md5=archive.md5)
+    assert server.requests == [None]  # no range request for bytes past the end
+    assert dest.read_bytes() == archive.data
+
+
 def test_a_range_served_in_whole_chunked_blocks_is_resumed_block_by_block(
     server: Server, archive: Archive, tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import itertools
 import os
 import shutil
@@ -18,14 +19,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+import denoise.train as train_module
 from denoise.checkpoint import load_model, read_checkpoint
-from denoise.data.patch_store import read_patch_store, write_patch_store
+from denoise.data.patch_store import RandomCropDataset, read_patch_store, write_patch_store
 from denoise.errors import DenoiseError
 from denoise.train import train_model
 from denoise.training import distributed, resume, tracking
 from denoise.training.config import TrainConfig
 from denoise.training.recipe import LOSSES
-from denoise.training.sampling import IterationBatchSampler
+from denoise.training.sampling import EpochIndexed, IterationBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_ARCH = {
@@ -189,6 +191,49 @@ def test_interrupted_run_resumes_bit_identically(
             assert (resumed_live / rel).read_bytes() == (straight_live / rel).read_bytes(), rel
 
 
+REAL_VALIDATE = train_module.validate
+
+
+def _scripted_validation(monkeypatch: pytest.MonkeyPatch, psnrs: list[float]) -> None:
+    """Validations that score ``psnrs`` in turn (the rest of each one as measured)."""
+    scores = iter(psnrs)
+
+    def scripted(*args, **kwargs):
+        return dataclasses.replace(REAL_VALIDATE(*args, **kwargs), psnr=next(scores))
+
+    monkeypatch.setattr(train_module, "validate", scripted)
+
+
+def test_the_best_validation_is_kept_not_the_last_also_across_a_resume(
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12-iteration run's validation PSNR rises throughout, so the last is also the best:
+    here the best (iteration 8) comes before the last, and before an interruption."""
+    cfg = _cfg("dncnn")  # validations at 4, 8 and 12; resume states at 4 and 8
+    _scripted_validation(monkeypatch, [30.0, 32.0, 31.0])
+    straight = _run(cfg, split, tmp_path / "straight")
+    assert (straight["meta"]["iteration"], straight["meta"]["val_psnr"]) == (8, 32.0)
+
+    real_log = tracking.Tracker.log
+
+    def crash_after_10(self, step, *args, **kwargs):
+        if step > 10:
+            raise KeyboardInterrupt
+        return real_log(self, step, *args, **kwargs)
+
+    work = tmp_path / "interrupted"
+    _scripted_validation(monkeypatch, [30.0, 32.0, 31.0])
+    monkeypatch.setattr(tracking.Tracker, "log", crash_after_10)
+    with pytest.raises(KeyboardInterrupt):
+        _run(cfg, split, work)
+    _scripted_validation(monkeypatch, [31.0])  # the resumed run validates at 12 only
+    monkeypatch.setattr(tracking.Tracker, "log", real_log)
+    resumed = _run(cfg, split, work)
+    assert resumed["meta"] == straight["meta"]
+    for k, v in straight["params"].items():
+        assert torch.equal(resumed["params"][k], v), k
+
+
 @pytest.mark.parametrize("change", ["params", "code", "data", "history", "no history"])
 def test_resume_state_from_other_params_code_or_data_is_ignored(
     split: Path,
@@ -297,6 +342,16 @@ def test_batches_depend_only_on_seed_and_iteration() -> None:
     ranks = [IterationBatchSampler(10, 4, seed=3, rank=r, world=2).batch(2) for r in range(2)]
     assert ranks[0] + ranks[1] == batches[2]
     assert IterationBatchSampler(10, 4, seed=4).batch(0) != batches[0]
+    # The permutation changes from one epoch to the next (not the same order forever).
+    assert [i for e, i in stream if e == 1] != [i for e, i in stream if e == 0]
+
+
+def test_each_epoch_draws_new_crops_and_flips_of_a_patch(split: Path) -> None:
+    """Training fetches (epoch, index): the same patch in another epoch is another crop."""
+    items = EpochIndexed(RandomCropDataset(split / "train", 12, augment=True, seed=0))
+    first, again, later = items[(0, 3)], items[(0, 3)], items[(1, 3)]
+    assert torch.equal(first[0], again[0])  # a pure function of (seed, epoch, index)
+    assert not torch.equal(first[0], later[0])
 
 
 def test_config_from_params_merges_and_rejects_typos() -> None:
