@@ -123,6 +123,24 @@ def test_writes_best_weights_and_dvclive_history(split: Path, tmp_path: Path) ->
     assert isinstance(model, torch.nn.Module)
 
 
+REAL_LOG = tracking.Tracker.log
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """A Ctrl-C at the first point logged after iteration ``step`` (until _resume_logging)."""
+
+    def log(self, at, *args, **kwargs):
+        if at > step:
+            raise KeyboardInterrupt
+        return REAL_LOG(self, at, *args, **kwargs)
+
+    monkeypatch.setattr(tracking.Tracker, "log", log)
+
+
+def _resume_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking.Tracker, "log", REAL_LOG)
+
+
 @pytest.mark.parametrize(
     ("model", "log_every", "torn", "val_every"),
     # log_every 3: the resume state at 8 falls between the loss points at 6 and 9. torn: the
@@ -150,15 +168,8 @@ def test_interrupted_run_resumes_bit_identically(
     cfg = _cfg(model, log_every=log_every, val_every=val_every)
     reference = _run(cfg, split, tmp_path / "straight")
 
-    real_log = tracking.Tracker.log
-
-    def crash_after_10(self, step, *args, **kwargs):
-        if step > 10:
-            raise KeyboardInterrupt  # a Ctrl-C two iterations after the resume state at 8
-        return real_log(self, step, *args, **kwargs)
-
     work = tmp_path / "interrupted"
-    monkeypatch.setattr(tracking.Tracker, "log", crash_after_10)
+    _interrupt_after(monkeypatch, 10)  # two iterations after the resume state at 8
     with pytest.raises(KeyboardInterrupt):
         _run(cfg, split, work)
     assert not (work / "model.pt").exists()
@@ -166,7 +177,7 @@ def test_interrupted_run_resumes_bit_identically(
     for name in ("metrics.json", "params.yaml") if torn else ():
         path = work / "live" / name  # "empty": DVCLive had opened it for writing, no more
         path.write_bytes(path.read_bytes()[:40] + b"\x00\x00{" if torn == "cut" else b"")
-    monkeypatch.setattr(tracking.Tracker, "log", real_log)
+    _resume_logging(monkeypatch)
     capsys.readouterr()
     resumed = _run(cfg, split, work)
     assert "resuming nafnet from iteration 8" in capsys.readouterr().out.replace("dncnn", "nafnet")
@@ -214,20 +225,13 @@ def test_the_best_validation_is_kept_not_the_last_also_across_a_resume(
     straight = _run(cfg, split, tmp_path / "straight")
     assert (straight["meta"]["iteration"], straight["meta"]["val_psnr"]) == (8, 32.0)
 
-    real_log = tracking.Tracker.log
-
-    def crash_after_10(self, step, *args, **kwargs):
-        if step > 10:
-            raise KeyboardInterrupt
-        return real_log(self, step, *args, **kwargs)
-
     work = tmp_path / "interrupted"
     _scripted_validation(monkeypatch, [30.0, 32.0, 31.0])
-    monkeypatch.setattr(tracking.Tracker, "log", crash_after_10)
+    _interrupt_after(monkeypatch, 10)
     with pytest.raises(KeyboardInterrupt):
         _run(cfg, split, work)
     _scripted_validation(monkeypatch, [31.0])  # the resumed run validates at 12 only
-    monkeypatch.setattr(tracking.Tracker, "log", real_log)
+    _resume_logging(monkeypatch)
     resumed = _run(cfg, split, work)
     assert resumed["meta"] == straight["meta"]
     for k, v in straight["params"].items():
@@ -242,14 +246,7 @@ def test_resume_state_from_other_params_code_or_data_is_ignored(
     capsys: pytest.CaptureFixture,
     change: str,
 ) -> None:
-    real_log = tracking.Tracker.log
-
-    def crash(self, step, *args, **kwargs):
-        if step > 5:
-            raise KeyboardInterrupt
-        return real_log(self, step, *args, **kwargs)
-
-    monkeypatch.setattr(tracking.Tracker, "log", crash)
+    _interrupt_after(monkeypatch, 5)
     with pytest.raises(KeyboardInterrupt):
         _run(_cfg(iters=6), split, tmp_path)
     monkeypatch.undo()
