@@ -130,8 +130,12 @@ def test_grey_and_16bit_are_converted_explicitly(tmp_path: Path) -> None:
     out = read_rgb8(tmp_path / "g.png")
     assert out.shape == (3, 4, 3) and (out == 77).all()
     deep = np.full((3, 4, 3), 257 * 10, np.uint16)
+    deep[0, 0] = 257 * 10 + 129  # 10.50: rounds up, where truncating would keep 10
+    deep[0, 1] = 257 * 10 + 128  # 10.498: rounds down
     cv2.imwrite(str(tmp_path / "d.png"), deep)
-    assert (read_rgb8(tmp_path / "d.png") == 10).all()
+    eight = read_rgb8(tmp_path / "d.png")
+    assert eight[0, 0].tolist() == [11] * 3 and eight[0, 1].tolist() == [10] * 3
+    assert (eight[1:] == 10).all()
     with pytest.raises(DenoiseError, match=r"d\.png: 16-bit"):
         read_rgb8(tmp_path / "d.png", allow_convert=False)
 

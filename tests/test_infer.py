@@ -21,7 +21,7 @@ from denoise.checkpoint import save_checkpoint
 from denoise.cpu_compile import cpu_compile_options
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
-from denoise.fileio import read_image, write_image
+from denoise.fileio import read_image, read_photo, write_image
 from denoise.infer import (
     BACKENDS,
     OnnxRuntimeBackend,
@@ -596,6 +596,45 @@ def test_a_photo_too_big_for_memory_is_skipped_by_name(
         f"{tmp_path / 'huge.png'}: not enough memory for a 40x30 photo (0 MP): besides the "
         "network's tiles a photo needs about 20 bytes per pixel"
     ]
+
+
+def test_a_16bit_photo_is_refused_where_the_network_would_keep_fewer_bits(tmp_path: Path) -> None:
+    """Cast to bf16 (CPU's default for --precision bf16), the input and the global residual keep
+    8 significant bits: a 16-bit photo would come back with about 128 levels per octave, still
+    written as 16-bit. Under autocast the input stays FP32, as in the default fp32."""
+    deep = (np.arange(16 * 16 * 3, dtype=np.uint16).reshape(16, 16, 3) * 85).astype(np.uint16)
+    write_image(tmp_path / "deep.png", deep)
+    write_image(tmp_path / "eight.png", (deep // 257).astype(np.uint8))
+    model = tiny_model("dncnn", scale=0.05)
+    errors: list[str] = []
+    written = denoise_files(
+        [tmp_path / "deep.png", tmp_path / "eight.png"], TorchBackend(model, precision="bf16"),
+        tile=0, overlap=0, out_dir=tmp_path / "bf16", progress=False,
+        on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [tmp_path / "bf16" / "eight_denoised.png"]
+    assert errors == [
+        f"{tmp_path / 'deep.png'}: a 16-bit photo would keep only 8 bits through the network "
+        "in bf16; denoise it in fp32 (the default)"
+    ]
+    for backend in (TorchBackend(model), TorchBackend(model, precision="bf16", amp=True)):
+        assert backend.input_bits == 24
+        out = denoise_files(
+            [tmp_path / "deep.png"], backend, tile=0, overlap=0, out_dir=tmp_path / "ok",
+            overwrite=True, progress=False,
+        )  # fmt: skip
+        assert read_photo(out[0]).rgb.dtype == np.uint16
+    assert TorchBackend(model, precision="fp16").input_bits == 11
+
+
+def test_a_failure_that_is_no_lack_of_memory_gets_no_tile_advice() -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("a kernel failed")
+
+    with pytest.raises(DenoiseError) as e:
+        TorchBackend(Broken())(np.zeros((1, 3, 8, 8), np.float32))
+    assert str(e.value) == "torch: inference on a (1, 3, 8, 8) batch failed (a kernel failed)"
 
 
 def test_each_output_and_each_failure_is_reported_as_it_happens(tmp_path: Path) -> None:

@@ -69,5 +69,22 @@ def test_batch_psnr_equals_per_image_psnr(pair) -> None:
     assert got[1].item() == pytest.approx(psnr(clean, noisy), abs=1e-6)
 
 
+def test_batch_psnr_quantises_both_images_as_psnr_does() -> None:
+    """Values off the 1/255 grid (a network's output; a target, too, if ever given one): both
+    are clamped and rounded to uint8 before they are compared."""
+    gen = torch.Generator().manual_seed(2)
+    pred, target = (torch.rand(2, 3, 8, 8, generator=gen) * 1.2 - 0.1 for _ in range(2))
+    got = psnr_batch(pred, target)
+    for i in range(2):
+        want = psnr(to_uint8(pred[i]), to_uint8(target[i]))
+        assert got[i].item() == pytest.approx(want, abs=1e-6)
+
+
+def test_psnr_refuses_float_images(pair) -> None:
+    noisy, clean = pair
+    with pytest.raises(ValueError, match="expected uint8 images"):
+        psnr(noisy.astype(np.float32) / 255, clean.astype(np.float32) / 255)
+
+
 def test_identical_images_have_infinite_psnr(pair) -> None:
     assert psnr(pair[1], pair[1]) == float("inf")

@@ -52,3 +52,13 @@ def test_int8_model_quantises_inner_convs_and_stays_close(tmp_path: Path, static
     ref, out = _run(fp32, x), _run(int8, x)
     assert out.shape == ref.shape and not np.array_equal(out, ref)  # really a different model
     assert psnr(to_uint8(out[0].transpose(1, 2, 0)), to_uint8(ref[0].transpose(1, 2, 0))) > 35
+
+
+def test_a_network_of_two_convolutions_keeps_both_in_fp32(tmp_path: Path) -> None:
+    """Both of them face the image: nothing is left to quantise, and nothing is."""
+    fp32 = tmp_path / "model.onnx"
+    export_onnx(tiny_model("dncnn", config={"nb": 2, "nc": 8, "batch_norm": False}), fp32)
+    rng = np.random.default_rng(0)
+    int8 = tmp_path / "int8.onnx"
+    quantize_int8(fp32, int8, calibration=[rng.random((1, 3, 16, 16), dtype=np.float32)])
+    assert _conv_inputs_quantised(int8) == [False, False]

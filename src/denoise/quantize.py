@@ -32,7 +32,7 @@ def quantize_int8(
         for n in onnx.load(str(src), load_external_data=False).graph.node
         if n.op_type == "Conv"
     ]
-    exclude = [convs[0], convs[-1]] if len(convs) > 2 else []
+    exclude = sorted({convs[0], convs[-1]}) if convs else []  # the image in and out: FP32
     with tempfile.TemporaryDirectory(prefix="denoise-quant-") as tmp:
         prepped = Path(tmp) / "prepped.onnx"
         q.quant_pre_process(str(src), str(prepped), skip_symbolic_shape=True)
