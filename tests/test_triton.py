@@ -737,6 +737,7 @@ def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
     report = smoke_test(repository, tmp_path / "test", metrics, settings)
     assert json.loads(metrics.read_text()) == report
     assert report["images"] == 2 and report["server"]["bundled"]
+    assert report["server"]["binary"] == "tritonserver of nvidia-pytriton 0.7.0"  # no path
     for protocol in ("http", "grpc"):
         m = report["models"][PYTHON_MODEL][protocol]
         assert m["max_abs_diff_vs_onnxruntime"] <= 1e-5
