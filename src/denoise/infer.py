@@ -569,6 +569,34 @@ def check_out_dir(out_dir: Path) -> None:
         raise DenoiseError(f"{out_dir}: output folder is not writable ({existing})")
 
 
+def _denoise_file(
+    src: Path, dst: Path, backend: Backend, *, tile: int, overlap: int, progress: bool
+) -> None:
+    """Read ``src``, denoise it and write ``dst``: :func:`denoise_files`' work on one photo,
+    its checks of the paths done."""
+    photo = None
+    try:
+        photo = read_photo(src)
+        bits = getattr(backend, "input_bits", 24)
+        if photo.rgb.dtype == np.uint16 and bits < 16:
+            raise DenoiseError(
+                f"{src}: a 16-bit photo would keep only {bits} bits through the network in "
+                f"{getattr(backend, 'precision', 'reduced precision')}; denoise it in fp32 "
+                "(the default)"
+            )
+        out = denoise_image(photo.rgb, backend, tile=tile, overlap=overlap, progress=progress)
+        write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
+    except MemoryError:  # the photo's own buffers (the tile's fail as a DenoiseError)
+        size = "this photo"
+        if photo is not None:
+            h, w = photo.rgb.shape[:2]
+            size = f"a {w}x{h} photo ({w * h / 1e6:.0f} MP)"
+        raise DenoiseError(
+            f"{src}: not enough memory for {size}: besides the network's tiles a photo needs "
+            "about 20 bytes per pixel"
+        ) from None
+
+
 def denoise_files(
     inputs: Sequence[str | Path],
     backend: Backend,
@@ -616,29 +644,9 @@ def denoise_files(
             check_writable_type(src)  # the output keeps its type; before the work
             if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
-            photo = None
-            try:
-                photo = read_photo(src)
-                bits = getattr(backend, "input_bits", 24)
-                if photo.rgb.dtype == np.uint16 and bits < 16:
-                    raise DenoiseError(
-                        f"{src}: a 16-bit photo would keep only {bits} bits through the "
-                        f"network in {getattr(backend, 'precision', 'reduced precision')}; "
-                        "denoise it in fp32 (the default)"
-                    )
-                out = denoise_image(
-                    photo.rgb, backend, tile=tile, overlap=overlap, progress=progress and not many
-                )
-                write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
-            except MemoryError:  # the photo's own buffers (the tile's fail as a DenoiseError)
-                size = "this photo"
-                if photo is not None:
-                    h, w = photo.rgb.shape[:2]
-                    size = f"a {w}x{h} photo ({w * h / 1e6:.0f} MP)"
-                raise DenoiseError(
-                    f"{src}: not enough memory for {size}: besides the network's tiles a "
-                    "photo needs about 20 bytes per pixel"
-                ) from None
+            _denoise_file(
+                src, dst, backend, tile=tile, overlap=overlap, progress=progress and not many
+            )
         except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
             if on_error is None:
                 raise
