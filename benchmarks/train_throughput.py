@@ -26,10 +26,10 @@ from common import load_params  # noqa: E402
 
 from denoise.data.patch_store import RandomCropDataset  # noqa: E402
 from denoise.models.registry import build_model  # noqa: E402
-from denoise.train import amp_context, amp_precision, grad_scaler, optimizer_step  # noqa: E402
 from denoise.training.config import TrainConfig  # noqa: E402
 from denoise.training.distributed import pick_device  # noqa: E402
-from denoise.training.recipe import LOSSES, build_optimizer  # noqa: E402
+from denoise.training.precision import amp_context, amp_precision, grad_scaler  # noqa: E402
+from denoise.training.recipe import LOSSES, build_optimizer, optimizer_step  # noqa: E402
 from denoise.training.sampling import EpochIndexed, IterationBatchSampler  # noqa: E402
 
 

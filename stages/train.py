@@ -15,16 +15,15 @@ from common import load_params, run_stage
 
 from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
+from denoise.models.registry import model_names
 from denoise.paths import CHECKPOINTS_DIR, DVCLIVE_DIR, SPLIT_DIR
 from denoise.train import train_model
 from denoise.training.config import TrainConfig
 
-MODELS = ("nafnet", "dncnn")
-
 
 def main() -> None:
-    if len(sys.argv) != 2 or sys.argv[1] not in MODELS:
-        raise DenoiseError(f"usage: python stages/train.py {'|'.join(MODELS)}")
+    if len(sys.argv) != 2 or sys.argv[1] not in model_names():
+        raise DenoiseError(f"usage: python stages/train.py {'|'.join(model_names())}")
     name = sys.argv[1]
     cfg = TrainConfig.from_params(load_params()["train"], name)
     result = train_model(

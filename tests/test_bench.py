@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,15 @@ def no_default_test_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     """Without --test-dir the bench takes the pipeline's test split where it exists (this
     repository's own after `dvc repro`): these tests get synthetic pairs wherever they run."""
     monkeypatch.setattr(denoise.bench.inputs, "TEST_DIR", tmp_path / "no-split")
+
+
+@pytest.fixture(autouse=True)
+def threads_left_alone() -> Iterator[None]:
+    """A bench run inside another program leaves torch's thread count as it found it (a
+    `--threads 1` run used to keep every later test in this session on one core)."""
+    before = torch.get_num_threads()
+    yield
+    assert torch.get_num_threads() == before
 
 
 @pytest.fixture(scope="module")

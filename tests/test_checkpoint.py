@@ -120,6 +120,15 @@ def test_a_corrupt_file_is_refused_without_unsafe_advice(tmp_path: Path) -> None
     assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_checkpoint_cut_short_is_named_as_such(tmp_path: Path) -> None:
+    """What a copy interrupted half way leaves (torch's zip reader has its own words for it)."""
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, "dncnn", {"nc": 8, "nb": 3}, DnCNN(nc=8, nb=3).state_dict())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(path))}: not a readable checkpoint"):
+        read_checkpoint(path)
+
+
 class _RunsCodeWhenUnpickled:
     """What a malicious checkpoint holds: unpickling it calls a function of its choosing (here
     one that leaves a file behind, so the test can see whether it ran)."""

@@ -23,7 +23,7 @@ from denoise.data.crop_split import (
     SplitParams,
     build_split,
     count_patches,
-    cut_patches,
+    iter_patches,
     patch_origins,
     split_counts,
     split_instances,
@@ -182,9 +182,9 @@ def test_patch_origins_reject_short_axis() -> None:
         patch_origins(10, 16, 8)
 
 
-def test_cut_patches_cover_every_pixel_and_match_slices() -> None:
+def test_patches_cover_every_pixel_and_match_slices() -> None:
     img = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    patches = cut_patches(img, 16, 12)
+    patches = np.stack(list(iter_patches(img, 16, 12)))
     ys, xs = patch_origins(37, 16, 12), patch_origins(53, 16, 12)
     assert (
         patches.shape

@@ -13,18 +13,11 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from tiny_models import TINY, save_tiny
 
+from denoise.data.pairs import find_pairs, read_pair
 from denoise.data.patch_store import write_patch_store
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
 from denoise.errors import DenoiseError
-from denoise.evaluate import (
-    EvalParams,
-    evaluate,
-    find_pairs,
-    nlm_denoise,
-    read_pair,
-    score_image,
-    tune_nlm,
-)
+from denoise.evaluate import EvalParams, evaluate, nlm_denoise, score_image, tune_nlm
 from denoise.fileio import write_rgb8
 from denoise.infer import TorchBackend, denoise_image, open_backend
 from denoise.metrics import psnr

@@ -32,13 +32,13 @@ from denoise.infer import (
     expand_inputs,
     open_backend,
     output_path,
-    pad_multiple_of,
     register_backend,
     tile_starts,
     tile_weights,
 )
 from denoise.metrics import psnr
 from denoise.model_choice import find_project, resolve_model
+from denoise.padding import pad_multiple_of
 
 
 def make_pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -222,6 +222,17 @@ def test_padding_multiple_follows_the_network_into_onnx(tmp_path: Path) -> None:
     by_torch = denoise_image(img, TorchBackend(nafnet), tile=0, overlap=0)
     by_ort = denoise_image(img, OnnxRuntimeBackend(tmp_path / "nafnet.onnx"), tile=0, overlap=0)
     assert np.abs(by_torch.astype(int) - by_ort).max() <= 1
+
+
+def test_a_missing_or_broken_onnx_file_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(DenoiseError, match=rf"^{tmp_path / 'no.onnx'}: ONNX model not found$"):
+        OnnxRuntimeBackend(tmp_path / "no.onnx")
+    cut = tmp_path / "cut.onnx"
+    export_onnx(tiny_model("dncnn", scale=0.05), cut)
+    cut.write_bytes(cut.read_bytes()[:100])  # a copy interrupted early
+    with pytest.raises(DenoiseError, match=rf"^{cut}: not a loadable ONNX model \(") as e:
+        OnnxRuntimeBackend(cut)
+    assert "\n" not in str(e.value)
 
 
 def test_torch_and_onnxruntime_backends_agree(tmp_path: Path) -> None:
@@ -424,7 +435,9 @@ def test_a_folder_contributes_its_photos_only(tmp_path: Path) -> None:
     assert [p.name for p in found] == ["a.JPG", "b.png"]
 
 
-def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> None:
+def test_denoise_files_skips_clashes_and_unwritable_outputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     img = np.random.default_rng(5).integers(0, 256, (8, 8, 3), dtype=np.uint8)
     for folder in ("a", "b"):
         write_image(tmp_path / folder / "x.png", img)
@@ -454,6 +467,11 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(tmp_path: Path) -> N
         run(a, out="blocked")
     with pytest.raises(DenoiseError, match=r"sub: cannot create the output folder \(.*blocked is"):
         run(a, out="blocked/sub")
+    real_access = os.access  # the tests run as root, for whom every folder is writable
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path and real_access(p, mode))
+    with pytest.raises(DenoiseError, match=rf"new: output folder is not writable \({tmp_path}\)"):
+        run(a, out="new")  # the folder it would create is refused by its writable parent
+    monkeypatch.undo()
     # An output that cannot be written (a folder in its place, kept whole even with
     # --overwrite) is one error naming it, before the photo is denoised, and the run goes on.
     errors.clear()

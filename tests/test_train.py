@@ -330,6 +330,18 @@ def test_non_finite_loss_stops_without_a_model(
     assert not (tmp_path / "model.pt").exists()
 
 
+def test_a_nan_validation_stops_without_a_model(
+    split: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network whose loss is finite but whose outputs are not (NaN in the clamped output):
+    no best-by-val weights to keep, so no model, and the resume state stays for a fix."""
+    _scripted_validation(monkeypatch, [30.0, float("nan")])
+    with pytest.raises(DenoiseError, match=r"validation PSNR is NaN at iteration 8 .*no model"):
+        _run(_cfg("dncnn"), split, tmp_path)
+    assert not (tmp_path / "model.pt").exists()
+    assert (tmp_path / "ckpt" / "last.pt").is_file()
+
+
 def test_batches_depend_only_on_seed_and_iteration() -> None:
     fresh = IterationBatchSampler(10, 4, seed=3)
     batches = [fresh.batch(i) for i in range(5)]
@@ -406,7 +418,7 @@ def test_stage_script_rejects_an_unknown_model() -> None:
         [sys.executable, "stages/train.py", "unet"], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("error: usage: python stages/train.py nafnet|dncnn")
+    assert proc.stderr.startswith("error: usage: python stages/train.py dncnn|nafnet")
 
 
 def _free_port() -> int:
@@ -470,7 +482,7 @@ def read_init(key: str) -> torch.Tensor:
 def test_amp_precision_is_bf16_where_the_gpu_has_it_else_fp16(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from denoise.train import amp_context, amp_precision
+    from denoise.training.precision import amp_context, amp_precision
 
     cuda = torch.device("cuda", 0)  # only the object: nothing runs on it
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
@@ -493,7 +505,7 @@ def test_amp_precision_is_bf16_where_the_gpu_has_it_else_fp16(
 @pytest.mark.parametrize("scaled", [False, True])
 def test_optimizer_step_clips_like_a_plain_step(scaled: bool) -> None:
     """With a loss scale (fp16 AMP) too: the gradients must be unscaled before clipping."""
-    from denoise.train import optimizer_step
+    from denoise.training.recipe import optimizer_step
 
     def step(use_helper: bool) -> torch.Tensor:
         torch.manual_seed(0)

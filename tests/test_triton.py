@@ -30,13 +30,8 @@ from denoise.cli import app
 from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_rgb8, write_rgb8
-from denoise.infer import (
-    PAD_MULTIPLE_KEY,
-    OnnxRuntimeBackend,
-    denoise_image,
-    open_backend,
-    pad_multiple_value,
-)
+from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 from denoise.triton import client as client_module
 from denoise.triton import server as server_module
 from denoise.triton import smoke as smoke_module
@@ -62,7 +57,9 @@ from denoise.triton.server import (
     TritonServer,
     _pytriton_root,
     find_server,
+    free_ports,
     port_in_use,
+    port_problems,
     servable_models,
 )
 from denoise.triton.smoke import SmokeSettings, smoke_test
@@ -71,12 +68,6 @@ from denoise.triton.smoke import SmokeSettings, smoke_test
 def parse_config(text: str) -> model_config_pb2.ModelConfig:
     """Parse config.pbtxt with Triton's own schema (fails on any unknown field)."""
     return text_format.Parse(text, model_config_pb2.ModelConfig())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> SmokeSettings:
@@ -95,6 +86,21 @@ def smoke_settings(http_port: int, grpc_port: int, **overrides: object) -> Smoke
         clients=2,
     )
     return SmokeSettings(**{**base, **overrides})
+
+
+def servers() -> set[int]:
+    """The tritonserver processes this test process started (from any of its threads)."""
+    children = [
+        int(p) for f in Path("/proc/self/task").glob("*/children") for p in f.read_text().split()
+    ]
+    return {pid for pid in children if "tritonserver" in command_line(pid)}
+
+
+def command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:  # exited meanwhile
+        return ""
 
 
 def process_gone(pid: int) -> bool:
@@ -197,6 +203,16 @@ def test_the_python_model_runs_each_shape_of_a_batch_of_requests_once(
     for x, (tensors, error) in zip(inputs, responses, strict=True):
         assert error is None
         assert np.abs(tensors[0].arr - local_onnxruntime(repository, x)).max() <= 1e-5
+    # Pixels outside the network's [0, 1] are refused request by request; the rest are served.
+    good = inputs[0]
+    answers = model.execute([request(good * 255), request(good), request(good * np.nan)])
+    assert [error[0] if error else None for _, error in answers] == [
+        f"{INPUT_NAME}: input values must be in [0, 1] (got {good.min() * 255:g} to "
+        f"{good.max() * 255:g}: 8-bit pixels / 255)",
+        None,
+        f"{INPUT_NAME}: input has NaN or infinite values",
+    ]
+    assert np.abs(answers[1][0][0].arr - local_onnxruntime(repository, good)).max() <= 1e-5
     failed = model.execute([request(np.zeros((1, 4, 8, 8), np.float32))] * 3)
     assert all(not tensors and error[0].startswith("onnxruntime: ") for tensors, error in failed)
     # One error object each: the python backend's stub crashes the server on a shared one.
@@ -276,6 +292,12 @@ def test_servable_models_depend_on_the_server(tmp_path: Path) -> None:
     with pytest.raises(DenoiseError, match=rf"^{re.escape(str(repo))}: no model this tritonserver"):
         servable_models(repo, bundled)
     assert servable_models(repo, full) == [ONNX_MODEL, TRT_MODEL]
+    # A mistyped `denoise serve --repo` is not told to run the export.
+    typo = tmp_path / "rep"
+    with pytest.raises(
+        DenoiseError, match=rf"^{re.escape(str(typo))}: model repository not found$"
+    ):
+        servable_models(typo, full)
 
 
 def test_busy_port_is_refused_before_start(repository: Path) -> None:
@@ -283,7 +305,7 @@ def test_busy_port_is_refused_before_start(repository: Path) -> None:
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        server = TritonServer(repository, [PYTHON_MODEL], http_port=free_port(), grpc_port=port)
+        server = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=port)
         with pytest.raises(
             DenoiseError,
             match=rf"127\.0\.0\.1:{port}: port already in use "
@@ -294,7 +316,7 @@ def test_busy_port_is_refused_before_start(repository: Path) -> None:
 
 
 def test_request_to_a_stopped_server(repository: Path) -> None:
-    port = free_port()
+    (port,) = free_ports(1)
     with pytest.raises(
         DenoiseError,
         match=rf"http://127\.0\.0\.1:{port}: Triton server not "
@@ -309,11 +331,7 @@ def test_request_to_a_stopped_server(repository: Path) -> None:
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[TritonServer]:
     with TritonServer(
-        repository,
-        [PYTHON_MODEL],
-        http_port=free_port(),
-        grpc_port=free_port(),
-        startup_timeout_s=60,
+        repository, [PYTHON_MODEL], http_port=0, grpc_port=0, startup_timeout_s=60
     ) as srv:
         yield srv
 
@@ -338,6 +356,8 @@ def test_served_output_matches_onnxruntime(
         backend(np.zeros((1, 3, 8, 8)))
     with pytest.raises(DenoiseError, match=r"wrong input \(0, 3, 8, 8\) .* N >= 1"):
         backend(np.zeros((0, 3, 8, 8), np.float32))
+    with pytest.raises(DenoiseError, match=r"to denoise_python failed: .*must be in \[0, 1\]"):
+        backend(x * 255)  # refused by the server, in one line
     backend.close()
     default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
     assert default.model_name == PYTHON_MODEL
@@ -584,8 +604,8 @@ def test_a_port_in_time_wait_is_free_to_serve_on() -> None:
 @pytest.mark.parametrize(
     ("ports", "models", "message"),
     [
-        ((99999, 8001), [PYTHON_MODEL], r"http_port and grpc_port must be 1-65535 \(got 99999"),
-        ((0, 8001), [PYTHON_MODEL], "must be 1-65535"),  # 0: any free port, which no client knows
+        ((99999, 8001), [PYTHON_MODEL], r"must be 1-65535, or 0 for any free port \(got 99999"),
+        ((-1, 8001), [PYTHON_MODEL], r"must be 1-65535, or 0 for any free port \(got -1"),
         ((8000, 8000), [PYTHON_MODEL], r"must differ \(both 8000\)"),
         ((8000, 8001), ["../elsewhere"], r"'\.\./elsewhere': not a model name"),
     ],
@@ -597,6 +617,33 @@ def test_bad_ports_and_model_names_are_refused_before_a_start(
     a minute's wait, or a copy outside the private repository."""
     with pytest.raises(DenoiseError, match=message):
         TritonServer(repository, models, http_port=ports[0], grpc_port=ports[1])
+
+
+def test_ports_of_the_kernels_choosing_are_distinct_and_free() -> None:
+    assert port_problems(0, 0) == [] and port_problems(0, 8001) == []
+    http, grpc = free_ports(2)
+    assert http != grpc and not port_in_use(http) and not port_in_use(grpc)
+
+
+def test_a_free_port_taken_before_the_server_binds_it_costs_a_retry(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two experiments of a parallel queue may be given the same free port: the one whose
+    server then fails to bind it starts again on others, and says nothing of it."""
+    real = server_module.free_ports
+    (grpc,) = real(1)
+    with socket.socket() as busy:
+        busy.bind((HOST, 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        picks = [[taken]]  # the first try gets the busy port
+        monkeypatch.setattr(
+            server_module, "free_ports", lambda n: picks.pop() if picks else real(n)
+        )
+        with TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=grpc) as srv:
+            assert srv.http_port not in (0, taken) and srv.grpc_port == grpc
+            assert not picks  # the busy port was tried first
+            assert TritonBackend(srv.http_url, "http", PYTHON_MODEL).max_batch_size >= 1
 
 
 def test_a_model_named_twice_is_served_once(repository: Path) -> None:
@@ -620,9 +667,10 @@ def test_the_reason_given_is_the_servers_error_not_its_routine_lines(repository:
 
 
 def test_stop_kills_the_group_and_frees_the_ports(repository: Path) -> None:
-    srv = TritonServer(repository, [PYTHON_MODEL], http_port=free_port(), grpc_port=free_port())
+    srv = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=0)
     with srv:
         pid = srv.process.pid
+        assert 0 not in (srv.http_port, srv.grpc_port)  # the ports the kernel chose
         assert srv.start_s is not None and srv.start_s > 0
         assert port_in_use(srv.http_port) and port_in_use(srv.grpc_port)
         # the python backend names its shared memory as told; one left as by a server
@@ -652,8 +700,8 @@ def test_model_that_cannot_load_reports_the_servers_reason(
     srv = TritonServer(
         repo,
         [PYTHON_MODEL],
-        http_port=free_port(),
-        grpc_port=free_port(),
+        http_port=0,
+        grpc_port=0,
         startup_timeout_s=60,
     )
     with pytest.raises(DenoiseError, match=r"denoise_python: model not ready: .*model\.onnx"):
@@ -663,7 +711,7 @@ def test_model_that_cannot_load_reports_the_servers_reason(
 
 def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     """A stage killed with SIGTERM still stops its server (process group, ports)."""
-    http, grpc = free_port(), free_port()
+    http, grpc = free_ports(2)
     script = tmp_path / "hold.py"
     script.write_text(
         textwrap.dedent(f"""
@@ -671,29 +719,33 @@ def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
         from denoise.triton.server import TritonServer
         with TritonServer({str(repository)!r}, ["denoise_python"], http_port={http},
                           grpc_port={grpc}) as srv:
-            print(srv.process.pid, flush=True)
+            print(srv.process.pid, srv._workdir.name, srv.shm_prefix, flush=True)
             time.sleep(120)
     """)
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
-        pid = int(proc.stdout.readline())
+        pid, workdir, shm_prefix = proc.stdout.readline().split()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     finally:
         proc.kill()
     deadline = time.monotonic() + 10
-    while not process_gone(pid) and time.monotonic() < deadline:
+    while not process_gone(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert process_gone(pid)
+    assert process_gone(int(pid))
     assert not port_in_use(http) and not port_in_use(grpc)
+    # Stopped by the stage itself, not only by the kernel's parent-death signal: the private
+    # repository copy and the shared memory are gone too.
+    assert proc.returncode != -signal.SIGTERM
+    assert not Path(workdir).exists() and not list(SHM_DIR.glob(f"{shm_prefix}*"))
 
 
 def test_serve_reports_a_server_that_died_on_its_own(repository: Path) -> None:
     """`denoise serve` whose tritonserver is killed (not by Ctrl-C): one line saying how,
-    exit code 1 (not the negative code as 247, silently)."""
-    http, grpc = free_port(), free_port()
-    args = ["serve", "--repo", str(repository), "--http-port", str(http), "--grpc-port", str(grpc)]
+    exit code 1 (not the negative code as 247, silently). Asked for any free ports, it says
+    which it got."""
+    args = ["serve", "--repo", str(repository), "--http-port", "0", "--grpc-port", "0"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "denoise", *args],
         stdout=subprocess.PIPE,
@@ -703,6 +755,10 @@ def test_serve_reports_a_server_that_died_on_its_own(repository: Path) -> None:
     try:
         while "serving" not in (line := proc.stdout.readline()):
             assert line, proc.stderr.read()[-2000:]  # exited before serving
+        found = re.search(r"on http://127\.0\.0\.1:(\d+) and grpc 127\.0\.0\.1:(\d+) ", line)
+        assert found, line
+        http, grpc = map(int, found.groups())
+        assert port_in_use(http) and port_in_use(grpc)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         (server_pid,) = map(int, children)
         os.kill(server_pid, signal.SIGKILL)
@@ -730,9 +786,8 @@ def write_test_split(root: Path, count: int) -> None:
 
 def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
     write_test_split(tmp_path / "test", 2)
-    settings = smoke_settings(
-        free_port(), free_port(), images=2, crop=32, repeats=2, warmup=1, tolerance=1e-5
-    )
+    settings = smoke_settings(0, 0, images=2, crop=32, repeats=2, warmup=1, tolerance=1e-5)
+    running = servers()  # another test's, kept for the module
     metrics = tmp_path / "metrics" / "triton_smoke.json"
     report = smoke_test(repository, tmp_path / "test", metrics, settings)
     assert json.loads(metrics.read_text()) == report
@@ -748,7 +803,7 @@ def test_smoke_test_end_to_end(repository: Path, tmp_path: Path) -> None:
     assert (together["clients"], together["requests"]) == (2, 4)
     assert together["max_abs_diff_vs_onnxruntime"] <= 1e-5 and together["throughput_img_s"] > 0
     assert together["images_per_execution"] >= 1
-    assert not port_in_use(settings.http_port)
+    assert servers() == running  # its server stopped
 
 
 def test_smoke_settings_reject_impossible_values() -> None:
@@ -759,12 +814,13 @@ def test_smoke_settings_reject_impossible_values() -> None:
     assert SmokeSettings.from_params({**section, "binary": None}).binary is None  # -S ...=null
     for bad, match in (
         (
-            {"http_port": 0},
-            rf"http_port and grpc_port must be 1-65535 \(got 0, {section['grpc_port']}\)",
+            {"http_port": 65536},
+            rf"http_port and grpc_port must be 1-65535, or 0 for any free port "
+            rf"\(got 65536, {section['grpc_port']}\)",
         ),
         (
-            {"grpc_port": section["http_port"]},
-            rf"http_port and grpc_port must differ \(both {section['http_port']}\)",
+            {"http_port": 8000, "grpc_port": 8000},
+            r"http_port and grpc_port must differ \(both 8000\)",
         ),
         ({"repeats": 0}, "images, repeats and clients must be >= 1"),
         ({"clients": 0}, "images, repeats and clients must be >= 1"),

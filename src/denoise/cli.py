@@ -216,8 +216,12 @@ def serve(
         Path | None,
         typer.Option(help="Triton model repository (default: the project's model_repository)."),
     ] = None,
-    http_port: Annotated[int, typer.Option(help="HTTP port (bound to 127.0.0.1).")] = 8000,
-    grpc_port: Annotated[int, typer.Option(help="gRPC port (bound to 127.0.0.1).")] = 8001,
+    http_port: Annotated[
+        int, typer.Option(help="HTTP port (bound to 127.0.0.1; 0: any free one).")
+    ] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option(help="gRPC port (bound to 127.0.0.1; 0: any free one).")
+    ] = 8001,
     model: Annotated[
         list[str] | None,
         typer.Option(help="Model to load (repeatable). Default: every model this server can load."),

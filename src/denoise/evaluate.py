@@ -6,13 +6,8 @@ the identity (the noisy baseline), OpenCV's non-local means, or a network run in
 SSIM of the uint8 output against the clean image, :mod:`denoise.metrics`), shared by the
 evaluate stage and the ``score`` command.
 
-Pair folders come in two layouts, found by :func:`find_pairs`:
-
-    DIR/noisy/<name>.<ext> + DIR/clean/<name>.<ext>   matched by file stem (any image format)
-    DIR[/Data]/<SIDD instance>/{NOISY,GT}_SRGB_010.PNG  the SIDD layout (with ISO, phone, ...)
-
-``denoise score`` also takes SIDD's validation blocks (:mod:`denoise.data.sidd_blocks`), see
-:func:`pairs_to_score`.
+The pairs it scores are found and read by :mod:`denoise.data.pairs`; ``denoise score`` also
+takes SIDD's validation blocks (:mod:`denoise.data.sidd_blocks`), see :func:`pairs_to_score`.
 """
 
 from __future__ import annotations
@@ -35,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from denoise.data import sidd_blocks, sidd_layout
-from denoise.data.patch_store import read_patch_store
+from denoise.data.pairs import CLEAN_DIR, NOISY_DIR, find_pairs, read_pair
+from denoise.data.patch_store import evenly_spaced, read_patch_store
 from denoise.errors import DenoiseError
-from denoise.fileio import IMAGE_SUFFIXES, atomic_path, read_rgb8, write_bytes_atomic, write_json
+from denoise.fileio import atomic_path, write_bytes_atomic, write_json
 from denoise.infer import Backend, denoise_image, open_backend
 from denoise.metrics import psnr, ssim
 from denoise.params import checked_section
@@ -45,79 +41,6 @@ from denoise.plots import comparison_strip, detailed_crop, psnr_bar_chart
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
 DECIMALS = 4  # rounded so the JSON bytes do not depend on float summation order
-NOISY_DIR, CLEAN_DIR = "noisy", "clean"
-
-
-# --- pairs -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One noisy/clean image pair; ``instance`` is set for SIDD-layout folders."""
-
-    name: str
-    noisy: Path
-    clean: Path
-    instance: sidd_layout.Instance | None = None
-
-
-def _images_by_stem(folder: Path) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
-            continue  # hidden files, notes, Thumbs.db: not images to pair
-        if p.stem in found:
-            raise DenoiseError(
-                f"{p}: same name as {found[p.stem].name}; cannot tell which one to pair"
-            )
-        found[p.stem] = p
-    return found
-
-
-def find_pairs(root: str | Path) -> list[Pair]:
-    """All pairs under ``root`` (``noisy/`` + ``clean/`` folders, or the SIDD layout).
-
-    Every noisy file needs a clean file of the same stem and vice versa; an unmatched one is a
-    :class:`DenoiseError` naming it.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DenoiseError(f"{root}: not a folder")
-    noisy_dir, clean_dir = root / NOISY_DIR, root / CLEAN_DIR
-    if noisy_dir.is_dir() or clean_dir.is_dir():
-        for d in (noisy_dir, clean_dir):
-            if not d.is_dir():
-                raise DenoiseError(f"{d}: missing (expected {noisy_dir} and {clean_dir})")
-        noisy, clean = _images_by_stem(noisy_dir), _images_by_stem(clean_dir)
-        for stem, path in itertools.chain(noisy.items(), clean.items()):
-            other = clean_dir if path.parent == noisy_dir else noisy_dir
-            if stem not in (clean if other == clean_dir else noisy):
-                raise DenoiseError(f"{path}: no image named {stem}.* in {other}")
-        if not noisy:
-            raise DenoiseError(f"{noisy_dir}: no images")
-        return [Pair(stem, noisy[stem], clean[stem]) for stem in sorted(noisy)]
-    try:
-        instances = sidd_layout.list_instances(root)
-    except DenoiseError:
-        raise DenoiseError(
-            f"{root}: no pairs found (expected {root}/{NOISY_DIR}/ and "
-            f"{root}/{CLEAN_DIR}/, or SIDD <instance>/ folders)"
-        ) from None
-    return [
-        Pair(inst.name, folder / sidd_layout.NOISY_NAME, folder / sidd_layout.GT_NAME, inst)
-        for inst, folder in instances
-    ]
-
-
-def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
-    """The pair as two uint8 RGB arrays of one size (16-bit and grey are converted)."""
-    noisy, clean = read_rgb8(pair.noisy), read_rgb8(pair.clean)
-    if noisy.shape != clean.shape:
-        raise DenoiseError(
-            f"{pair.noisy}: size {noisy.shape[1]}x{noisy.shape[0]} differs from "
-            f"{pair.clean} ({clean.shape[1]}x{clean.shape[0]})"
-        )
-    return noisy, clean
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -310,23 +233,21 @@ class EvalParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalParams:
         """Checked like every section: a missing or unknown key (a typo) is an error."""
-        try:
-            top = checked_section(cls, d, "evaluate")
-            nlm = checked_section(NlmParams, top["nlm"], "evaluate.nlm")
-            strip = checked_section(StripParams, top.get("strip"), "evaluate.strip")
-            p = cls(
-                tuple(str(m) for m in top["models"]),
-                int(top["tile"]),
-                int(top["overlap"]),
-                NlmParams(
-                    h=tuple(float(h) for h in nlm.pop("h")),
-                    h_color=tuple(float(h) for h in nlm.pop("h_color")),
-                    **{k: int(v) for k, v in nlm.items()},
-                ),
-                StripParams(**{k: int(v) for k, v in strip.items()}),
-            )
-        except (TypeError, ValueError) as e:
-            raise DenoiseError(f"params.yaml evaluate: invalid value ({e})") from None
+        top = checked_section(cls, d, "evaluate")  # keys and the types of their values
+        nlm = checked_section(NlmParams, top["nlm"], "evaluate.nlm")
+        strip = checked_section(StripParams, top.get("strip"), "evaluate.strip")
+        p = cls(
+            tuple(top["models"]),
+            top["tile"],
+            top["overlap"],
+            NlmParams(
+                # as floats, also where params.yaml writes them as integers
+                h=tuple(float(h) for h in nlm.pop("h")),
+                h_color=tuple(float(h) for h in nlm.pop("h_color")),
+                **nlm,
+            ),
+            StripParams(**strip),
+        )
         if not p.nlm.h or not p.nlm.h_color or p.nlm.val_patches < 1:
             raise DenoiseError(
                 "params.yaml evaluate.nlm: h and h_color need at least one "
@@ -393,7 +314,7 @@ def group_sizes(records: Sequence[ImageRecord]) -> dict[str, dict[str, int]]:
 def _val_samples(val_dir: Path, count: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``count`` evenly spaced patches of the val patch store (deterministic)."""
     noisy, clean = read_patch_store(val_dir)
-    idx = sorted({int(i) for i in np.linspace(0, len(noisy) - 1, min(count, len(noisy)))})
+    idx = evenly_spaced(len(noisy), count)
     return [np.array(noisy[i]) for i in idx], [np.array(clean[i]) for i in idx]
 
 

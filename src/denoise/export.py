@@ -25,7 +25,8 @@ from torch import nn
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_json
-from denoise.infer import PAD_MULTIPLE_KEY, OnnxRuntimeBackend, pad_multiple_of
+from denoise.infer import OnnxRuntimeBackend
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_of
 from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,

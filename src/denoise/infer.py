@@ -35,6 +35,7 @@ from denoise.fused.dwconv_gate import DwconvForm
 from denoise.fused.nafnet import fuse_nafnet
 from denoise.fused.pixelwise import PixelwiseForm
 from denoise.metrics import to_uint8
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_of, pad_multiple_value, reflect_pad
 
 # Backends whose modules register themselves when imported (written elsewhere, heavy imports).
 _LAZY_BACKENDS = {"triton": "denoise.triton.client", "tensorrt": "denoise.tensorrt"}
@@ -99,39 +100,6 @@ def backend_for_file(model: str | Path) -> str:
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# The key under which the export records the network's padding multiple: in the ONNX file's
-# metadata, and in the Triton configs of the models served from it.
-PAD_MULTIPLE_KEY = "pad_multiple"
-
-
-def pad_multiple_value(value: str | None, where: str) -> int:
-    """A recorded padding multiple (None: not recorded, 1); a DenoiseError naming ``where``
-    unless it is a whole number >= 1."""
-    if value is None:
-        return 1
-    if not (value.isascii() and value.isdigit() and int(value) >= 1):
-        raise DenoiseError(f"{where}: {PAD_MULTIPLE_KEY} {value!r} is not a whole number >= 1")
-    return int(value)
-
-
-def pad_multiple_of(module: nn.Module) -> int:
-    """The multiple a network pads its input's height and width to (NAFNet: 2^levels; 1: none).
-
-    NAFNet pads with zeros below and right, as its reference code does. On an input that is not
-    a multiple (a whole odd-sized photo, or one smaller than a tile) that dark border spoils the
-    bottom and right edges (``benchmarks/edge_padding.py`` measures it), so
-    :func:`denoise_image` reflect-pads tiles to the multiple first; the network's own zero
-    padding then does nothing.
-    """
-    return int(getattr(module, "padder_size", 1))
-
-
-def _reflect_pad(batch: np.ndarray, multiple: int) -> np.ndarray:
-    """``(N, C, H, W)`` reflect-padded below and right to multiples of ``multiple``."""
-    ph, pw = -batch.shape[2] % multiple, -batch.shape[3] % multiple
-    return np.pad(batch, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect") if ph or pw else batch
 
 
 class TorchBackend:
@@ -475,7 +443,7 @@ def denoise_image(
             ).astype(np.float32)
             / scale
         )
-        padded = _reflect_pad(x_in, multiple)
+        padded = reflect_pad(x_in, multiple)
         y_out = backend(padded)
         if y_out.shape != padded.shape:
             raise DenoiseError(

@@ -29,14 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from denoise.data.pairs import read_crops
 from denoise.errors import DenoiseError, first_line
 from denoise.fileio import write_json
-from denoise.infer import (
-    PAD_MULTIPLE_KEY,
-    OnnxRuntimeBackend,
-    pad_multiple_value,
-    register_backend,
-)
+from denoise.infer import OnnxRuntimeBackend, register_backend
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
@@ -50,7 +47,7 @@ from denoise.triton.repository import (
     reference_onnx,
     write_model,
 )
-from denoise.triton.smoke import latency_ms, load_test_pairs
+from denoise.triton.smoke import latency_ms
 
 # Named I/O tensors, execute_async_v3 and the NORMALIZATION layer type need 8.6. TensorRT 11
 # removed BuilderFlag.FP16 / OBEY_PRECISION_CONSTRAINTS (strong typing only): there the FP16
@@ -259,7 +256,7 @@ def _compare(
     """PSNR of the engine's output vs onnxruntime's (and vs clean), and engine latency."""
     from denoise.metrics import psnr, to_batch, to_uint8
 
-    pairs = load_test_pairs(test_root, settings.test_images, settings.test_crop)
+    pairs = read_crops(test_root, settings.test_images, settings.test_crop)
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
     vs_ort, vs_clean, times = [], [], []

@@ -11,12 +11,10 @@ stopped and ends bit-identical (on CPU) to a run that was never interrupted.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +26,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from denoise.checkpoint import save_checkpoint
-from denoise.data.patch_store import RandomCropDataset
+from denoise.data.patch_store import RandomCropDataset, evenly_spaced
 from denoise.errors import DenoiseError
-from denoise.metrics import psnr_batch, ssim, to_uint8
 from denoise.models.registry import build_model, check_rgb
 from denoise.training import distributed
 from denoise.training.config import TrainConfig
-from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler
-from denoise.training.resume import fingerprint, load_resume, save_resume, set_rng_state
+from denoise.training.precision import amp_context, amp_precision, grad_scaler
+from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler, optimizer_step
+from denoise.training.resume import (
+    data_identity,
+    fingerprint,
+    load_resume,
+    save_resume,
+    set_rng_state,
+)
 from denoise.training.sampling import EpochIndexed, IterationBatchSampler
 from denoise.training.tracking import Tracker, history_digest
+from denoise.training.validation import Validation, validate
 
 
 @dataclass
@@ -50,105 +55,25 @@ class TrainResult:
 
 
 @dataclass
-class Validation:
-    psnr: float
-    ssim: float
-    input_psnr: float
-    strip: np.ndarray  # noisy | denoised | clean of the first validation patch, HWC uint8
+class Best:
+    """The best validation so far and a copy of the weights that scored it (none before the
+    first validation). Saved with the resume state as a plain dict (:meth:`as_state`)."""
 
+    psnr: float = -math.inf
+    ssim: float = 0.0
+    iteration: int = 0
+    input_psnr: float = math.nan
+    params: dict[str, torch.Tensor] | None = None
 
-def amp_precision(device: torch.device, enabled: bool) -> str:
-    """The mixed precision a training step runs in: ``bf16`` on a GPU that has it, else
-    ``fp16`` (which needs a GradScaler); ``off`` on CPU or when ``enabled`` is false."""
-    if not enabled or device.type != "cuda":
-        return "off"
-    # Native bf16 only: the default also counts GPUs that merely emulate it (V100, T4).
-    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    def as_state(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-
-def amp_context(precision: str) -> contextlib.AbstractContextManager:
-    """CUDA autocast in ``precision`` (from :func:`amp_precision`); nothing for ``off``."""
-    if precision == "off":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-
-
-def grad_scaler(precision: str) -> torch.amp.GradScaler:
-    """The loss scaler for ``precision``: active for ``fp16`` only (bf16 has FP32's range)."""
-    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-
-
-def optimizer_step(
-    loss: torch.Tensor,
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
-    grad_clip: float,
-) -> None:
-    """Backward and one optimiser step; with fp16 AMP the loss is scaled and the gradients are
-    unscaled before clipping (a disabled scaler passes everything through)."""
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-
-
-@torch.no_grad()
-def validate(
-    model: nn.Module,
-    dataset: RandomCropDataset,
-    indices: list[int],
-    device: torch.device,
-    batch: int,
-    amp: str = "off",
-) -> Validation:
-    """Mean per-image PSNR/SSIM (clamped, uint8) of ``model`` on the given patches."""
-    was_training = model.training
-    model.eval()
-    psnrs: list[float] = []
-    ssims: list[float] = []
-    inputs: list[float] = []
-    strip = None
-    for i in range(0, len(indices), batch):
-        pairs = [dataset[j] for j in indices[i : i + batch]]
-        noisy = torch.stack([p[0] for p in pairs]).to(device)
-        clean = torch.stack([p[1] for p in pairs]).to(device)
-        with amp_context(amp):
-            out = model(noisy).float()
-        psnrs += psnr_batch(out, clean).tolist()
-        inputs += psnr_batch(noisy, clean).tolist()
-        for o, c in zip(out, clean, strict=True):
-            ssims.append(ssim(to_uint8(o), to_uint8(c)))
-        if strip is None:
-            strip = np.concatenate(
-                [to_uint8(noisy[0]), to_uint8(out[0]), to_uint8(clean[0])], axis=1
-            )
-    model.train(was_training)
-    assert strip is not None
-    return Validation(float(np.mean(psnrs)), float(np.mean(ssims)), float(np.mean(inputs)), strip)
-
-
-def _val_indices(n: int, limit: int) -> list[int]:
-    if limit <= 0 or limit >= n:
-        return list(range(n))
-    return sorted({round(x) for x in np.linspace(0, n - 1, limit)})
-
-
-def _data_identity(ds: RandomCropDataset) -> dict[str, Any]:
-    """Shape and a digest of every patch, noisy and clean.
-
-    Every byte, not a sample of patches: another ``crop_split`` (other held-out scenes) can
-    leave the shape and any few patches as they were, and a resume state trained on what is
-    now a test scene must not be reused. Hashing the default store takes well under a second.
-    """
-    digest = hashlib.blake2b(digest_size=16)
-    for patches in (ds.noisy, ds.clean):
-        for start in range(0, len(patches), 256):
-            digest.update(np.ascontiguousarray(patches[start : start + 256]).data)
-    return {"shape": list(ds.noisy.shape), "blake2b": digest.hexdigest()}
+    def after(self, v: Validation, iteration: int, model: nn.Module) -> Best:
+        """This, or ``v`` with ``model``'s weights where ``v`` scores higher."""
+        if not v.psnr > self.psnr:
+            return self
+        params = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+        return Best(v.psnr, v.ssim, iteration, v.input_psnr, params)
 
 
 def _seed_everything(seed: int) -> None:
@@ -192,6 +117,76 @@ def train_model(
         distributed.teardown(d)
 
 
+def _datasets(
+    cfg: TrainConfig, train_dir: Path, val_dir: Path
+) -> tuple[RandomCropDataset, RandomCropDataset]:
+    train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
+    val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
+    for split, ds, where in (("train", train_ds, train_dir), ("val", val_ds, val_dir)):
+        if len(ds) == 0:
+            raise DenoiseError(f"{where}: the {split} split has no patches (see crop_split params)")
+    return train_ds, val_ds
+
+
+def _build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    model = build_model(cfg.model, cfg.arch).to(device)
+    try:
+        check_rgb(model, cfg.model)
+    except DenoiseError as e:
+        raise DenoiseError(f"params.yaml train.{cfg.model}.arch: {e}") from None
+    return model
+
+
+def _resume_state(
+    resume_path: Path | None, fp: str, live_dir: Path | None, d: distributed.Dist
+) -> dict[str, Any] | None:
+    """The interrupted run's state to continue from: one of this fingerprint whose DVCLive
+    history is still the one it logged (else every rank starts from scratch)."""
+    state = load_resume(resume_path, fp, quiet=not d.main) if resume_path else None
+    if state is None or live_dir is None:
+        return state
+    at = int(state["meta"]["iteration"])
+    moved = d.main and history_digest(live_dir, at) != state.get("history")
+    if distributed.any_rank(moved, d):  # every rank starts over, or none
+        if d.main:
+            print(
+                f"note: {live_dir} no longer holds the interrupted run's history up to "
+                f"iteration {at} (restored or removed?); starting from scratch"
+            )
+        return None
+    return state
+
+
+def _distributed(model: nn.Module, d: distributed.Dist) -> nn.Module:
+    """``model`` as the training step runs it: itself, or wrapped for DDP."""
+    if d.world == 1:
+        return model
+    net = model
+    if d.device.type == "cuda":  # on CPU (gloo) BatchNorm statistics stay per rank:
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA
+    return DistributedDataParallel(net, device_ids=[d.device] if d.device.type == "cuda" else None)
+
+
+def _validation_point(
+    cfg: TrainConfig,
+    it: int,
+    model: nn.Module,
+    val_ds: RandomCropDataset,
+    val_idx: list[int],
+    amp: str,
+    d: distributed.Dist,
+) -> Validation | None:
+    """Rank 0's validation (None on the others); every rank stops together on a NaN score:
+    rank 0 alone raising would leave the rest waiting."""
+    v = validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp) if d.main else None
+    if distributed.any_rank(v is not None and math.isnan(v.psnr), d):
+        raise DenoiseError(
+            f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
+            "(the network outputs non-finite values); no model written"
+        )
+    return v
+
+
 def _train(
     cfg: TrainConfig,
     train_dir: Path,
@@ -208,19 +203,15 @@ def _train(
             f"by the {d.world} processes"
         )
     _seed_everything(cfg.seed)
-    train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
-    val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
-    for split, ds, where in (("train", train_ds, train_dir), ("val", val_ds, val_dir)):
-        if len(ds) == 0:
-            raise DenoiseError(f"{where}: the {split} split has no patches (see crop_split params)")
-    val_idx = _val_indices(len(val_ds), cfg.val_patches)
+    train_ds, val_ds = _datasets(cfg, train_dir, val_dir)
+    val_idx = evenly_spaced(len(val_ds), cfg.val_patches)
     amp = amp_precision(d.device, cfg.amp)
     # The resolved device is part of the identity: a CPU state has no GPU run's AMP scaler.
     fp = fingerprint(
         cfg.fingerprint_fields(),
         {
-            "train": _data_identity(train_ds),
-            "val": _data_identity(val_ds),
+            "train": data_identity(train_ds),
+            "val": data_identity(val_ds),
             "device": d.device.type,
             "fp16": amp == "fp16",
             # each process's share of the batch, and DnCNN's BatchNorm statistics per process
@@ -228,60 +219,35 @@ def _train(
         },
     )
 
-    model = build_model(cfg.model, cfg.arch).to(d.device)
-    try:
-        check_rgb(model, cfg.model)
-    except DenoiseError as e:
-        raise DenoiseError(f"params.yaml train.{cfg.model}.arch: {e}") from None
+    model = _build_model(cfg, d.device)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     scaler = grad_scaler(amp)
     loss_fn = LOSSES[cfg.loss]
 
-    start = 0
-    best: dict[str, Any] = {
-        "psnr": -math.inf,
-        "ssim": 0.0,
-        "iteration": 0,
-        "params": None,
-        "input_psnr": math.nan,
-    }
-    state = load_resume(resume_path, fp, quiet=not d.main) if resume_path else None
-    if state is not None and live_dir is not None:
-        at = int(state["meta"]["iteration"])
-        moved = d.main and history_digest(live_dir, at) != state.get("history")
-        if distributed.any_rank(moved, d):  # every rank starts over, or none
-            if d.main:
-                print(
-                    f"note: {live_dir} no longer holds the interrupted run's history up to "
-                    f"iteration {at} (restored or removed?); starting from scratch"
-                )
-            state = None
+    start, best = 0, Best()
+    # The losses since the last logged point: saved with the resume state, so a resume between
+    # two points logs the same mean an uninterrupted run would.
+    window: list[float] = []
+    state = _resume_state(resume_path, fp, live_dir, d)
     if state is not None:
         model.load_state_dict(state["params"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
-        start, best = int(state["meta"]["iteration"]), state["best"]
+        start, best = int(state["meta"]["iteration"]), Best(**state["best"])
+        window = list(state["loss_window"])
         if d.main:
             print(f"resuming {cfg.model} from iteration {start} ({resume_path})")
 
-    net: nn.Module = model
-    if d.world > 1:
-        if d.device.type == "cuda":  # on CPU (gloo) BatchNorm statistics stay per rank:
-            net = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # SyncBN needs CUDA
-        net = DistributedDataParallel(
-            net, device_ids=[d.device] if d.device.type == "cuda" else None
-        )
+    net = _distributed(model, d)
     net.train()
-
-    sampler = IterationBatchSampler(
-        len(train_ds), cfg.batch_size, cfg.seed, start=start, rank=d.rank, world=d.world
-    )
     loader = DataLoader(
         EpochIndexed(train_ds),
-        batch_sampler=sampler,
+        batch_sampler=IterationBatchSampler(
+            len(train_ds), cfg.batch_size, cfg.seed, start=start, rank=d.rank, world=d.world
+        ),
         num_workers=cfg.num_workers,
         pin_memory=d.device.type == "cuda",
     )
@@ -299,9 +265,6 @@ def _train(
         mininterval=1.0,
         dynamic_ncols=True,
     )
-    # The losses since the last logged point: saved with the resume state, so a resume between
-    # two points logs the same mean an uninterrupted run would.
-    window: list[float] = list(state["loss_window"]) if state is not None else []
     step_time, steps = 0.0, 0
     batches = iter(loader)
     try:  # the bar closed first, so an error is not printed into it
@@ -329,43 +292,18 @@ def _train(
             logged: dict[str, float] = {}
             image = None
             if it % cfg.log_every == 0 or it == cfg.iters:
-                logged = {
-                    "train/loss": float(np.mean(window)),
-                    "train/lr": lr,
-                }
+                logged = {"train/loss": float(np.mean(window)), "train/lr": lr}
                 window.clear()
             if it % cfg.val_every == 0 or it == cfg.iters:
-                v = (
-                    validate(model, val_ds, val_idx, d.device, cfg.val_batch, amp)
-                    if d.main
-                    else None
-                )
-                # Every rank stops together: rank 0 alone raising would leave the rest waiting.
-                if distributed.any_rank(v is not None and math.isnan(v.psnr), d):
-                    raise DenoiseError(
-                        f"train.{cfg.model}: validation PSNR is NaN at iteration {it} "
-                        "(the network outputs non-finite values); no model written"
-                    )
+                v = _validation_point(cfg, it, model, val_ds, val_idx, amp, d)
                 if v is not None:
                     logged.update({"val/psnr": v.psnr, "val/ssim": v.ssim})
                     image = v.strip
-                    if v.psnr > best["psnr"]:
-                        best = {
-                            "psnr": v.psnr,
-                            "ssim": v.ssim,
-                            "iteration": it,
-                            "input_psnr": v.input_psnr,
-                            "params": {
-                                k: t.detach().cpu().clone() for k, t in model.state_dict().items()
-                            },
-                        }
-                    bar.set_postfix(val_psnr=f"{v.psnr:.2f}", refresh=False)
+                    best = best.after(v, it, model)
             if logged:
                 tracker.log(it, logged, image, f"val/{it:07d}.png")
-                bar.set_postfix(
-                    loss=f"{loss_value:.4g}",
-                    **({"val_psnr": f"{best['psnr']:.2f}"} if best["params"] is not None else {}),
-                )
+                shown = {"val_psnr": f"{best.psnr:.2f}"} if best.params is not None else {}
+                bar.set_postfix(loss=f"{loss_value:.4g}", **shown)
             bar.update(1)
             if it % cfg.checkpoint_every == 0 and it < cfg.iters and d.main and resume_path:
                 save_resume(
@@ -378,7 +316,7 @@ def _train(
                     optimizer=optimizer,
                     scheduler=scheduler,
                     scaler=scaler,
-                    best=best,
+                    best=best.as_state(),
                     loss_window=window,
                     history=history_digest(live_dir, it) if live_dir else None,
                 )
@@ -386,36 +324,42 @@ def _train(
         bar.close()
     del batches  # stops the loader's workers
 
-    result = TrainResult(
-        best["psnr"],
-        best["ssim"],
-        best["iteration"],
-        best["input_psnr"],
-        steps / step_time if step_time else math.nan,
-    )
     if d.main:
-        meta = {
-            "iteration": best["iteration"],
-            "val_psnr": best["psnr"],
-            "val_ssim": best["ssim"],
-            "val_psnr_input": best["input_psnr"],
-            "iters": cfg.iters,
-            "seed": cfg.seed,
-            "crop": cfg.crop,
-            "batch_size": cfg.batch_size,
-            "world_size": d.world,
-        }
-        save_checkpoint(out_path, cfg.model, cfg.arch, best["params"], meta=meta)
-        tracker.summary(
-            {
-                "best/val_psnr": best["psnr"],
-                "best/val_ssim": best["ssim"],
-                "best/iteration": best["iteration"],
-                "val/psnr_input": best["input_psnr"],
-            }
-        )
-        tracker.end()
+        _write_results(cfg, best, out_path, tracker, d.world)
         if resume_path:
             resume_path.unlink(missing_ok=True)
     distributed.barrier(d)
-    return result
+    return TrainResult(
+        best.psnr,
+        best.ssim,
+        best.iteration,
+        best.input_psnr,
+        steps / step_time if step_time else math.nan,
+    )
+
+
+def _write_results(
+    cfg: TrainConfig, best: Best, out_path: Path, tracker: Tracker, world: int
+) -> None:
+    """The best weights as the model checkpoint, and the best scores as DVCLive's summary."""
+    meta = {
+        "iteration": best.iteration,
+        "val_psnr": best.psnr,
+        "val_ssim": best.ssim,
+        "val_psnr_input": best.input_psnr,
+        "iters": cfg.iters,
+        "seed": cfg.seed,
+        "crop": cfg.crop,
+        "batch_size": cfg.batch_size,
+        "world_size": world,
+    }
+    save_checkpoint(out_path, cfg.model, cfg.arch, best.params, meta=meta)
+    tracker.summary(
+        {
+            "best/val_psnr": best.psnr,
+            "best/val_ssim": best.ssim,
+            "best/iteration": best.iteration,
+            "val/psnr_input": best.input_psnr,
+        }
+    )
+    tracker.end()

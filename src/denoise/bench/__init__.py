@@ -40,7 +40,7 @@ from denoise.bench.inputs import (
     prepare_model,
     psnr_pairs,
 )
-from denoise.bench.measurement import Job, measure, measure_isolated, merge_rounds
+from denoise.bench.measurement import Job, measure, measure_isolated, merge_rounds, torch_threads
 from denoise.bench.paths import BASELINE, bench_device, select_paths
 from denoise.bench.report import progress_line, summarise
 from denoise.checkpoint import load_model
@@ -89,12 +89,11 @@ def run_bench(
     device = bench_device()
     paths = select_paths(backends, device)
     threads = threads or torch.get_num_threads()
-    torch.set_num_threads(threads)
     project = find_project() if project is None else Path(project)
     val_dir = project / SPLIT_DIR / "val" if val_dir is None else val_dir
     # Before any model is built: a mistyped --test-dir fails in seconds, not minutes.
     noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed, project=project)
-    with tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
+    with torch_threads(threads), tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:
         workdir = Path(tmp)
         bench_model = prepare_model(
             model, arch, workdir, seed=seed, models_dir=project / MODELS_DIR

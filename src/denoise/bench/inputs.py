@@ -128,7 +128,7 @@ def psnr_pairs(
     from ``test_dir``, which must hold some. Without one, from the test split of the pipeline
     in ``project`` where it holds any, else synthetic camera pairs; ``source`` says which.
     """
-    from denoise.evaluate import find_pairs, read_pair
+    from denoise.data.pairs import find_pairs, read_pair
 
     if test_dir is not None:  # asked for: these pairs or an error, never a silent stand-in
         pairs = find_pairs(test_dir)[:count]
@@ -155,7 +155,7 @@ def calibration_batches(
     val_dir: str | Path | None, count: int = 8, size: int = 128
 ) -> list[np.ndarray]:
     """Noisy crops for int8 calibration: validation patches (never the test images)."""
-    from denoise.data.patch_store import read_patch_store
+    from denoise.data.patch_store import evenly_spaced, read_patch_store
 
     if val_dir is not None and Path(val_dir).is_dir():
         try:
@@ -163,7 +163,7 @@ def calibration_batches(
         except DenoiseError:
             noisy = None
         if noisy is not None and len(noisy):
-            idx = np.linspace(0, len(noisy) - 1, min(count, len(noisy))).round().astype(int)
+            idx = evenly_spaced(len(noisy), count)
             crops = [_fit(np.asarray(noisy[i]), size) for i in idx]
             return [to_batch(c) for c in crops]
     noisy, _ = synthetic_pairs(count, size, seed=1)

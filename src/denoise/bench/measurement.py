@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,22 @@ class Job:
     threads: int
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the block and put back after it: a
+    bench run inside another program (a test session, a notebook) leaves its count alone."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def measure(job: Job, fresh_process: bool = False) -> dict[str, Any]:
-    """:func:`_measure` with TF32 off for the FP32 paths (true FP32 on CUDA, as the FP32
-    peak is measured)."""
-    with strict_fp32(job.path.precision == "fp32"):
+    """:func:`_measure` on ``job.threads`` threads, with TF32 off for the FP32 paths (true
+    FP32 on CUDA, as the FP32 peak is measured)."""
+    with torch_threads(job.threads), strict_fp32(job.path.precision == "fp32"):
         return _measure(job, fresh_process)
 
 
@@ -50,7 +64,6 @@ def _measure(job: Job, fresh_process: bool) -> dict[str, Any]:
     from denoise.infer import open_backend
 
     own_peak = reset_peak_memory() or fresh_process
-    torch.set_num_threads(job.threads)
     options = dict(job.path.options)
     if job.path.backend == "torch":
         # Every timed batch has one shape: let cuDNN pick its fastest algorithms (CUDA only).

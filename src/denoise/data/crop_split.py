@@ -62,20 +62,17 @@ class SplitParams:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SplitParams:
         """Parse and check the params section; every problem is a one-line DenoiseError."""
-        d = checked_section(cls, d, "crop_split")  # no unknown or missing keys
+        d = checked_section(cls, d, "crop_split")  # no unknown or missing keys, checked types
         check_keys(d["weights"], SPLITS, SPLITS, "params.yaml crop_split.weights")
-        try:
-            weights = {s: float(d["weights"][s]) for s in SPLITS}
-            params = cls(
-                int(d["seed"]),
-                weights,
-                tuple(int(s) for s in d["val_scenes"]),
-                tuple(int(s) for s in d["test_scenes"]),
-                int(d["patch_size"]),
-                int(d["step"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise DenoiseError(f"params.yaml crop_split: missing or invalid value ({e})") from None
+        weights = {s: float(d["weights"][s]) for s in SPLITS}
+        params = cls(
+            d["seed"],
+            weights,
+            tuple(d["val_scenes"]),
+            tuple(d["test_scenes"]),
+            d["patch_size"],
+            d["step"],
+        )
         if any(w <= 0 for w in weights.values()):
             raise DenoiseError(
                 f"params.yaml crop_split.weights: {weights} must all be positive: "
@@ -249,11 +246,6 @@ def iter_patches(img: np.ndarray, patch_size: int, step: int) -> Iterator[np.nda
             yield img[y : y + patch_size, x : x + patch_size]
 
 
-def cut_patches(img: np.ndarray, patch_size: int, step: int) -> np.ndarray:
-    """All patches of one image as an ``(N, P, P, C)`` array."""
-    return np.stack(list(iter_patches(img, patch_size, step)))
-
-
 # --- reading and validating pairs ----------------------------------------------------------
 
 
@@ -271,7 +263,9 @@ def read_pair_image(path: Path, *, log_conversion: bool = True) -> tuple[np.ndar
         return img, True
 
 
-def read_pair(folder: Path, *, log_conversion: bool = True) -> tuple[np.ndarray, np.ndarray, bool]:
+def read_instance_pair(
+    folder: Path, *, log_conversion: bool = True
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(noisy, clean, converted)`` of one instance folder, checked to match in size."""
     noisy_path, clean_path = folder / NOISY_NAME, folder / GT_NAME
     for path, partner in ((noisy_path, clean_path), (clean_path, noisy_path)):
@@ -291,7 +285,7 @@ def validate_pairs(found: Sequence[tuple[Instance, Path]], patch_size: int) -> l
     """Read and check every pair, scoring its noisy PSNR; the first bad pair raises."""
     pairs = []
     for inst, folder in tqdm(found, desc="validate pairs", unit="pair"):
-        noisy, clean, converted = read_pair(folder)
+        noisy, clean, converted = read_instance_pair(folder)
         h, w = noisy.shape[:2]
         if min(h, w) < patch_size:
             raise DenoiseError(
@@ -315,7 +309,7 @@ def _write_patches(out_dir: Path, pairs: Sequence[PairInfo], params: SplitParams
     with create_patch_store(out_dir, total, p) as (noisy_store, clean_store):
         k = 0
         for pair in tqdm(pairs, desc=f"cut {out_dir.name} patches", unit="pair"):
-            noisy, clean, _ = read_pair(pair.folder, log_conversion=False)
+            noisy, clean, _ = read_instance_pair(pair.folder, log_conversion=False)
             for n, c in zip(
                 iter_patches(noisy, p, step), iter_patches(clean, p, step), strict=True
             ):
@@ -331,7 +325,7 @@ def _copy_test_pair(pair: PairInfo, out_dir: Path) -> None:
     dest = out_dir / pair.name
     dest.mkdir(parents=True)
     if pair.converted:
-        noisy, clean, _ = read_pair(pair.folder, log_conversion=False)
+        noisy, clean, _ = read_instance_pair(pair.folder, log_conversion=False)
         write_rgb8(dest / NOISY_NAME, noisy)
         write_rgb8(dest / GT_NAME, clean)
     else:
@@ -392,7 +386,7 @@ def sample_strip(
     tile, gap, label_h = crop * zoom, 4, 18
     rows = []
     for pair in pairs[:count]:
-        noisy, clean, _ = read_pair(pair.folder, log_conversion=False)
+        noisy, clean, _ = read_instance_pair(pair.folder, log_conversion=False)
         c = min(crop, pair.height, pair.width)
         y, x = (pair.height - c) // 2, (pair.width - c) // 2
         tiles = [

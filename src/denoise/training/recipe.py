@@ -26,6 +26,24 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 LOSSES: dict[str, Loss] = {"psnr": psnr_loss, "l1": F.l1_loss, "mse": F.mse_loss}
 
 
+def optimizer_step(
+    loss: torch.Tensor,
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    grad_clip: float,
+) -> None:
+    """Backward and one optimiser step; with fp16 AMP the loss is scaled and the gradients are
+    unscaled before clipping (a disabled scaler passes everything through)."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from denoise.checkpoint import read_checkpoint, save_checkpoint
+from denoise.data.patch_store import RandomCropDataset
 from denoise.errors import DenoiseError
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -34,6 +35,20 @@ def code_identity(package: Path = PACKAGE) -> str:
     for path in sorted(package.rglob("*.py")):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
+
+
+def data_identity(ds: RandomCropDataset) -> dict[str, Any]:
+    """Shape and a digest of every patch, noisy and clean.
+
+    Every byte, not a sample of patches: another ``crop_split`` (other held-out scenes) can
+    leave the shape and any few patches as they were, and a resume state trained on what is
+    now a test scene must not be reused. Hashing the default store takes well under a second.
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for patches in (ds.noisy, ds.clean):
+        for start in range(0, len(patches), 256):
+            digest.update(np.ascontiguousarray(patches[start : start + 256]).data)
+    return {"shape": list(ds.noisy.shape), "blake2b": digest.hexdigest()}
 
 
 def fingerprint(config: dict[str, Any], data: dict[str, Any]) -> str:

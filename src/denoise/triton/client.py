@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from denoise.errors import DenoiseError, first_line
-from denoise.infer import PAD_MULTIPLE_KEY, pad_multiple_value, register_backend
+from denoise.infer import register_backend
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 from denoise.triton.repository import INPUT_NAME, OUTPUT_NAME, PYTHON_MODEL
 from denoise.triton.server import HOST
 
@@ -190,10 +191,9 @@ class TritonBackend:
 
 
 def _is_network_name(name: str) -> bool:
-    from denoise.models import dncnn, nafnet  # noqa: F401  (importing registers them)
-    from denoise.models.registry import MODELS
+    from denoise.models.registry import model_names
 
-    return name in MODELS
+    return name in model_names()
 
 
 @register_backend("triton")

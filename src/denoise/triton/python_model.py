@@ -18,6 +18,17 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+def input_problem(x: np.ndarray) -> str | None:
+    """Why a request's pixels cannot be denoised (None: they can). The network takes values in
+    [0, 1]; a client sending 0-255 would get back noise, one sending NaN a NaN image."""
+    if not np.isfinite(x).all():
+        return "input has NaN or infinite values"
+    low, high = float(x.min()), float(x.max())
+    if low < 0.0 or high > 1.0:
+        return f"input values must be in [0, 1] (got {low:g} to {high:g}: 8-bit pixels / 255)"
+    return None
+
+
 class TritonPythonModel:
     """One onnxruntime session per model instance; each request is one (N, 3, H, W) batch.
 
@@ -43,10 +54,15 @@ class TritonPythonModel:
         inputs = [
             pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
         ]
+        responses: list[Any] = [None] * len(requests)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for i, x in enumerate(inputs):
-            by_shape.setdefault(x.shape[1:], []).append(i)
-        responses: list[Any] = [None] * len(requests)
+            problem = input_problem(x)
+            if problem:  # this request only; the others of the batch are served
+                error = pb_utils.TritonError(f"{self.input_name}: {problem}")
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=error)
+            else:
+                by_shape.setdefault(x.shape[1:], []).append(i)
         for members in by_shape.values():
             batch = np.concatenate([inputs[i] for i in members])
             try:

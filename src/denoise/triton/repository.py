@@ -9,6 +9,7 @@ from pathlib import Path
 
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path
+from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 
 INPUT_NAME = "noisy"
 OUTPUT_NAME = "denoised"
@@ -84,8 +85,6 @@ def onnx_pad_multiple(onnx_path: str | Path) -> int:
     served models carry it in their configs, for clients that tile (Triton and TensorRT)."""
     import onnx
 
-    from denoise.infer import PAD_MULTIPLE_KEY, pad_multiple_value  # torch: not for the server
-
     proto = onnx.load(str(onnx_path), load_external_data=False)
     props = {p.key: p.value for p in proto.metadata_props}
     return pad_multiple_value(props.get(PAD_MULTIPLE_KEY), str(onnx_path))
@@ -116,8 +115,6 @@ def write_onnx_route(
     python_threads: int = 0,
 ) -> Path:
     """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
-    from denoise.infer import PAD_MULTIPLE_KEY
-
     padding = {PAD_MULTIPLE_KEY: str(onnx_pad_multiple(onnx_path))}
     if route == "onnx":
         config = model_config(

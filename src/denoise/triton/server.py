@@ -78,15 +78,39 @@ def find_server(binary: str | Path | None = None) -> ServerBinary:
 _HARMLESS = "CudaDriverHelper has not been initialized"
 
 
+# Tries of a server on ports of the kernel's choosing: one chosen then taken by another
+# process before tritonserver binds it costs a retry.
+_FREE_PORT_TRIES = 3
+
+
+class _PortTaken(DenoiseError):
+    """tritonserver exited at startup because a port it was given is in use."""
+
+
 def port_problems(http_port: int, grpc_port: int) -> list[str]:
     """What is wrong with a server's two ports (empty: nothing); the one definition for the
-    triton params and ``denoise serve``."""
+    triton params and ``denoise serve``. 0 is any free port."""
     problems = []
-    if not all(1 <= p <= 65535 for p in (http_port, grpc_port)):
-        problems.append(f"http_port and grpc_port must be 1-65535 (got {http_port}, {grpc_port})")
-    if http_port == grpc_port:
+    if not all(0 <= p <= 65535 for p in (http_port, grpc_port)):
+        problems.append(
+            f"http_port and grpc_port must be 1-65535, or 0 for any free port "
+            f"(got {http_port}, {grpc_port})"
+        )
+    if http_port == grpc_port != 0:
         problems.append(f"http_port and grpc_port must differ (both {http_port})")
     return problems
+
+
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """``count`` distinct ports free on ``host`` now: bound together on port 0, then released.
+
+    Another process may take one before the caller binds it; :class:`TritonServer` retries.
+    """
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for s in socks:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def port_in_use(port: int, host: str = HOST) -> bool:
@@ -195,7 +219,8 @@ class TritonServer:
                 raise DenoiseError(f"{model!r}: not a model name (a folder in the repository)")
         self.repository = Path(repository).resolve()
         self.models = list(dict.fromkeys(models))  # each once
-        self.http_port = http_port
+        self.requested_ports = (http_port, grpc_port)  # 0: any free port, chosen at start
+        self.http_port = http_port  # the ports in use once started
         self.grpc_port = grpc_port
         self.binary = find_server(binary)
         self.startup_timeout_s = startup_timeout_s
@@ -251,7 +276,10 @@ class TritonServer:
         return cmd
 
     def start(self) -> float:
-        """Start the server and wait until it is ready; returns the seconds that took."""
+        """Start the server and wait until it is ready; returns the seconds that took.
+
+        A port requested as 0 is one the kernel has free; where another process takes it
+        before the server binds it, the server starts again on others (a few tries)."""
         if not self.repository.is_dir():
             raise DenoiseError(f"{self.repository}: model repository not found")
         for model in self.models:
@@ -259,9 +287,22 @@ class TritonServer:
                 raise DenoiseError(
                     f"{self.repository / model}: no config.pbtxt (model not in the repository)"
                 )
-        for label, port in (("http", self.http_port), ("grpc", self.grpc_port)):
-            if port_in_use(port):
+        for label, port in zip(("http", "grpc"), self.requested_ports, strict=True):
+            if port and port_in_use(port):
                 raise DenoiseError(f"{HOST}:{port}: port already in use (triton {label} port)")
+        tries_left = _FREE_PORT_TRIES if 0 in self.requested_ports else 1
+        while True:
+            chosen = iter(free_ports(self.requested_ports.count(0)))
+            self.http_port, self.grpc_port = (p or next(chosen) for p in self.requested_ports)
+            tries_left -= 1
+            try:
+                return self._start_once()
+            except _PortTaken:
+                if not tries_left:
+                    raise
+
+    def _start_once(self) -> float:
+        self._log.clear()
         self._workdir = tempfile.TemporaryDirectory(prefix="denoise-triton-")
         try:
             workdir = Path(self._workdir.name)
@@ -298,9 +339,6 @@ class TritonServer:
             if self.echo:
                 print(line, flush=True)
 
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(list(self._log)[-lines:])
-
     def _log_reason(self, *, exited: bool = False) -> str:
         """The server's last error line (a glog ``E...`` line, not the one every start on a
         machine without a GPU logs). Else, for a server that ``exited``, its last line that
@@ -330,10 +368,11 @@ class TritonServer:
                 if self.process.poll() is not None:
                     if self._reader:
                         self._reader.join(timeout=2.0)
-                    raise DenoiseError(
+                    reason = self._log_reason(exited=True)
+                    error = _PortTaken if "already in use" in reason else DenoiseError
+                    raise error(
                         f"{self.binary.path}: exited with code "
-                        f"{self.process.returncode} during startup: "
-                        f"{self._log_reason(exited=True)}"
+                        f"{self.process.returncode} during startup: {reason}"
                     )
                 try:
                     live = client.is_server_live()
@@ -415,6 +454,8 @@ def servable_models(repository: str | Path, server: ServerBinary) -> list[str]:
     """What a server can load from ``repository``: all models, or only the python-backend one
     for the bundled server."""
     repo = Path(repository)
+    if not repo.is_dir():
+        raise DenoiseError(f"{repo}: model repository not found")
     present = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
     if server.bundled:
         present = [m for m in present if m == PYTHON_MODEL]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from denoise.data.pairs import read_crops
 from denoise.errors import DenoiseError
 from denoise.fileio import write_json
 from denoise.infer import OnnxRuntimeBackend
@@ -59,32 +60,6 @@ class SmokeSettings:
         if problems:
             raise DenoiseError(f"params.yaml triton: {'; '.join(problems)}")
         return settings
-
-
-def _center_crop(img: np.ndarray, size: int) -> np.ndarray:
-    if size <= 0:
-        return img
-    h, w = img.shape[:2]
-    top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    return img[top : top + size, left : left + size]
-
-
-def load_test_pairs(
-    root: str | Path, count: int, crop: int
-) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """``(instance, noisy, clean)`` uint8 HWC pairs from a SIDD-layout test split."""
-    from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
-    from denoise.fileio import read_rgb8
-
-    found = list_instances(root)[:count] if count > 0 else list_instances(root)
-    return [
-        (
-            inst.name,
-            _center_crop(read_rgb8(folder / NOISY_NAME), crop),
-            _center_crop(read_rgb8(folder / GT_NAME), crop),
-        )
-        for inst, folder in found
-    ]
 
 
 def latency_ms(times: list[float]) -> dict[str, float]:
@@ -212,7 +187,7 @@ def smoke_test(
     """
     from denoise.metrics import psnr, to_batch, to_uint8
 
-    pairs = load_test_pairs(test_root, settings.images, settings.crop)
+    pairs = read_crops(test_root, settings.images, settings.crop)
     if not pairs:
         raise DenoiseError(f"{test_root}: no test images")
     batches = [to_batch(noisy) for _, noisy, _ in pairs]
