@@ -127,8 +127,12 @@ def test_score_sidd_layout_with_onnx_matches_the_checkpoint(tmp_path: Path, mode
 
 @pytest.mark.parametrize(
     ("args", "tile", "overlap"),
-    [([], DEFAULT_TILE, DEFAULT_OVERLAP), (["--tile", "16", "--overlap", "4"], 16, 4)],
-    ids=["default-tiles", "16px-tiles"],
+    [
+        ([], DEFAULT_TILE, DEFAULT_OVERLAP),
+        (["--tile", "16", "--overlap", "4"], 16, 4),
+        (["--tile", "40"], 40, 10),  # a small tile alone: a quarter of it, not the default 32
+    ],
+    ids=["default-tiles", "16px-tiles", "40px-tile-alone"],
 )
 def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
     tmp_path: Path, model_files, args: list[str], tile: int, overlap: int

@@ -100,6 +100,16 @@ def test_a_grey_photo_stays_grey(tmp_path: Path, suffix: str, dtype: type) -> No
         np.testing.assert_array_equal(out, cv2.imread(str(src), cv2.IMREAD_UNCHANGED))
 
 
+def test_an_opaque_grey_and_alpha_photo_stays_grey(tmp_path: Path) -> None:
+    from PIL import Image
+
+    la = np.random.default_rng(4).integers(0, 255, (16, 20, 2), dtype=np.uint8)
+    la[..., 1] = 255
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    (dst,) = _run(tmp_path / "la.png", out=tmp_path / "out")
+    np.testing.assert_array_equal(cv2.imread(str(dst), cv2.IMREAD_UNCHANGED), la[..., 0])
+
+
 def test_a_profile_for_other_pixels_is_not_copied(tmp_path: Path) -> None:
     cmyk = SRGB[:16] + b"CMYK" + SRGB[20:]  # a CMYK JPEG's profile: OpenCV decodes it to RGB
     grey_profile = SRGB[:16] + b"GRAY" + SRGB[20:]

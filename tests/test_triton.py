@@ -205,12 +205,16 @@ def test_the_python_model_runs_each_shape_of_a_batch_of_requests_once(
         assert np.abs(tensors[0].arr - local_onnxruntime(repository, x)).max() <= 1e-5
     # Pixels outside the network's [0, 1] are refused request by request; the rest are served.
     good = inputs[0]
-    answers = model.execute([request(good * 255), request(good), request(good * np.nan)])
+    empty = np.zeros((1, 3, 0, 16), np.float32)
+    answers = model.execute(
+        [request(good * 255), request(good), request(good * np.nan), request(empty)]
+    )
     assert [error[0] if error else None for _, error in answers] == [
         f"{INPUT_NAME}: input values must be in [0, 1] (got {good.min() * 255:g} to "
         f"{good.max() * 255:g}: 8-bit pixels / 255)",
         None,
         f"{INPUT_NAME}: input has NaN or infinite values",
+        f"{INPUT_NAME}: input is empty (shape (1, 3, 0, 16))",
     ]
     assert np.abs(answers[1][0][0].arr - local_onnxruntime(repository, good)).max() <= 1e-5
     failed = model.execute([request(np.zeros((1, 4, 8, 8), np.float32))] * 3)
@@ -626,24 +630,26 @@ def test_ports_of_the_kernels_choosing_are_distinct_and_free() -> None:
 
 
 def test_a_free_port_taken_before_the_server_binds_it_costs_a_retry(
-    repository: Path, monkeypatch: pytest.MonkeyPatch
+    server: TritonServer,
+    repository: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Two experiments of a parallel queue may be given the same free port: the one whose
-    server then fails to bind it starts again on others, and says nothing of it."""
+    """Two experiments of a parallel queue may be given the same free port, and the other's
+    Triton may bind it first (here: the module's running server). Its answers must not pass
+    for this server's readiness: this one's process exits ("already in use") and it starts
+    again on other ports, saying so."""
     real = server_module.free_ports
     (grpc,) = real(1)
-    with socket.socket() as busy:
-        busy.bind((HOST, 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
-        picks = [[taken]]  # the first try gets the busy port
-        monkeypatch.setattr(
-            server_module, "free_ports", lambda n: picks.pop() if picks else real(n)
-        )
-        with TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=grpc) as srv:
-            assert srv.http_port not in (0, taken) and srv.grpc_port == grpc
-            assert not picks  # the busy port was tried first
-            assert TritonBackend(srv.http_url, "http", PYTHON_MODEL).max_batch_size >= 1
+    taken = server.http_port
+    picks = [[taken]]  # the first try gets the other server's port
+    monkeypatch.setattr(server_module, "free_ports", lambda n: picks.pop() if picks else real(n))
+    with TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=grpc) as srv:
+        assert srv.http_port not in (0, taken) and srv.grpc_port == grpc
+        assert not picks  # the taken port was tried first
+        assert srv.process is not None and srv.process.poll() is None  # its own, running
+        assert TritonBackend(srv.http_url, "http", PYTHON_MODEL).max_batch_size >= 1
+    assert f"{taken}' already in use" in capsys.readouterr().out  # the note of the retry
 
 
 def test_a_model_named_twice_is_served_once(repository: Path) -> None:

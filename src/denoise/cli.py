@@ -54,8 +54,20 @@ TileOpt = Annotated[
     int, typer.Option(help="Tile size in pixels, at least 16 (0: whole image at once).")
 ]
 OverlapOpt = Annotated[
-    int, typer.Option(help="Minimum overlap of neighbouring tiles, pixels (at most half a tile).")
+    int | None,
+    typer.Option(
+        help=f"Minimum overlap of neighbouring tiles, pixels, at most half a tile (default: "
+        f"{DEFAULT_OVERLAP}, or a quarter of a tile under {4 * DEFAULT_OVERLAP})."
+    ),
 ]
+
+
+def tile_overlap(tile: int, overlap: int | None) -> int:
+    """The overlap asked for, else the default one: a small ``--tile`` alone is not refused
+    for an overlap its user never set."""
+    if overlap is not None:
+        return overlap
+    return min(DEFAULT_OVERLAP, tile // 4) if tile > 0 else DEFAULT_OVERLAP
 
 
 def check_json_out(path: Path | None) -> None:
@@ -87,13 +99,14 @@ def score(
         Path | None, typer.Option("--json", help="Also write the scores here as JSON.")
     ] = None,
     tile: TileOpt = DEFAULT_TILE,
-    overlap: OverlapOpt = DEFAULT_OVERLAP,
+    overlap: OverlapOpt = None,
 ) -> None:
     """Score a model on noisy/clean pairs: PSNR and SSIM of input and output per image."""
     from denoise.evaluate import format_score_table, pairs_to_score, score_pairs, tiled_denoiser
     from denoise.fileio import write_json
     from denoise.infer import backend_for_file, check_tiling, open_backend
 
+    overlap = tile_overlap(tile, overlap)
     check_tiling(tile, overlap, command_line=True)
     kind = backend_for_file(model)
     if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
@@ -138,7 +151,7 @@ def run(
     ] = None,
     url: Annotated[str | None, typer.Option(help="Triton server URL (triton backend).")] = None,
     tile: TileOpt = DEFAULT_TILE,
-    overlap: OverlapOpt = DEFAULT_OVERLAP,
+    overlap: OverlapOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     precision: Annotated[
         str,
@@ -169,6 +182,7 @@ def run(
     from denoise.infer import check_out_dir, check_tiling, denoise_files, open_backend
     from denoise.model_choice import resolve_model
 
+    overlap = tile_overlap(tile, overlap)
     check_tiling(tile, overlap, command_line=True)  # before the model loads
     if out_dir == "":
         raise DenoiseError("-o/--out-dir is empty (an unset variable?)")

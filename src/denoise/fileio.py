@@ -228,6 +228,17 @@ def is_truncated_jpeg(data: bytes) -> bool:
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_GREY_ALPHA = 4  # the IHDR colour type of grey + alpha
+
+
+def is_grey_alpha_png(data: bytes) -> bool:
+    """A PNG of grey and alpha (IHDR colour type 4, at byte 25): OpenCV decodes it as four
+    channels, like RGBA, so only the header tells that the photo is grey."""
+    return (
+        data.startswith(_PNG_SIGNATURE)
+        and data[12:16] == b"IHDR"
+        and data[25:26] == bytes([_PNG_GREY_ALPHA])
+    )
 
 
 def is_truncated_png(data: bytes) -> bool:
@@ -367,6 +378,9 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
                 f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
             )
         img = np.ascontiguousarray(img[..., :3])  # all opaque: the alpha says nothing
+        grey = is_grey_alpha_png(data)
+        if grey and not allow_convert:
+            raise DenoiseError(f"{path}: greyscale image, expected {expected}")
     elif img.shape[2] != 3:
         raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
     metadata = read_metadata(data)

@@ -84,7 +84,7 @@ def read_patch_store(split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def evenly_spaced(count: int, limit: int) -> list[int]:
     """``limit`` indices of ``range(count)`` spread evenly, first and last included (every one
     for ``limit`` <= 0 or >= ``count``): the patches of a store that training validates on,
-    evaluate tunes NLM on and bench measures PSNR on."""
+    evaluate tunes NLM on and bench calibrates int8 on."""
     if limit <= 0 or limit >= count:
         return list(range(count))
     return [round(x) for x in np.linspace(0, count - 1, limit)]

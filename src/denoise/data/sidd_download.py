@@ -33,6 +33,7 @@ import stat
 import time
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
@@ -181,6 +182,95 @@ def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTP
         ) from None
 
 
+@dataclass(frozen=True)
+class _Body:
+    """How one response's body goes into the ``.part`` file."""
+
+    offset: int  # the part file's size the body continues (0: it is written from the start)
+    skip: int  # bytes at the body's start already on disk (a resume answered from earlier)
+    mode: str  # "ab" (continue) or "wb" (from the start)
+    resumable: bool  # whether a later request can pick up where this one stops
+
+
+def _read_headers(
+    resp: http.client.HTTPResponse, url: str, part: Path, offset: int, size: int
+) -> _Body:
+    """What the response to a request from byte ``offset`` is: a page instead of the archive, a
+    range from where (206), or the whole file (200); a size other than ``size`` is refused."""
+    if resp.headers.get_content_type() == "text/html":
+        raise DenoiseError(
+            f"{url} serves a web page, not the archive (a sign-in or download-warning "
+            "page?); set data.sidd.url to the file's direct link"
+        )
+    ranged = offset > 0
+    if resp.status == 206:
+        start, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if start > offset:
+            part.unlink()
+            raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
+        body = _Body(offset, offset - start, "ab", True)  # an earlier start: a proxy's block
+    else:  # 200: the server ignored Range (or there was none) and sends the whole file
+        if ranged:
+            tqdm.write(f"{url} ignores range requests: downloading from the start")
+        length = resp.headers.get("Content-Length")
+        total = int(length) if length and length.isdigit() else None
+        # Not resumable where a range request was answered with the whole file, or where the
+        # server says up front that it takes none.
+        accepts = resp.headers.get("Accept-Ranges", "").lower() != "none"
+        body = _Body(0, 0, "wb", not ranged and accepts)
+    if total is not None and total != size:
+        raise DenoiseError(
+            f"{url} serves {total} bytes but {size} are expected; check "
+            "data.sidd.url and data.sidd.size"
+        )
+    return body
+
+
+def _write_body(
+    resp: http.client.HTTPResponse, part: Path, body: _Body, *, size: int, progress: bool
+) -> int:
+    """Copy the response's body into ``part`` until it ends or passes ``size``; returns the
+    part file's size. A connection lost midway raises :class:`_Interrupted`."""
+    written, skip = body.offset, body.skip
+    try:
+        with (
+            open(part, body.mode) as f,
+            tqdm(
+                total=size,
+                initial=body.offset,
+                unit="B",
+                unit_scale=True,
+                unit_divisor=1024,
+                desc=part.name,
+                disable=not progress,
+            ) as bar,
+        ):
+            while written <= size:
+                try:
+                    chunk = resp.read(min(CHUNK, skip) if skip else CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Interrupted(
+                        f"{type(e).__name__}: {e}", resumable=body.resumable
+                    ) from None
+                if not chunk:
+                    break
+                if skip:
+                    skip -= len(chunk)
+                    continue
+                f.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise DenoiseError(
+                f"no space left on device writing {part} ({written} of {size} "
+                "bytes); free space or set data.sidd.cache_dir elsewhere, "
+                "then run again to resume"
+            ) from None
+        raise DenoiseError(f"cannot write {part}: {e.strerror or e}") from None
+    return written
+
+
 def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool) -> None:
     """Bring ``part`` to ``size`` bytes (or more, for verification to reject); one HTTP request.
 
@@ -194,83 +284,20 @@ def _transfer(url: str, part: Path, *, size: int, timeout: float, progress: bool
         return
     check_free_space(part.parent, size - offset, f"the rest of {url}")
     with _open(url, part, offset, timeout) as resp:
-        if resp.headers.get_content_type() == "text/html":
-            raise DenoiseError(
-                f"{url} serves a web page, not the archive (a sign-in or download-warning "
-                "page?); set data.sidd.url to the file's direct link"
-            )
-        skip = 0  # bytes of the body already on disk
-        ranged = offset > 0
-        if resp.status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range"))
-            if start > offset:
-                part.unlink()
-                raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
-            skip, mode = offset - start, "ab"  # an earlier start (a proxy's block boundary)
-        else:  # 200: the server ignored Range (or there was none) and sends the whole file
-            if ranged:
-                tqdm.write(f"{url} ignores range requests: downloading from the start")
-            offset, mode = 0, "wb"
-            length = resp.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-        # Whether a later request can pick up where this one stops: not where a range request
-        # was answered with the whole file, or the server says up front that it takes none.
-        resumable = resp.status == 206 or (
-            not ranged and resp.headers.get("Accept-Ranges", "").lower() != "none"
-        )
-        if total is not None and total != size:
-            raise DenoiseError(
-                f"{url} serves {total} bytes but {size} are expected; check "
-                "data.sidd.url and data.sidd.size"
-            )
-        written = offset
-        try:
-            with (
-                open(part, mode) as f,
-                tqdm(
-                    total=size,
-                    initial=offset,
-                    unit="B",
-                    unit_scale=True,
-                    unit_divisor=1024,
-                    desc=part.name,
-                    disable=not progress,
-                ) as bar,
-            ):
-                while written <= size:
-                    try:
-                        chunk = resp.read(min(CHUNK, skip) if skip else CHUNK)
-                    except (OSError, http.client.HTTPException) as e:
-                        raise _Interrupted(
-                            f"{type(e).__name__}: {e}", resumable=resumable
-                        ) from None
-                    if not chunk:
-                        break
-                    if skip:
-                        skip -= len(chunk)
-                        continue
-                    f.write(chunk)
-                    written += len(chunk)
-                    bar.update(len(chunk))
-        except OSError as e:
-            if e.errno == errno.ENOSPC:
-                raise DenoiseError(
-                    f"no space left on device writing {part} ({written} of {size} "
-                    "bytes); free space or set data.sidd.cache_dir elsewhere, "
-                    "then run again to resume"
-                ) from None
-            raise DenoiseError(f"cannot write {part}: {e.strerror or e}") from None
+        body = _read_headers(resp, url, part, offset, size)
+        written = _write_body(resp, part, body, size=size, progress=progress)
     # A whole response (a cut chunked body raises IncompleteRead above) that is not the
     # archive; a 206 may be one block of a range a server hands out in pieces: resumed.
-    if written < size and resp.chunked and mode == "wb":
+    if written < size and resp.chunked and body.mode == "wb":
         part.unlink()  # a page, not a prefix of the archive
         raise DenoiseError(
-            f"{url} sent a whole response of {written - offset} bytes where {size - offset} "
-            f"were expected (not the archive?); check data.sidd.url and data.sidd.size"
+            f"{url} sent a whole response of {written - body.offset} bytes where "
+            f"{size - body.offset} were expected (not the archive?); check data.sidd.url and "
+            "data.sidd.size"
         )
     if written < size:
         raise _Interrupted(
-            f"connection closed after {written} of {size} bytes", resumable=resumable
+            f"connection closed after {written} of {size} bytes", resumable=body.resumable
         )
 
 

@@ -21,6 +21,8 @@ import triton_python_backend_utils as pb_utils
 def input_problem(x: np.ndarray) -> str | None:
     """Why a request's pixels cannot be denoised (None: they can). The network takes values in
     [0, 1]; a client sending 0-255 would get back noise, one sending NaN a NaN image."""
+    if not x.size:
+        return f"input is empty (shape {x.shape})"
     if not np.isfinite(x).all():
         return "input has NaN or infinite values"
     low, high = float(x.min()), float(x.max())

@@ -231,7 +231,10 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self._signals: contextlib.ExitStack | None = None
-        self.shm_prefix = f"denoise_triton_{uuid.uuid4().hex[:12]}_"
+        token = uuid.uuid4().hex[:12]
+        self.shm_prefix = f"denoise_triton_{token}_"
+        # The name it answers to: a server that took this one's port first is not it.
+        self.server_id = f"denoise-{token}"
 
     @property
     def http_url(self) -> str:
@@ -259,6 +262,7 @@ class TritonServer:
     def command(self, repository: Path, backend_dir: Path | None) -> list[str]:
         cmd = [
             str(self.binary.path),
+            f"--id={self.server_id}",
             f"--model-repository={repository}",
             "--model-control-mode=explicit",
             "--exit-on-error=false",
@@ -297,9 +301,10 @@ class TritonServer:
             tries_left -= 1
             try:
                 return self._start_once()
-            except _PortTaken:
+            except _PortTaken as e:
                 if not tries_left:
                     raise
+                print(f"note: {e}; starting again on other ports", flush=True)
 
     def _start_once(self) -> float:
         self._log.clear()
@@ -375,7 +380,9 @@ class TritonServer:
                         f"{self.process.returncode} during startup: {reason}"
                     )
                 try:
-                    live = client.is_server_live()
+                    # Another server may answer on this port (it bound it first; this one's
+                    # process then exits with "already in use"): only this one counts.
+                    live = client.is_server_live() and self._answers_as_this(client)
                     ready = live and all(client.is_model_ready(m) for m in self.models)
                 except Exception:  # not listening yet
                     live = ready = False
@@ -390,6 +397,9 @@ class TritonServer:
             f"{self.repository}: models {self.models} not ready after "
             f"{self.startup_timeout_s:g} s: {self._log_reason()}"
         )
+
+    def _answers_as_this(self, client: Any) -> bool:
+        return client.get_server_metadata().get("name") == self.server_id
 
     def _raise_unavailable(self, client: Any) -> None:
         try:
