@@ -299,23 +299,26 @@ def test_an_all_opaque_alpha_is_dropped(tmp_path: Path, dtype) -> None:
         read_photo(tmp_path / "clear.png")
 
 
-def test_grey_with_alpha_reads_as_grey_or_is_named_as_such(tmp_path: Path) -> None:
-    """OpenCV decodes a grey+alpha PNG as four channels, like RGBA: all opaque, it is a grey
-    photo all the same (and written back grey); one transparent pixel, and it is refused."""
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_grey_with_alpha_reads_as_grey_or_is_named_as_such(tmp_path: Path, suffix: str) -> None:
+    """OpenCV decodes a grey+alpha PNG as four channels, like RGBA, and a grey+alpha TIFF as
+    one, dropping the alpha: all opaque, either is a grey photo (written back grey); one
+    transparent pixel, and it is refused."""
     from PIL import Image
 
     la = np.zeros((3, 4, 2), np.uint8)
     la[..., 0], la[..., 1] = np.arange(12).reshape(3, 4) * 20, 255
-    Image.fromarray(la, "LA").save(tmp_path / "opaque.png")
-    photo = read_photo(tmp_path / "opaque.png")
+    opaque, clear = tmp_path / f"opaque{suffix}", tmp_path / f"la{suffix}"
+    Image.fromarray(la, "LA").save(opaque)
+    photo = read_photo(opaque)
     assert photo.grey
     np.testing.assert_array_equal(photo.rgb, np.repeat(la[..., :1], 3, axis=2))
-    with pytest.raises(DenoiseError, match=r"opaque\.png: greyscale image, expected"):
-        read_photo(tmp_path / "opaque.png", allow_convert=False)
+    with pytest.raises(DenoiseError, match=rf"{opaque.name}: greyscale image, expected"):
+        read_photo(opaque, allow_convert=False)
     la[0, 0, 1] = 0
-    Image.fromarray(la, "LA").save(tmp_path / "la.png")
-    with pytest.raises(DenoiseError, match=r"la\.png: has an alpha channel \(RGBA or grey"):
-        read_rgb8(tmp_path / "la.png")
+    Image.fromarray(la, "LA").save(clear)
+    with pytest.raises(DenoiseError, match=rf"{clear.name}: has an alpha channel \(RGBA or grey"):
+        read_rgb8(clear)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

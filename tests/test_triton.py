@@ -31,6 +31,7 @@ from denoise.errors import DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_rgb8, write_rgb8
 from denoise.infer import OnnxRuntimeBackend, denoise_image, open_backend
+from denoise.metrics import to_batch, to_uint8
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 from denoise.triton import client as client_module
 from denoise.triton import server as server_module
@@ -368,6 +369,24 @@ def test_served_output_matches_onnxruntime(
     default.close()
 
 
+def test_the_readmes_client_example_runs(
+    server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's Python client, as written there, against a running server."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    photo = np.random.default_rng(9).integers(0, 256, (37, 45, 3), dtype=np.uint8)
+    write_rgb8(tmp_path / "photo.png", photo)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(code.replace("127.0.0.1:8000", server.http_url), namespace)
+    assert namespace["rgb"].shape == photo.shape and (namespace["rgb"] == photo).all()
+    out = namespace["out"]
+    assert out.shape == photo.shape and out.dtype == np.uint8
+    want = local_onnxruntime(server.repository, to_batch(photo))[0].transpose(1, 2, 0)
+    assert np.abs(out.astype(int) - to_uint8(want)).max() <= 1
+
+
 def test_waiting_requests_run_as_one_batch_each_getting_its_own_rows(
     server: TritonServer, repository: Path
 ) -> None:
@@ -650,6 +669,27 @@ def test_a_free_port_taken_before_the_server_binds_it_costs_a_retry(
         assert srv.process is not None and srv.process.poll() is None  # its own, running
         assert TritonBackend(srv.http_url, "http", PYTHON_MODEL).max_batch_size >= 1
     assert f"{taken}' already in use" in capsys.readouterr().out  # the note of the retry
+
+
+def test_a_given_port_taken_before_the_bind_is_not_retried(
+    repository: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Other ports cannot help where the port taken is the one the user gave: one error."""
+    real_in_use, checked = server_module.port_in_use, []
+
+    def in_use(port: int) -> bool:  # the check before the start finds the port free...
+        checked.append(port)
+        return len(checked) > 1 and real_in_use(port)
+
+    monkeypatch.setattr(server_module, "port_in_use", in_use)
+    with socket.socket() as busy:  # ...and then it is taken
+        busy.bind((HOST, 0))
+        busy.listen()
+        grpc = busy.getsockname()[1]
+        srv = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=grpc)
+        with pytest.raises(DenoiseError, match=rf"{grpc}' already in use"):
+            srv.start()
+    assert srv.process is None and "starting again" not in capsys.readouterr().out
 
 
 def test_a_model_named_twice_is_served_once(repository: Path) -> None:

@@ -275,6 +275,23 @@ class Photo:
 _TIFF_MAGIC = (*TIFF_HEADERS, b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF
 
 
+def tiff_alpha_is_opaque(data: bytes) -> bool:
+    """Whether a grey TIFF's alpha sample, if it has one, is all opaque. OpenCV decodes grey
+    plus alpha as one channel and drops the alpha, so tifffile reads the samples."""
+    import io
+
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        if page.samplesperpixel < 2:
+            return True
+        samples = page.asarray()
+        separate = int(page.planarconfig) == 2  # (samples, H, W) rather than (H, W, samples)
+    alpha = samples[-1] if separate else samples[..., -1]
+    return alpha.dtype.kind in "ui" and bool((alpha == np.iinfo(alpha.dtype).max).all())
+
+
 # What libjpeg and libpng write to the error stream (not through OpenCV's log) about a bad
 # file: why it did not decode, or, for one decoded anyway, that its rows are garbled.
 _CORRUPT_DATA = ("Corrupt JPEG data", "Premature end of JPEG", "libpng error")
@@ -368,6 +385,10 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     elif img.dtype not in (np.uint8, np.uint16):
         raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected {expected}")
     grey = img.ndim == 2 or img.shape[2] == 1
+    if grey and data[:4] in _TIFF_MAGIC and not tiff_alpha_is_opaque(data):
+        raise DenoiseError(
+            f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
+        )
     if grey:
         if not allow_convert:
             raise DenoiseError(f"{path}: greyscale image, expected {expected}")

@@ -302,7 +302,8 @@ class TritonServer:
             try:
                 return self._start_once()
             except _PortTaken as e:
-                if not tries_left:
+                # Other ports help only where the one taken was the kernel's choice.
+                if not tries_left or any(p and port_in_use(p) for p in self.requested_ports):
                     raise
                 print(f"note: {e}; starting again on other ports", flush=True)
 
