@@ -7,6 +7,7 @@ interrupted run leaves either the old file or the new one, never half of one.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -275,12 +276,21 @@ class Photo:
 _TIFF_MAGIC = (*TIFF_HEADERS, b"II+\0", b"MM\0+")  # classic TIFF and BigTIFF
 
 
+def _alpha_is_opaque(img: np.ndarray, data: bytes) -> bool:
+    """Whether a decoded image's alpha, if it has one, is all opaque (transparency has no
+    meaning for a photograph). OpenCV keeps a PNG's alpha as a fourth channel but drops a grey
+    TIFF's, which :func:`tiff_alpha_is_opaque` reads."""
+    if img.ndim == 3 and img.shape[2] == 4:
+        return bool((img[..., 3] == np.iinfo(img.dtype).max).all())
+    if img.ndim == 2 or img.shape[2] == 1:
+        return data[:4] not in _TIFF_MAGIC or tiff_alpha_is_opaque(data)
+    return True
+
+
 def tiff_alpha_is_opaque(data: bytes) -> bool:
     """Whether a grey TIFF's alpha sample, if it has one, is all opaque. OpenCV decodes grey
     plus alpha as one channel and drops the alpha, so tifffile reads the samples."""
-    import io
-
-    import tifffile
+    import tifffile  # only for grey TIFFs
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = tif.pages[0]
@@ -384,26 +394,20 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
         img = _to_8bit(img)
     elif img.dtype not in (np.uint8, np.uint16):
         raise DenoiseError(f"{path}: unsupported sample type {img.dtype}, expected {expected}")
-    grey = img.ndim == 2 or img.shape[2] == 1
-    if grey and data[:4] in _TIFF_MAGIC and not tiff_alpha_is_opaque(data):
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels not in (1, 3, 4):
+        raise DenoiseError(f"{path}: {channels} channels, expected {expected}")
+    if not _alpha_is_opaque(img, data):
         raise DenoiseError(
             f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
         )
-    if grey:
-        if not allow_convert:
-            raise DenoiseError(f"{path}: greyscale image, expected {expected}")
-        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        if not (img[..., 3] == np.iinfo(img.dtype).max).all():
-            raise DenoiseError(
-                f"{path}: has an alpha channel (RGBA or grey+alpha), expected {expected}"
-            )
+    if channels == 4:
         img = np.ascontiguousarray(img[..., :3])  # all opaque: the alpha says nothing
-        grey = is_grey_alpha_png(data)
-        if grey and not allow_convert:
-            raise DenoiseError(f"{path}: greyscale image, expected {expected}")
-    elif img.shape[2] != 3:
-        raise DenoiseError(f"{path}: {img.shape[2]} channels, expected {expected}")
+    grey = channels == 1 or (channels == 4 and is_grey_alpha_png(data))
+    if grey and not allow_convert:
+        raise DenoiseError(f"{path}: greyscale image, expected {expected}")
+    if channels == 1:
+        img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     metadata = read_metadata(data)
     # OpenCV's TIFF decoder applies the orientation tag itself; the others leave it to us.
     turned = 1 if data[:4] in _TIFF_MAGIC else metadata.orientation

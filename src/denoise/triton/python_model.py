@@ -10,6 +10,7 @@ bundled in nvidia-pytriton can serve (it has the python backend only).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,9 @@ def input_problem(x: np.ndarray) -> str | None:
     [0, 1]; a client sending 0-255 would get back noise, one sending NaN a NaN image."""
     if not x.size:
         return f"input is empty (shape {x.shape})"
-    if not np.isfinite(x).all():
+    low, high = float(x.min()), float(x.max())  # NaN or infinity anywhere shows in these
+    if not (math.isfinite(low) and math.isfinite(high)):
         return "input has NaN or infinite values"
-    low, high = float(x.min()), float(x.max())
     if low < 0.0 or high > 1.0:
         return f"input values must be in [0, 1] (got {low:g} to {high:g}: 8-bit pixels / 255)"
     return None
