@@ -8,14 +8,18 @@ from collections.abc import Callable
 from denoise.errors import DenoiseError
 from denoise.params import load_params
 from denoise.paths import PARAMS_FILE
+from denoise.signals import sigterm_as_interrupt
 
 __all__ = ["PARAMS_FILE", "load_params", "run_stage"]
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main; a :class:`DenoiseError` becomes ``error: ...`` and exit code 1."""
+    """Run a stage's main; a :class:`DenoiseError` becomes ``error: ...`` and exit code 1, and
+    Ctrl-C or SIGTERM (:mod:`denoise.signals`) ``interrupted`` and 130, after the stage's
+    cleanup has run."""
     try:
-        main()
+        with sigterm_as_interrupt():
+            main()
     except DenoiseError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

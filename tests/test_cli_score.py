@@ -158,7 +158,7 @@ def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
 
 
 @pytest.mark.parametrize(
-    "problem", ["unmatched", "size", "tiny", "unreadable", "json", "json-under-a-file", "tile"]
+    "problem", ["unmatched", "size", "unreadable", "json", "json-under-a-file", "tile"]
 )
 def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -> None:
     root = tmp_path / "pairs"
@@ -179,11 +179,6 @@ def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -
         write_rgb8(root / "noisy" / "small.png", pair(5, h=10)[0])
         write_rgb8(root / "clean" / "small.png", pair(5)[1])
         culprit = "small.png"
-    elif problem == "tiny":  # readable, but smaller than SSIM's window
-        noisy, clean = pair(5, h=9, w=40)
-        write_rgb8(root / "noisy" / "tiny.png", noisy)
-        write_rgb8(root / "clean" / "tiny.png", clean)
-        culprit = "tiny"
     else:
         (root / "noisy" / "broken.png").write_bytes(b"\x89PNG not really")
         write_rgb8(root / "clean" / "broken.png", pair(5)[1])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +19,16 @@ from denoise.errors import DenoiseError
 from denoise.export import ExportSettings, check_onnx, export_checkpoint, export_onnx, parity
 from denoise.triton.repository import (
     INPUT_NAME,
+    NETWORK_KEY,
     ONNX_MODEL,
     PYTHON_MODEL,
     PYTHON_MODEL_TEMPLATE,
     SOURCE_ONNX_KEY,
     TRT_MODEL,
+    config_parameter,
     file_md5,
     model_config,
+    onnx_metadata,
 )
 
 SETTINGS = ExportSettings(
@@ -55,8 +60,9 @@ def test_export_checkpoint_writes_verified_routes(tmp_path: Path, name: str) -> 
     if name == "nafnet":
         assert report["layernorm_nodes"] == 2 * (1 + 1 + 1 + 1 + 1)  # two per NAFBlock
     for model_name in (ONNX_MODEL, PYTHON_MODEL):
-        assert (repo / model_name / "config.pbtxt").is_file()
-        assert (repo / model_name / "1" / "model.onnx").is_file()
+        config = (repo / model_name / "config.pbtxt").read_text()
+        assert config_parameter(config, NETWORK_KEY) == name  # which network it serves
+        assert onnx_metadata(repo / model_name / "1" / "model.onnx")[NETWORK_KEY] == name
     assert (repo / PYTHON_MODEL / "1" / "model.py").read_text() == PYTHON_MODEL_TEMPLATE.read_text()
     # The published file itself, on a size and batch the parity check did not use.
     x = np.random.default_rng(1).random((3, 3, 23, 41), dtype=np.float32)
@@ -112,6 +118,32 @@ def test_an_engine_of_another_onnx_is_removed_and_one_of_the_same_kept(tmp_path:
     export_checkpoint(ckpt, repo, metrics, SETTINGS)  # the same model: the same bytes
     assert file_md5(repo / ONNX_MODEL / "1" / "model.onnx") == onnx_md5
     assert config.is_file()
+
+
+def test_a_write_cut_short_leaves_no_stale_engine_and_no_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk half-way through the routes: one line naming the repository; the engine of
+    the previous ONNX is gone already (it would serve the old network beside the new one) and
+    the report still describes the previous export, not one that did not finish."""
+    ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
+    repo, metrics = tmp_path / "repo", tmp_path / "export.json"
+    config = repo / TRT_MODEL / "config.pbtxt"
+    config.parent.mkdir(parents=True)
+    config.write_text(model_config(TRT_MODEL, **TRT_CONFIG, parameters={SOURCE_ONNX_KEY: "0"}))
+    metrics.write_text('{"checkpoint": "previous.pt"}')
+    copy = shutil.copyfile
+
+    def disk_full(src: str, dst: str | Path) -> Path:
+        if PYTHON_MODEL in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return copy(src, dst)
+
+    monkeypatch.setattr(shutil, "copyfile", disk_full)
+    with pytest.raises(DenoiseError, match=r"repo: cannot write \(No space left on device: "):
+        export_checkpoint(ckpt, repo, metrics, SETTINGS)
+    assert not (repo / TRT_MODEL).exists()
+    assert metrics.read_text() == '{"checkpoint": "previous.pt"}'
 
 
 def test_a_nan_at_any_size_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

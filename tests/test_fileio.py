@@ -378,3 +378,35 @@ def test_a_bad_file_leaves_no_decoder_chatter_on_stderr(
     with pytest.raises(DenoiseError, match=r"cut\.png: truncated PNG"):
         read_rgb8(path)
     assert capfd.readouterr().err == ""  # OpenCV would print "[ WARN:0@...] ... incomplete"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_an_atomic_write_is_on_disk_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The data is fsynced before the rename and the rename after it: a power cut cannot
+    leave an empty file under the final name."""
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def logged_fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def logged_replace(src: str | Path, dst: str | Path) -> None:
+        events.append(("replace", str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", logged_fsync)
+    monkeypatch.setattr(os, "replace", logged_replace)
+    target = tmp_path / "out"
+    with atomic_path(target) as tmp:
+        if kind == "file":
+            tmp.write_bytes(b"data")
+        else:
+            tmp.mkdir()
+            (tmp / "part.bin").write_bytes(b"data")
+    renamed = events.index(("replace", str(target)))
+    synced = [path for op, path in events[:renamed] if op == "fsync"]
+    assert any(p.endswith("part.bin" if kind == "folder" else "/out") for p in synced), events
+    assert ("fsync", str(tmp_path)) in events[renamed:], events

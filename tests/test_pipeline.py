@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,14 @@ def test_a_queued_sweep_runs_one_experiment_per_value(workdir: Path) -> None:
     assert len(columns) == 1, list(rows[0])
     psnrs = {done[str(float(r))][columns[0]] for r in rates}
     assert len(psnrs) == 2 and all(p for p in psnrs), psnrs
+    # The README's `dvc exp show` recipe keeps what it says: each rate and its test scores.
+    readme = (REPO / "README.md").read_text().splitlines()
+    recipe = shlex.split(next(line for line in readme if line.startswith("dvc exp show --drop")))
+    kept = list(csv.DictReader(io.StringIO(_run([*recipe, "--no-pager", "--csv"], workdir))))
+    assert {"params.yaml:model", "train.nafnet.lr", "methods.nafnet.ssim"} <= set(kept[0])
+    assert not [c for c in kept[0] if "by_iso" in c or c.startswith("http")], list(kept[0])
+    tested = {r["train.nafnet.lr"]: r["methods.nafnet.psnr"] for r in kept if r["train.nafnet.lr"]}
+    assert set(tested) >= set(done) and len({tested[lr] for lr in done}) == 2, kept
 
 
 def test_a_failed_export_leaves_the_served_models_in_place(workdir: Path) -> None:

@@ -120,7 +120,7 @@ def test_a_failed_build_is_recorded_as_failed(
 
     monkeypatch.setattr(tensorrt, "build_engine", failing_build)
     if failing == "build":
-        monkeypatch.setattr(tensorrt, "onnx_pad_multiple", lambda path: 16)
+        monkeypatch.setattr(tensorrt, "served_parameters", lambda path: {"pad_multiple": "16"})
     repo = tmp_path / "model_repository"
     (repo / ONNX_MODEL / "1").mkdir(parents=True)
     (repo / ONNX_MODEL / "1" / "model.onnx").write_bytes(b"not onnx")

@@ -118,7 +118,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("triton")
     model = tiny_model("nafnet", scale=0.05)
     onnx_path = tmp / "model.onnx"
-    export_onnx(model, onnx_path)
+    export_onnx(model, onnx_path, network="nafnet")
     repo = tmp / "model_repository"
     for route in ONNX_ROUTES:
         write_onnx_route(repo, route, onnx_path, max_batch_size=2, python_threads=1)
@@ -367,6 +367,13 @@ def test_served_output_matches_onnxruntime(
     default = open_backend("triton", "", url=url, protocol=protocol)  # no --model: the default
     assert default.model_name == PYTHON_MODEL
     default.close()
+    # Another network's name is refused: the server holds a NAFNet (its config says so).
+    with pytest.raises(
+        DenoiseError,
+        match=rf"{protocol}://.*: denoise_python serves nafnet, not dncnn \(pass --model "
+        r"denoise_python to use it as it is\)",
+    ):
+        open_backend("triton", "dncnn", url=url, protocol=protocol)
 
 
 def test_the_readmes_client_example_runs(

@@ -16,6 +16,7 @@ import typer
 from denoise import __version__
 from denoise.errors import DenoiseError
 from denoise.paths import REPOSITORY, TEST_DIR
+from denoise.signals import sigterm_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -25,12 +26,14 @@ app = typer.Typer(
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Report DenoiseError as one line and exit 1 instead of a traceback."""
+    """Report DenoiseError as one line and exit 1 instead of a traceback; SIGTERM unwinds as
+    Ctrl-C does (:mod:`denoise.signals`), so a killed command leaves no temporary behind."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with sigterm_as_interrupt():
+                return fn(*args, **kwargs)
         except DenoiseError as e:
             typer.echo(f"error: {e}", err=True)
             sys.exit(1)
@@ -115,7 +118,7 @@ def score(
     count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
     backend = open_backend(kind, model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
-    report = score_pairs(named_pairs, denoiser, total=count)
+    report = score_pairs(named_pairs, denoiser, total=count, progress=sys.stderr.isatty())
     typer.echo(format_score_table(report))
     if json_out is not None:
         write_json(json_out, report)
@@ -149,7 +152,10 @@ def run(
             help="torch, onnxruntime, triton or tensorrt (default: from the model file's suffix)."
         ),
     ] = None,
-    url: Annotated[str | None, typer.Option(help="Triton server URL (triton backend).")] = None,
+    url: Annotated[
+        str | None,
+        typer.Option(help="Triton server URL, triton backend (default: 127.0.0.1:8000)."),
+    ] = None,
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,

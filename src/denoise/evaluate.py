@@ -33,7 +33,7 @@ from denoise.data import sidd_blocks, sidd_layout
 from denoise.data.pairs import CLEAN_DIR, NOISY_DIR, find_pairs, read_pair
 from denoise.data.patch_store import evenly_spaced, read_patch_store
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, write_bytes_atomic, write_json
+from denoise.fileio import atomic_path, clear_stale_staging, write_bytes_atomic, write_json
 from denoise.infer import Backend, denoise_image, open_backend
 from denoise.metrics import psnr, ssim
 from denoise.params import checked_section
@@ -52,13 +52,9 @@ class Score:
     ssim: float
 
 
-def score_image(output: np.ndarray, clean: np.ndarray, name: str) -> Score:
-    """The per-image score: PSNR (dB) and SSIM of a uint8 output against the clean image
-    (``name``'s); an image that cannot be scored (too small for SSIM) is an error naming it."""
-    try:
-        return Score(psnr(output, clean), ssim(output, clean))
-    except ValueError as e:
-        raise DenoiseError(f"{name}: cannot score ({e})") from None
+def score_image(output: np.ndarray, clean: np.ndarray) -> Score:
+    """The per-image score: PSNR (dB) and SSIM of a uint8 output against the clean image."""
+    return Score(psnr(output, clean), ssim(output, clean))
 
 
 def _num(x: float) -> float | None:
@@ -108,8 +104,8 @@ def score_pairs(
     for name, noisy, clean in tqdm(
         pairs, total=total, desc="score", unit="image", disable=not progress
     ):
-        before = score_image(noisy, clean, name)
-        after = score_image(denoiser(noisy), clean, name)
+        before = score_image(noisy, clean)
+        after = score_image(denoiser(noisy), clean)
         rows.append(
             {
                 "name": name,
@@ -383,6 +379,7 @@ def evaluate(
         methods[name](np.zeros((32, 32, 3), np.uint8))  # warm-up, so timings are steady
 
     records: list[ImageRecord] = []
+    clear_stale_staging(plots_dir / "strips")  # a killed run's (SIGKILL: nothing unwound)
     with atomic_path(plots_dir / "strips") as strips_dir:
         strips_dir.mkdir()
         for pair in tqdm(pairs, desc="evaluate", unit="image", disable=not progress):
@@ -393,7 +390,7 @@ def evaluate(
             panels = []
             for method, denoiser in methods.items():
                 out, s_per_mp = _timed(denoiser, noisy)
-                score = score_image(out, clean, pair.name)
+                score = score_image(out, clean)
                 records.append(
                     ImageRecord(
                         pair.name, method, score, None if method == "noisy" else s_per_mp, groups

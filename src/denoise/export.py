@@ -24,12 +24,13 @@ from torch import nn
 
 from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError, first_line
-from denoise.fileio import atomic_path, write_json
+from denoise.fileio import atomic_path, write_errors_named, write_json
 from denoise.infer import OnnxRuntimeBackend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_of
 from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
+    NETWORK_KEY,
     ONNX_ROUTES,
     OUTPUT_NAME,
     file_md5,
@@ -90,9 +91,15 @@ class ExportSettings:
 
 
 def export_onnx(
-    model: nn.Module, path: str | Path, *, opset: int = 17, sample_hw: tuple[int, int] = (64, 64)
+    model: nn.Module,
+    path: str | Path,
+    *,
+    opset: int = 17,
+    sample_hw: tuple[int, int] = (64, 64),
+    network: str | None = None,
 ) -> None:
-    """Export ``model`` to ``path`` with dynamic batch/height/width axes, atomically."""
+    """Export ``model`` to ``path`` with dynamic batch/height/width axes, atomically; its
+    padding multiple and ``network`` (the registry name, if given) go in the metadata."""
     if opset < MIN_OPSET:
         raise DenoiseError(
             f"export opset {opset} < {MIN_OPSET}: LayerNorm would not be a "
@@ -113,10 +120,13 @@ def export_onnx(
             dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
             do_constant_folding=True,
         )
+        props = {} if network is None else {NETWORK_KEY: network}
         multiple = pad_multiple_of(model)
         if multiple > 1:  # so that the onnxruntime backend pads tiles as the torch one does
+            props[PAD_MULTIPLE_KEY] = str(multiple)
+        if props:
             proto = onnx.load(str(tmp))
-            onnx.helper.set_model_props(proto, {PAD_MULTIPLE_KEY: str(multiple)})
+            onnx.helper.set_model_props(proto, props)
             onnx.save(proto, str(tmp))
 
 
@@ -187,7 +197,7 @@ def export_checkpoint(
     name = str(ckpt["model"])
     with tempfile.TemporaryDirectory(prefix="denoise-export-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx_path, opset=settings.opset)
+        export_onnx(model, onnx_path, opset=settings.opset, network=name)
         ops = check_onnx(onnx_path, require_layernorm=name in NEEDS_LAYERNORM)
         diffs = parity(
             model, onnx_path, settings.parity_sizes, batch=settings.parity_batch, seed=settings.seed
@@ -206,20 +216,25 @@ def export_checkpoint(
             "onnx_bytes": onnx_path.stat().st_size,
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        write_json(metrics_path, report)
         if not worst <= settings.tolerance:  # also catches NaN
+            write_json(metrics_path, report)  # for diagnosis
             raise DenoiseError(
                 f"{checkpoint}: ONNX differs from PyTorch by {worst:.3g} "
                 f"(> export.tolerance {settings.tolerance:g}); nothing written to "
                 f"{repository}"
             )
-        for route in ONNX_ROUTES:
-            write_onnx_route(
-                repository,
-                route,
-                onnx_path,
-                max_batch_size=settings.max_batch_size,
-                python_threads=settings.python_threads,
-            )
+        # The engine of the old ONNX goes first, and the report comes last: a write cut short
+        # (a full disk, Ctrl-C) leaves no engine serving the old network beside the new one,
+        # nor a report of an export that did not finish.
         remove_engine_unless_built_from(repository, file_md5(onnx_path))
+        with write_errors_named(repository):
+            for route in ONNX_ROUTES:
+                write_onnx_route(
+                    repository,
+                    route,
+                    onnx_path,
+                    max_batch_size=settings.max_batch_size,
+                    python_threads=settings.python_threads,
+                )
+        write_json(metrics_path, report)
     return report

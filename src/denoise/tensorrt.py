@@ -43,8 +43,8 @@ from denoise.triton.repository import (
     config_parameter,
     file_md5,
     model_config,
-    onnx_pad_multiple,
     reference_onnx,
+    served_parameters,
     write_model,
 )
 from denoise.triton.smoke import latency_ms
@@ -287,7 +287,8 @@ def _build_check_publish(
 
     onnx_path = reference_onnx(repository)
     report.update(onnx=str(onnx_path), tensorrt=trt.__version__)
-    multiple = onnx_pad_multiple(onnx_path)
+    served = served_parameters(onnx_path)  # the padding multiple and the network
+    multiple = int(served[PAD_MULTIPLE_KEY])
     t0 = time.perf_counter()
     plan, pinned = build_engine(onnx_path, settings)
     report.update(
@@ -319,7 +320,7 @@ def _build_check_publish(
             platform="tensorrt_plan",
             max_batch_size=settings.max_shape[0],
             instance_kind="KIND_GPU",
-            parameters={PAD_MULTIPLE_KEY: str(multiple), SOURCE_ONNX_KEY: file_md5(onnx_path)},
+            parameters={**served, SOURCE_ONNX_KEY: file_md5(onnx_path)},
         )
         write_model(repository, TRT_MODEL, config, {"model.plan": plan_path})
     report["status"] = "built"

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from denoise.errors import DenoiseError
-from denoise.metrics import SSIM_WINDOW
 from denoise.models.registry import model_names
 from denoise.params import checked_section
 
@@ -70,34 +69,23 @@ class TrainConfig:
         if "betas" in merged:
             merged["betas"] = tuple(merged["betas"])
         cfg = cls(**merged)
-        cfg.validate()
+        for key, problem in cfg.problems():  # the first, named where it was written
+            where = f"train.{model}" if key in train[model] else "train"
+            raise DenoiseError(f"params.yaml {where}.{key}: {problem}")
         return cfg
 
-    def validate(self) -> None:
-        checks = [
-            (self.iters > 0, "iters must be > 0"),
-            (self.val_every > 0, "val_every > 0"),
-            (self.batch_size > 0, "batch_size must be > 0"),
-            (self.crop > 0, "crop > 0"),
-            (self.checkpoint_every > 0, "checkpoint_every must be > 0"),
-            (self.log_every > 0, "log_every must be > 0"),
-            (self.val_batch > 0, "val_batch must be > 0"),
-            (
-                self.val_crop >= SSIM_WINDOW,
-                f"val_crop must be >= {SSIM_WINDOW} (SSIM's window), not {self.val_crop}",
-            ),
-            (self.lr > 0, f"lr must be > 0, not {self.lr!r}"),
-            (
-                min(self.weight_decay, self.eta_min, self.grad_clip) >= 0,
-                "weight_decay, eta_min and grad_clip must be >= 0",
-            ),
-            (min(self.num_workers, self.val_patches) >= 0, "num_workers, val_patches >= 0"),
-            (self.loss in ("psnr", "l1", "mse"), f"unknown loss {self.loss!r}"),
-            (self.optimizer in ("adam", "adamw"), f"unknown optimizer {self.optimizer!r}"),
+    def problems(self) -> list[tuple[str, str]]:
+        """``(key, what is wrong with its value)`` for each value out of range."""
+        positive = ("iters", "val_every", "batch_size", "crop", "checkpoint_every", "log_every")
+        positive += ("val_batch", "val_crop", "lr")
+        checks = [(key, getattr(self, key) > 0, "must be > 0") for key in positive]
+        non_negative = ("weight_decay", "eta_min", "grad_clip", "num_workers", "val_patches")
+        checks += [(key, getattr(self, key) >= 0, "must be >= 0") for key in non_negative]
+        checks += [
+            ("loss", self.loss in ("psnr", "l1", "mse"), "must be psnr, l1 or mse"),
+            ("optimizer", self.optimizer in ("adam", "adamw"), "must be adam or adamw"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise DenoiseError(f"params.yaml: train.{self.model}: {msg}")
+        return [(key, f"{rule}, got {getattr(self, key)!r}") for key, ok, rule in checks if not ok]
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """The fields that change the result (a resume state from other values is stale)."""

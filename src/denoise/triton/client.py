@@ -13,7 +13,7 @@ import numpy as np
 from denoise.errors import DenoiseError, first_line
 from denoise.infer import register_backend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
-from denoise.triton.repository import INPUT_NAME, OUTPUT_NAME, PYTHON_MODEL
+from denoise.triton.repository import INPUT_NAME, NETWORK_KEY, OUTPUT_NAME, PYTHON_MODEL
 from denoise.triton.server import HOST
 
 
@@ -56,10 +56,14 @@ class TritonBackend:
         protocol: str = "http",
         model_name: str = PYTHON_MODEL,
         timeout_s: float = 120.0,
+        network: str | None = None,
     ) -> None:
+        """``network``: the registry name the caller asked for; the served model must say, in
+        its config, that it holds that network."""
         self.url, tls = split_url(url)
         self.protocol = protocol
         self.model_name = model_name
+        self.network = network
         self._module = _client_module(protocol)
         self.timeout_s = timeout_s
         try:
@@ -90,16 +94,23 @@ class TritonBackend:
             raise DenoiseError(f"{where}: no config for {model_name!r} ({first_line(e)})") from None
         if self.protocol == "grpc":
             self.max_batch_size = int(config.config.max_batch_size)
-            params = config.config.parameters
-            padding = params[PAD_MULTIPLE_KEY].string_value if PAD_MULTIPLE_KEY in params else None
+            params = {k: v.string_value for k, v in config.config.parameters.items()}
         else:
             self.max_batch_size = int(config.get("max_batch_size", 0))
-            padding = config.get("parameters", {}).get(PAD_MULTIPLE_KEY, {}).get("string_value")
+            params = {k: v.get("string_value") for k, v in config.get("parameters", {}).items()}
             self.close()
             self._client = self._connect(tls, self.timeout_s)  # for inference
+        served = params.get(NETWORK_KEY)
+        if self.network is not None and served != self.network:
+            raise DenoiseError(
+                f"{where}: {model_name} serves {served or 'a network its config does not name'}"
+                f", not {self.network} (pass --model {model_name} to use it as it is)"
+            )
         # What the network pads to, from the model's config (the export writes it there): so
         # denoise_image reflect-pads tiles as it does for the local backends.
-        self.pad_multiple = pad_multiple_value(padding, f"{where} {model_name}")
+        self.pad_multiple = pad_multiple_value(
+            params.get(PAD_MULTIPLE_KEY), f"{where} {model_name}"
+        )
 
     def _connect(self, tls: bool, timeout_s: float) -> Any:
         """A client of the server; over HTTP, every request it sends times out at
@@ -208,7 +219,10 @@ def open_triton(
     """The ``triton`` inference backend; ``model`` (or ``model_name``) is the served model.
 
     A network name such as ``nafnet`` (what ``denoise run --backend triton`` passes by
-    default) means ``denoise_python``: the repository serves whichever network was exported.
+    default) means ``denoise_python``, provided the network it serves (the one exported last)
+    is that one.
     """
     name = model_name or str(model) or PYTHON_MODEL
-    return TritonBackend(url, protocol, PYTHON_MODEL if _is_network_name(name) else name, **options)
+    if _is_network_name(name):
+        return TritonBackend(url, protocol, PYTHON_MODEL, network=name, **options)
+    return TritonBackend(url, protocol, name, **options)

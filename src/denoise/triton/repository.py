@@ -21,6 +21,10 @@ ONNX_ROUTES = {"onnx": ONNX_MODEL, "python": PYTHON_MODEL}
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("python_model.py")
 # The TensorRT engine's config parameter: the MD5 of the ONNX file it was built from.
 SOURCE_ONNX_KEY = "source_onnx_md5"
+# The network the weights are (a models.registry name): the export records it in the ONNX
+# file's metadata and every model served from that file carries it in its config, so a client
+# that asks for ``dncnn`` is refused by a server holding a NAFNet instead of answered by it.
+NETWORK_KEY = "network"
 
 
 def model_config(
@@ -80,14 +84,27 @@ def config_parameter(config: str, key: str) -> str | None:
     return match.group(1) if match else None
 
 
-def onnx_pad_multiple(onnx_path: str | Path) -> int:
-    """The padding multiple the export recorded in an ONNX file's metadata (1: none). The
-    served models carry it in their configs, for clients that tile (Triton and TensorRT)."""
+def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX file (the export writes the padding multiple and the
+    network there)."""
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
-    props = {p.key: p.value for p in proto.metadata_props}
-    return pad_multiple_value(props.get(PAD_MULTIPLE_KEY), str(onnx_path))
+    return {p.key: p.value for p in proto.metadata_props}
+
+
+def onnx_pad_multiple(onnx_path: str | Path) -> int:
+    """The padding multiple the export recorded in an ONNX file's metadata (1: none). The
+    served models carry it in their configs, for clients that tile (Triton and TensorRT)."""
+    return pad_multiple_value(onnx_metadata(onnx_path).get(PAD_MULTIPLE_KEY), str(onnx_path))
+
+
+def served_parameters(onnx_path: str | Path) -> dict[str, str]:
+    """The config parameters of every model served from ``onnx_path``: its padding multiple
+    and, where the export recorded it, its network."""
+    params = {PAD_MULTIPLE_KEY: str(onnx_pad_multiple(onnx_path))}
+    network = onnx_metadata(onnx_path).get(NETWORK_KEY)
+    return params if network is None else {**params, NETWORK_KEY: network}
 
 
 def write_model(
@@ -115,13 +132,13 @@ def write_onnx_route(
     python_threads: int = 0,
 ) -> Path:
     """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
-    padding = {PAD_MULTIPLE_KEY: str(onnx_pad_multiple(onnx_path))}
+    served = served_parameters(onnx_path)
     if route == "onnx":
         config = model_config(
             ONNX_MODEL,
             platform="onnxruntime_onnx",
             max_batch_size=max_batch_size,
-            parameters=padding,
+            parameters=served,
         )
         return write_model(repository, ONNX_MODEL, config, {"model.onnx": onnx_path})
     if route == "python":
@@ -130,7 +147,7 @@ def write_onnx_route(
             backend="python",
             max_batch_size=max_batch_size,
             instance_kind="KIND_CPU",
-            parameters={"intra_op_threads": str(python_threads), **padding},
+            parameters={"intra_op_threads": str(python_threads), **served},
         )
         return write_model(
             repository,

@@ -17,12 +17,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from denoise.errors import DenoiseError
+from denoise.signals import sigterm_as_interrupt
 from denoise.triton.repository import PYTHON_MODEL
 
 HOST = "127.0.0.1"
@@ -174,23 +175,6 @@ def _die_with_parent() -> Callable[[], None] | None:
         return None
     pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
     return lambda: prctl(pr_set_pdeathsig, sigterm)
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so ``finally`` blocks stop the server."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 class TritonServer:
@@ -445,7 +429,7 @@ class TritonServer:
 
     def __enter__(self) -> TritonServer:
         self._signals = contextlib.ExitStack()
-        self._signals.enter_context(_sigterm_as_interrupt())
+        self._signals.enter_context(sigterm_as_interrupt())
         try:
             self.start()
         except BaseException:
