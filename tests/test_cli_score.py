@@ -233,6 +233,15 @@ def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) ->
     assert forced.exit_code == 0, forced.output
     assert np.array_equal(read_rgb8(tmp_path / "one_denoised.png"), out)  # really replaced
 
+    # A run cut short is finished with --skip-existing: only the missing output is written.
+    (tmp_path / "two_denoised.jpg").unlink()
+    finish = runner.invoke(app, [*args, "--skip-existing"])
+    assert finish.exit_code == 1  # bad.png is still bad
+    assert finish.stdout.splitlines() == [str(tmp_path / "two_denoised.jpg")]
+    assert "2 inputs passed over: their outputs exist" in finish.stderr
+    both = runner.invoke(app, [*args, "--skip-existing", "--overwrite"])
+    assert both.exit_code == 1 and "--overwrite and --skip-existing: choose one" in both.stderr
+
 
 def test_run_into_a_folder_with_the_onnx_backend(tmp_path: Path, model_files) -> None:
     write_rgb8(tmp_path / "in" / "x.png", pair(1)[0])

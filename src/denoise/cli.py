@@ -159,6 +159,12 @@ def run(
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
+    skip_existing: Annotated[
+        bool,
+        typer.Option(
+            help="Pass over inputs whose output exists (to finish a run that was cut short)."
+        ),
+    ] = False,
     precision: Annotated[
         str,
         typer.Option(
@@ -185,7 +191,13 @@ def run(
     """
     from tqdm import tqdm
 
-    from denoise.infer import check_out_dir, check_tiling, denoise_files, open_backend
+    from denoise.infer import (
+        check_existing_outputs_rule,
+        check_out_dir,
+        check_tiling,
+        denoise_files,
+        open_backend,
+    )
     from denoise.model_choice import resolve_model
 
     overlap = tile_overlap(tile, overlap)
@@ -206,8 +218,10 @@ def run(
                 f"--precision/--channels-last/--compile apply to the torch backend, not {name}"
             )
         options |= {"precision": precision, "channels_last": channels_last, "compile": compile}
+    check_existing_outputs_rule(overwrite, skip_existing)  # before the model loads
     net = open_backend(name, target, **options)
     failed: list[Path] = []
+    skipped: list[Path] = []
 
     def report(path: Path, message: str) -> None:
         failed.append(path)
@@ -220,10 +234,14 @@ def run(
         tile=tile,
         overlap=overlap,
         overwrite=overwrite,
+        skip_existing=skip_existing,
         progress=sys.stderr.isatty(),  # bars in a log file would bury the error lines
         on_error=report,
         on_written=lambda path: tqdm.write(str(path), file=sys.stdout),
+        on_skipped=skipped.append,
     )
+    if skipped:
+        typer.echo(f"{len(skipped)} inputs passed over: their outputs exist", err=True)
     if failed:
         typer.echo(f"{len(failed)} of {len(failed) + len(written)} inputs failed", err=True)
         raise typer.Exit(1)

@@ -522,6 +522,12 @@ def expand_inputs(
     return list(first_names.values())
 
 
+def check_existing_outputs_rule(overwrite: bool, skip_existing: bool) -> None:
+    """What to do with an output that exists: replace it or pass its input over, not both."""
+    if overwrite and skip_existing:
+        raise DenoiseError("--overwrite and --skip-existing: choose one")
+
+
 def check_out_dir(out_dir: Path) -> None:
     """A :class:`DenoiseError` if ``out_dir`` cannot hold outputs. Nothing is created here
     (the first output creates the folder), so a run that fails leaves no empty folder."""
@@ -573,9 +579,11 @@ def denoise_files(
     overlap: int,
     out_dir: str | Path | None = None,
     overwrite: bool = False,
+    skip_existing: bool = False,
     progress: bool = True,
     on_error: Callable[[Path, str], None] | None = None,
     on_written: Callable[[Path], None] | None = None,
+    on_skipped: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Denoise photos into ``<stem>_denoised.<ext>``; returns the outputs written, each also
     passed to ``on_written`` as soon as it is (so a run cut short has said what it wrote).
@@ -586,11 +594,14 @@ def denoise_files(
     A file that fails (unreadable, output exists without ``overwrite``, output not writable)
     is passed to ``on_error(path, message)`` and skipped; the rest still run, and so does a
     folder with no photo. An existing file, input or earlier output, is never replaced unless
-    ``overwrite``; an input of this same run never, and neither is a folder. Two inputs that
+    ``overwrite``; with ``skip_existing`` its input is passed over instead (``on_skipped``
+    gets the output): a run cut short finishes where it stopped. An input of this same run is
+    never replaced, and neither is a folder. Two inputs that
     map to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged. An ``out_dir``
     that cannot hold outputs is a :class:`DenoiseError` before any work.
     """
     check_tiling(tile, overlap)
+    check_existing_outputs_rule(overwrite, skip_existing)
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     files = expand_inputs(inputs, on_empty=on_error)
@@ -607,8 +618,14 @@ def denoise_files(
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.is_dir():  # before the work: --overwrite would not replace it either
                 raise DenoiseError(f"{dst}: is a folder; not replaced by an output")
+            if dst.exists() and skip_existing:
+                if on_skipped is not None:
+                    on_skipped(dst)
+                continue
             if dst.exists() and not overwrite:
-                raise DenoiseError(f"{dst}: already exists (use --overwrite to replace it)")
+                raise DenoiseError(
+                    f"{dst}: already exists (--overwrite replaces it, --skip-existing keeps it)"
+                )
             check_writable_type(src)  # the output keeps its type; before the work
             if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
