@@ -120,30 +120,36 @@ def test_an_engine_of_another_onnx_is_removed_and_one_of_the_same_kept(tmp_path:
     assert config.is_file()
 
 
-def test_a_write_cut_short_leaves_no_stale_engine_and_no_report(
+def test_a_write_cut_short_leaves_the_previous_export_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full disk half-way through the routes: one line naming the repository; the engine of
-    the previous ONNX is gone already (it would serve the old network beside the new one) and
-    the report still describes the previous export, not one that did not finish."""
-    ckpt, _ = tiny_checkpoint(tmp_path, "dncnn")
+    """A full disk half-way through the routes: one line naming the repository; both routes
+    still serve the previous network (never one route the new, one the old), the engine of the
+    previous ONNX is gone already, and the report still describes the previous export."""
     repo, metrics = tmp_path / "repo", tmp_path / "export.json"
+    previous, _ = tiny_checkpoint(tmp_path / "a", "dncnn")
+    export_checkpoint(previous, repo, metrics, SETTINGS)
+    report = metrics.read_text()
     config = repo / TRT_MODEL / "config.pbtxt"
     config.parent.mkdir(parents=True)
     config.write_text(model_config(TRT_MODEL, **TRT_CONFIG, parameters={SOURCE_ONNX_KEY: "0"}))
-    metrics.write_text('{"checkpoint": "previous.pt"}')
     copy = shutil.copyfile
 
     def disk_full(src: str, dst: str | Path) -> Path:
-        if PYTHON_MODEL in str(dst):
+        if PYTHON_MODEL in str(dst):  # the second route: the first is written by now
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return copy(src, dst)
 
     monkeypatch.setattr(shutil, "copyfile", disk_full)
+    ckpt, _ = tiny_checkpoint(tmp_path / "b", "nafnet")
     with pytest.raises(DenoiseError, match=r"repo: cannot write \(No space left on device: "):
         export_checkpoint(ckpt, repo, metrics, SETTINGS)
+    for name in (ONNX_MODEL, PYTHON_MODEL):
+        assert config_parameter((repo / name / "config.pbtxt").read_text(), NETWORK_KEY) == "dncnn"
+        assert onnx_metadata(repo / name / "1" / "model.onnx")[NETWORK_KEY] == "dncnn"
     assert not (repo / TRT_MODEL).exists()
-    assert metrics.read_text() == '{"checkpoint": "previous.pt"}'
+    assert metrics.read_text() == report
+    assert sorted(p.name for p in repo.iterdir()) == [ONNX_MODEL, PYTHON_MODEL]  # no staging
 
 
 def test_a_nan_at_any_size_fails_parity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

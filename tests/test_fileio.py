@@ -399,6 +399,7 @@ def test_an_atomic_write_is_on_disk_before_its_rename(
 
     monkeypatch.setattr(os, "fsync", logged_fsync)
     monkeypatch.setattr(os, "replace", logged_replace)
+    (tmp_path / "neighbour.jpg").write_bytes(b"not ours")
     target = tmp_path / "out"
     with atomic_path(target) as tmp:
         if kind == "file":
@@ -410,3 +411,4 @@ def test_an_atomic_write_is_on_disk_before_its_rename(
     synced = [path for op, path in events[:renamed] if op == "fsync"]
     assert any(p.endswith("part.bin" if kind == "folder" else "/out") for p in synced), events
     assert ("fsync", str(tmp_path)) in events[renamed:], events
+    assert not [p for _, p in events if "neighbour" in p]  # the folder alone, not its files

@@ -721,7 +721,8 @@ def test_resolve_model_follows_the_params_switch(tmp_path: Path) -> None:
     models.mkdir()
     (models / "dncnn.pt").write_bytes(b"")
     assert resolve_model(None, None, **kw) == ("torch", str(models / "dncnn.pt"))
-    assert resolve_model(None, "triton", **kw) == ("triton", "dncnn")
+    # Triton: the served model, unchecked against params.yaml (edited since the export, maybe).
+    assert resolve_model(None, "triton", **kw) == ("triton", "")
 
 
 def test_resolve_model_takes_the_last_export_over_the_params_switch(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from denoise.signals import sigterm_as_interrupt
+from denoise.signals import Terminated, sigterm_as_interrupt
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,10 +35,21 @@ run_stage(work) if {wrapper!r} == "stage" else user_errors(work)()
 
 def test_sigterm_raises_keyboard_interrupt_inside_and_is_restored_after() -> None:
     before = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt, match="signal 15"), sigterm_as_interrupt():
+    with pytest.raises(Terminated, match="signal 15"), sigterm_as_interrupt():
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 5)  # a bytecode boundary for the handler to run at
+    assert issubclass(Terminated, KeyboardInterrupt)  # so every Ctrl-C cleanup runs for it
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_one_of_several_torchrun_processes_keeps_the_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A rank blocked in a collective runs no Python handler: SIGTERM must still end it.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_interrupt():
+        assert signal.getsignal(signal.SIGTERM) == before
 
 
 @pytest.mark.parametrize("wrapper", ["command", "stage"])
@@ -55,5 +66,5 @@ def test_a_killed_command_or_stage_leaves_no_staging_behind(tmp_path: Path, wrap
         _, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert proc.returncode not in (0, -signal.SIGTERM), err  # it unwound and exited itself
+    assert proc.returncode == 143 and err.strip() == "terminated", err  # it unwound, exited
     assert list(tmp_path.iterdir()) == [], err  # no staging folder, no half-written output

@@ -40,7 +40,6 @@ from denoise.triton.client import TritonBackend, split_url
 from denoise.triton.repository import (
     INPUT_NAME,
     ONNX_MODEL,
-    ONNX_ROUTES,
     OUTPUT_NAME,
     PYTHON_MODEL,
     PYTHON_MODEL_TEMPLATE,
@@ -49,7 +48,7 @@ from denoise.triton.repository import (
     model_config,
     onnx_pad_multiple,
     write_model,
-    write_onnx_route,
+    write_onnx_routes,
 )
 from denoise.triton.server import (
     HOST,
@@ -120,8 +119,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     onnx_path = tmp / "model.onnx"
     export_onnx(model, onnx_path, network="nafnet")
     repo = tmp / "model_repository"
-    for route in ONNX_ROUTES:
-        write_onnx_route(repo, route, onnx_path, max_batch_size=2, python_threads=1)
+    write_onnx_routes(repo, onnx_path, max_batch_size=2, python_threads=1)
     return repo
 
 

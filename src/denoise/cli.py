@@ -16,7 +16,7 @@ import typer
 from denoise import __version__
 from denoise.errors import DenoiseError
 from denoise.paths import REPOSITORY, TEST_DIR
-from denoise.signals import sigterm_as_interrupt
+from denoise.signals import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
 
 app = typer.Typer(
     add_completion=False,
@@ -37,6 +37,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except DenoiseError as e:
             typer.echo(f"error: {e}", err=True)
             sys.exit(1)
+        except Terminated:
+            typer.echo("terminated", err=True)
+            sys.exit(TERMINATED_EXIT)
 
     return wrapper
 

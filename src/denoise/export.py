@@ -31,11 +31,10 @@ from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
     NETWORK_KEY,
-    ONNX_ROUTES,
     OUTPUT_NAME,
     file_md5,
     remove_engine_unless_built_from,
-    write_onnx_route,
+    write_onnx_routes,
 )
 
 MIN_OPSET = 17
@@ -223,18 +222,16 @@ def export_checkpoint(
                 f"(> export.tolerance {settings.tolerance:g}); nothing written to "
                 f"{repository}"
             )
-        # The engine of the old ONNX goes first, and the report comes last: a write cut short
-        # (a full disk, Ctrl-C) leaves no engine serving the old network beside the new one,
-        # nor a report of an export that did not finish.
+        # The engine of the old ONNX goes first, the routes are swapped in together, and the
+        # report comes last: a write cut short (a full disk, Ctrl-C) leaves no model serving
+        # the old network beside one serving the new, nor a report of an unfinished export.
         remove_engine_unless_built_from(repository, file_md5(onnx_path))
         with write_errors_named(repository):
-            for route in ONNX_ROUTES:
-                write_onnx_route(
-                    repository,
-                    route,
-                    onnx_path,
-                    max_batch_size=settings.max_batch_size,
-                    python_threads=settings.python_threads,
-                )
+            write_onnx_routes(
+                repository,
+                onnx_path,
+                max_batch_size=settings.max_batch_size,
+                python_threads=settings.python_threads,
+            )
         write_json(metrics_path, report)
     return report

@@ -50,20 +50,31 @@ def _is_output(path: str | Path, target: str | Path) -> bool:
     )
 
 
-def _flush_to_disk(path: Path) -> None:
-    """fsync a file, or a folder and every file in it. Without it a rename can reach the disk
-    before the data it points to, and a power cut leaves an empty file under the final name
-    (ext4 without ``auto_da_alloc``, XFS)."""
-    if not path.exists() or path.is_symlink():
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _flush_to_disk(staged: Path) -> None:
+    """fsync what a write staged: a file, or a folder and everything in it. Without it the
+    rename can reach the disk before the data it points to, and a power cut leaves an empty
+    file under the final name (ext4 without ``auto_da_alloc``, XFS)."""
+    if not staged.exists() or staged.is_symlink():
         return
-    for item in [*(path.rglob("*") if path.is_dir() else ()), path]:
-        if item.is_symlink() or not (item.is_file() or item.is_dir()):
-            continue
-        fd = os.open(item, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    for item in [*(staged.rglob("*") if staged.is_dir() else ()), staged]:
+        if not item.is_symlink() and (item.is_file() or item.is_dir()):
+            _fsync(item)
+
+
+def _flush_rename(folder: Path) -> None:
+    """fsync the folder a rename happened in (that folder alone), so the rename is on disk
+    too. Best effort: the output is in place by now, and some file systems (FUSE, network
+    mounts) refuse to sync a folder."""
+    with contextlib.suppress(OSError):
+        _fsync(folder)
 
 
 @contextlib.contextmanager
@@ -99,7 +110,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             if target.is_dir() and not target.is_symlink():
                 os.replace(target, aside)  # deleted with ``tmp`` below
             os.replace(staged, target)
-            _flush_to_disk(target.parent)  # the rename itself
+            _flush_rename(target.parent)
         except BaseException:
             if aside.exists() and not target.exists():
                 os.replace(aside, target)  # the old one back, before ``tmp`` goes

@@ -65,11 +65,13 @@ def resolve_model(
     if backend is not None:
         check_backend_name(backend)
     if model is None:
+        if backend == "triton":
+            # The served model, whichever network the server's repository was exported with:
+            # params.yaml may name another since (not asked by name, so not checked).
+            return backend, ""
         project = find_project() if project is None else project
         params_path = project / PARAMS_FILE
         name = selected_model_name(params_path)
-        if backend == "triton":
-            return backend, name or ""  # the served model; "" lets the backend pick its default
         if backend in ("onnxruntime", "tensorrt"):
             from denoise.triton.repository import exported_model
 

@@ -3,28 +3,43 @@
 ``timeout``, ``kill``, a CI job's cancellation, Slurm and ``dvc queue stop --kill`` end a
 process with SIGTERM, whose default action skips every ``finally`` block and context exit:
 the staging folders of atomic writes, temporary exports and started servers would be left
-behind. Raised as KeyboardInterrupt instead, it unwinds as Ctrl-C does.
+behind. Raised as :class:`Terminated` (a KeyboardInterrupt) instead, it unwinds as Ctrl-C
+does; the command or stage then exits 143, as a process SIGTERM ends does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+#: The exit code of a process ended by SIGTERM (128 + 15), and by Ctrl-C (128 + 2).
+TERMINATED_EXIT, INTERRUPTED_EXIT = 128 + signal.SIGTERM, 128 + signal.SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that cleanup runs."""
+
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises KeyboardInterrupt (main thread only: elsewhere Python
-    cannot install a handler, and the block runs as it is)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Within the block, SIGTERM raises :class:`Terminated`.
+
+    Not outside the main thread (Python cannot install a handler there), and not in one of
+    several torchrun processes: a rank waiting in a collective (all_reduce on a hung peer)
+    runs no Python handler, so SIGTERM would no longer end it and torchrun's teardown would
+    wait for its SIGKILL.
+    """
+    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    if several or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

@@ -81,9 +81,17 @@ class TrainConfig:
         checks = [(key, getattr(self, key) > 0, "must be > 0") for key in positive]
         non_negative = ("weight_decay", "eta_min", "grad_clip", "num_workers", "val_patches")
         checks += [(key, getattr(self, key) >= 0, "must be >= 0") for key in non_negative]
+        from denoise.training.recipe import LOSSES, OPTIMIZERS  # recipe imports this module
+
         checks += [
-            ("loss", self.loss in ("psnr", "l1", "mse"), "must be psnr, l1 or mse"),
-            ("optimizer", self.optimizer in ("adam", "adamw"), "must be adam or adamw"),
+            ("eta_min", self.eta_min <= self.lr, f"must be <= lr ({self.lr!r})"),
+            (
+                "betas",
+                len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                "must be two numbers in [0, 1)",
+            ),
+            ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
         ]
         return [(key, f"{rule}, got {getattr(self, key)!r}") for key, ok, rule in checks if not ok]
 

@@ -35,15 +35,19 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DenoiseError(f"device {requested!r} requested but CUDA is not available")
+            raise DenoiseError(
+                f"params.yaml train.device: {requested!r}, but CUDA is not available"
+            )
         if ":" in requested and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise DenoiseError(
-                f"device {requested!r} would put every torchrun process on one GPU; "
-                "use device: cuda (one GPU per local rank)"
+                f"params.yaml train.device: {requested!r} would put every torchrun process on "
+                "one GPU; use device: cuda (one GPU per local rank)"
             )
         return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
     if requested != "cpu":
-        raise DenoiseError(f"unknown device {requested!r} (auto, cpu, cuda, cuda:N)")
+        raise DenoiseError(
+            f"params.yaml train.device: must be auto, cpu, cuda or cuda:N, got {requested!r}"
+        )
     return torch.device("cpu")
 
 

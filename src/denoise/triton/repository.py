@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from denoise.errors import DenoiseError
@@ -107,31 +109,35 @@ def served_parameters(onnx_path: str | Path) -> dict[str, str]:
     return params if network is None else {**params, NETWORK_KEY: network}
 
 
+# A served model as written: its name, its config.pbtxt text, and the files of its version 1.
+ModelFiles = tuple[str, str, dict[str, str | Path]]
+
+
+def write_models(repository: str | Path, models: Sequence[ModelFiles]) -> list[Path]:
+    """Write ``<repository>/<name>/`` (config.pbtxt + ``1/<file>`` for each file) for each
+    model. All are staged first and swapped in together at the end: a write cut short (a full
+    disk, Ctrl-C) leaves every old model in place, never some models new and others old."""
+    with contextlib.ExitStack() as swaps:  # each swap runs at the exit, after every write
+        for name, config, files in models:
+            staged = swaps.enter_context(atomic_path(Path(repository) / name))
+            (staged / "1").mkdir(parents=True)
+            (staged / "config.pbtxt").write_text(config)
+            for dst, src in files.items():
+                shutil.copyfile(src, staged / "1" / dst)
+    return [Path(repository) / name for name, _, _ in models]
+
+
 def write_model(
     repository: str | Path, name: str, config: str, files: dict[str, str | Path]
 ) -> Path:
-    """Write ``<repository>/<name>/`` (config.pbtxt + ``1/<file>`` for each of ``files``).
-
-    The folder is staged and swapped in whole: a reader sees the old model or the new one.
-    """
-    target = Path(repository) / name
-    with atomic_path(target) as tmp:
-        (tmp / "1").mkdir(parents=True)
-        (tmp / "config.pbtxt").write_text(config)
-        for dst, src in files.items():
-            shutil.copyfile(src, tmp / "1" / dst)
-    return target
+    """Write one model's folder (see :func:`write_models`)."""
+    return write_models(repository, [(name, config, files)])[0]
 
 
-def write_onnx_route(
-    repository: str | Path,
-    route: str,
-    onnx_path: str | Path,
-    *,
-    max_batch_size: int,
-    python_threads: int = 0,
-) -> Path:
-    """Write the repository entry of one ONNX route: ``onnx`` or ``python``."""
+def onnx_route(
+    route: str, onnx_path: str | Path, *, max_batch_size: int, python_threads: int = 0
+) -> ModelFiles:
+    """The repository entry of one ONNX route: ``onnx`` or ``python``."""
     served = served_parameters(onnx_path)
     if route == "onnx":
         config = model_config(
@@ -140,7 +146,7 @@ def write_onnx_route(
             max_batch_size=max_batch_size,
             parameters=served,
         )
-        return write_model(repository, ONNX_MODEL, config, {"model.onnx": onnx_path})
+        return ONNX_MODEL, config, {"model.onnx": onnx_path}
     if route == "python":
         config = model_config(
             PYTHON_MODEL,
@@ -149,13 +155,19 @@ def write_onnx_route(
             instance_kind="KIND_CPU",
             parameters={"intra_op_threads": str(python_threads), **served},
         )
-        return write_model(
-            repository,
-            PYTHON_MODEL,
-            config,
-            {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE},
-        )
+        return PYTHON_MODEL, config, {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE}
     raise DenoiseError(f"unknown export route {route!r}; known: {sorted(ONNX_ROUTES)}")
+
+
+def write_onnx_routes(
+    repository: str | Path, onnx_path: str | Path, *, max_batch_size: int, python_threads: int = 0
+) -> list[Path]:
+    """Write every ONNX route's repository entry from one ONNX file, swapped in together."""
+    models = [
+        onnx_route(r, onnx_path, max_batch_size=max_batch_size, python_threads=python_threads)
+        for r in ONNX_ROUTES
+    ]
+    return write_models(repository, models)
 
 
 def reference_onnx(repository: str | Path) -> Path:
