@@ -117,7 +117,8 @@ def main() -> None:
         nargs="+",
         choices=sorted(PATHS),
         default=None,
-        help="exactly these paths (default: every available one)",
+        help="exactly these paths (default: every available one except the opt-in ones; "
+        "--compile adds the compiled ones)",
     )
     ap.add_argument("--json", default="benchmarks/results/inference_speed.json")
     args = ap.parse_args()

@@ -239,6 +239,7 @@ def test_run_writes_outputs_and_skips_a_bad_file(tmp_path: Path, model_files) ->
     assert finish.exit_code == 1  # bad.png is still bad
     assert finish.stdout.splitlines() == [str(tmp_path / "two_denoised.jpg")]
     assert "2 inputs passed over: their outputs exist" in finish.stderr
+    assert "1 of 4 inputs failed" in finish.stderr
     both = runner.invoke(app, [*args, "--skip-existing", "--overwrite"])
     assert both.exit_code == 1 and "--overwrite and --skip-existing: choose one" in both.stderr
 

@@ -98,6 +98,8 @@ class Server:
     page: bytes | None = None  # answer with this whole (chunked) body instead of the archive
     page_type: str = "text/html"
     block: int = 0  # answer a ranged request with at most this many bytes, chunked (a 206)
+    redirect: str | None = None  # answer every request with a 302 to this URL
+    start_at: int = 0  # answer a request without Range with a 206 from this byte
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -119,6 +121,20 @@ class _Handler(BaseHTTPRequestHandler):
         data = st.payload
         if st.status is not None:
             self.send_error(st.status)
+            return
+        if st.redirect is not None:
+            self.send_response(302)
+            self.send_header("Location", st.redirect)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if st.start_at and not rng:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {st.start_at}-{len(data) - 1}/{len(data)}")
+            body = data[st.start_at :]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if rng and st.busy_resumes:
             st.busy_resumes -= 1
@@ -249,7 +265,9 @@ def test_marker_is_invalidated_by_a_changed_archive_which_is_never_deleted(
 
     corrupt = bytearray(archive.data)
     corrupt[len(corrupt) // 2] ^= 0xFF
-    dest.write_bytes(bytes(corrupt))  # same size, new mtime: the sidecar no longer vouches
+    mtime = dest.stat().st_mtime_ns
+    dest.write_bytes(bytes(corrupt))  # same size, and the mtime set back: ctime still moved
+    os.utime(dest, ns=(mtime, mtime))
     assert not sd.is_verified(dest, len(archive.data), archive.md5)
     with pytest.raises(DenoiseError, match=r"MD5 .* left untouched") as exc:
         _fetch(server, tmp_path, md5=archive.md5)
@@ -475,6 +493,29 @@ def test_http_error_status_is_one_line(server: Server, archive: Archive, tmp_pat
     with pytest.raises(DenoiseError, match=rf"HTTP 404 .* from {re.escape(server.url)}") as exc:
         _fetch(server, tmp_path, md5=archive.md5)
     assert "\n" not in str(exc.value)
+
+
+def test_a_redirect_to_ftp_is_refused_in_one_line(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    """urllib would follow it (no TLS, and none of the response checks apply there)."""
+    server.redirect = "ftp://127.0.0.1:1/SIDD_Small_sRGB_Only.zip"
+    with pytest.raises(DenoiseError, match=r"HTTP 302 .*a redirect to ftp:// is refused") as e:
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert "\n" not in str(e.value)
+    assert _leftovers(tmp_path / "downloads") == []
+    assert not (tmp_path / "downloads" / f"{ROOT}.zip.part").exists()
+
+
+def test_a_range_nobody_asked_for_is_started_over_not_a_crash(
+    server: Server, archive: Archive, tmp_path: Path
+) -> None:
+    """A 206 from byte 100 to a request without Range (no .part yet): no partial to drop, and
+    never a traceback; the server keeps doing it, so the download gives up in one line."""
+    server.start_at = 100
+    with pytest.raises(DenoiseError, match=r"resumed at byte 100, not 0") as e:
+        _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    assert "\n" not in str(e.value)
 
 
 def test_unreachable_url_is_one_line(tmp_path: Path) -> None:

@@ -374,6 +374,24 @@ def test_served_output_matches_onnxruntime(
         open_backend("triton", "dncnn", url=url, protocol=protocol)
 
 
+def test_the_model_control_api_is_off(server: TritonServer) -> None:
+    """Triton's load API runs whatever Python model a request sends (and unload stops the
+    served one); loopback keeps other users' processes on the machine in reach, so it is off."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    for module, url in ((httpclient, server.http_url), (grpcclient, server.grpc_url)):
+        client = module.InferenceServerClient(url)
+        try:
+            for call in (client.unload_model, client.load_model):
+                with pytest.raises(InferenceServerException, match="not allowed"):
+                    call(PYTHON_MODEL)
+            assert client.is_model_ready(PYTHON_MODEL)
+        finally:
+            client.close()
+
+
 def test_the_readmes_client_example_runs(
     server: TritonServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -246,7 +246,8 @@ def run(
     if skipped:
         typer.echo(f"{len(skipped)} inputs passed over: their outputs exist", err=True)
     if failed:
-        typer.echo(f"{len(failed)} of {len(failed) + len(written)} inputs failed", err=True)
+        total = len(failed) + len(written) + len(skipped)
+        typer.echo(f"{len(failed)} of {total} inputs failed", err=True)
         raise typer.Exit(1)
 
 

@@ -8,9 +8,11 @@ The archive is 6.6 GB, so the download must survive a flaky network and never wa
 * The finished ``.part`` is checked (size first, then an MD5 computed chunk by chunk) and only
   then renamed to ``<archive>``. A ``.part`` that fails is moved to ``<archive>.rejected`` (the
   user can inspect it; the next run starts from zero); a verified archive is never deleted.
-* ``<archive>.verified`` is a small JSON sidecar ``{size, md5, mtime_ns}`` written after a
-  successful check. While it matches the archive's size and modification time, later runs trust
-  it instead of re-hashing 6.6 GB; touching or replacing the archive invalidates it.
+* ``<archive>.verified`` is a small JSON sidecar ``{size, md5, mtime_ns, ctime_ns, inode}``
+  written after a successful check. While it matches the archive's size, times and inode, later
+  runs trust it instead of re-hashing 6.6 GB; writing, touching or replacing the archive
+  invalidates it (its ctime moves, and no user can set that back).
+* Redirects are followed to http(s) URLs only.
 * Extraction refuses absolute paths, ``..`` components, symlinks and anything resolving outside
   the target, extracts into a temporary sibling of the target and renames it into place, so a bad
   archive never leaves a half-written target behind.
@@ -35,9 +37,10 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.error import HTTPError, URLError
 from urllib.parse import unquote, urlparse
-from urllib.request import Request, urlopen
+from urllib.request import HTTPRedirectHandler, Request, build_opener
 
 from tqdm import tqdm
 
@@ -111,16 +114,26 @@ def is_verified(archive: str | Path, size: int, md5: str) -> bool:
         record = json.loads(_marker(archive).read_text())
     except (OSError, ValueError):
         return False
-    return (
-        record == {"size": size, "md5": md5.lower(), "mtime_ns": st.st_mtime_ns}
-        and st.st_size == size
-    )
+    return record == _record(st, size, md5) and st.st_size == size
+
+
+def _record(st: os.stat_result, size: int, md5: str) -> dict[str, int | str]:
+    """What the marker vouches for: the expected size and MD5, and the file as it was when
+    hashed. ctime is in it because no user can set it back (mtime can be: ``touch -r``,
+    ``cp -p``, a same-size file from another download of the same URL)."""
+    return {
+        "size": size,
+        "md5": md5.lower(),
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+    }
 
 
 def _mark_verified(archive: Path, size: int, md5: str) -> None:
     """Record that ``archive`` passed, so the next run need not hash it again. Only a saving:
     an archive on a read-only disk is used all the same, and hashed again each run."""
-    record = {"size": size, "md5": md5.lower(), "mtime_ns": archive.stat().st_mtime_ns}
+    record = _record(archive.stat(), size, md5)
     try:
         write_json(_marker(archive), record)
     except DenoiseError as e:
@@ -155,13 +168,30 @@ def _parse_content_range(value: str | None) -> tuple[int, int | None]:
     return int(m.group(1)), total
 
 
+class _HttpRedirectsOnly(HTTPRedirectHandler):
+    """Follow redirects to http(s) only: urllib's own handler also follows one to ftp://, a
+    transfer without TLS that none of the response checks here would see."""
+
+    def redirect_request(
+        self, req: Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Request | None:
+        scheme = urlparse(newurl).scheme.lower()
+        if scheme not in ("http", "https"):
+            refused = f"{msg}: a redirect to {scheme}:// is refused"
+            raise HTTPError(newurl, code, refused, headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = build_opener(_HttpRedirectsOnly)
+
+
 def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTPResponse:
     """Send the (ranged) GET; turn every failure to connect into a DenoiseError or _Interrupted."""
     headers = {"User-Agent": "denoise-sidd-download/1", "Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        return urlopen(Request(url, headers=headers), timeout=timeout)
+        return _OPENER.open(Request(url, headers=headers), timeout=timeout)
     except HTTPError as e:
         e.close()
         if e.code == 416 and offset:
@@ -206,7 +236,7 @@ def _read_headers(
     if resp.status == 206:
         start, total = _parse_content_range(resp.headers.get("Content-Range"))
         if start > offset:
-            part.unlink()
+            part.unlink(missing_ok=True)  # none yet where the request asked for no range
             raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
         body = _Body(offset, offset - start, "ab", True)  # an earlier start: a proxy's block
     else:  # 200: the server ignored Range (or there was none) and sends the whole file

@@ -178,7 +178,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 
 
 class TritonServer:
-    """A tritonserver process on ``repository``, loading ``models`` explicitly.
+    """A tritonserver process serving ``models`` of ``repository`` (a private copy of them).
 
     Use as a context manager: entering starts the server and waits until every model is
     ready (or raises DenoiseError with the server's own reason); leaving always stops it.
@@ -248,7 +248,10 @@ class TritonServer:
             str(self.binary.path),
             f"--id={self.server_id}",
             f"--model-repository={repository}",
-            "--model-control-mode=explicit",
+            # It loads every model of the private snapshot (the chosen ones), and its model
+            # load/unload API stays off: that API runs whatever Python model code a request
+            # sends, and loopback does not keep the machine's other processes out.
+            "--model-control-mode=none",
             "--exit-on-error=false",
             "--strict-readiness=true",
             "--allow-metrics=false",
@@ -258,7 +261,6 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
-        cmd += [f"--load-model={m}" for m in self.models]
         if backend_dir is not None:
             cmd.append(f"--backend-directory={backend_dir}")
         return cmd
