@@ -507,14 +507,23 @@ def test_a_redirect_to_ftp_is_refused_in_one_line(
     assert not (tmp_path / "downloads" / f"{ROOT}.zip.part").exists()
 
 
-def test_a_range_nobody_asked_for_is_started_over_not_a_crash(
+def test_a_range_nobody_asked_for_is_one_line_not_a_crash(
     server: Server, archive: Archive, tmp_path: Path
 ) -> None:
-    """A 206 from byte 100 to a request without Range (no .part yet): no partial to drop, and
-    never a traceback; the server keeps doing it, so the download gives up in one line."""
+    """A 206 from byte 100 to a request without Range (no .part yet): asking again would get
+    the same, so one line at once, naming the URL, and nothing left behind."""
     server.start_at = 100
-    with pytest.raises(DenoiseError, match=r"resumed at byte 100, not 0") as e:
-        _fetch(server, tmp_path, md5=archive.md5, retries=1)
+    with pytest.raises(DenoiseError, match=r"whole file with bytes from 100 on; set data") as e:
+        _fetch(server, tmp_path, md5=archive.md5)
+    assert "\n" not in str(e.value) and server.url in str(e.value)
+    assert server.requests == [None]
+    assert list((tmp_path / "downloads").iterdir()) == []
+
+
+def test_a_redirect_loop_is_one_line(server: Server, archive: Archive, tmp_path: Path) -> None:
+    server.redirect = server.url  # to itself, again and again
+    with pytest.raises(DenoiseError, match=r"HTTP 302 .*infinite loop\. from ") as e:
+        _fetch(server, tmp_path, md5=archive.md5)
     assert "\n" not in str(e.value)
 
 

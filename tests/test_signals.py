@@ -50,6 +50,10 @@ def test_one_of_several_torchrun_processes_keeps_the_default(
     before = signal.getsignal(signal.SIGTERM)
     with sigterm_as_interrupt():
         assert signal.getsignal(signal.SIGTERM) == before
+    for unusual in ("", "1", "abc"):  # one process, or not torchrun's: the handler, no crash
+        monkeypatch.setenv("WORLD_SIZE", unusual)
+        with sigterm_as_interrupt():
+            assert signal.getsignal(signal.SIGTERM) != before
 
 
 @pytest.mark.parametrize("wrapper", ["command", "stage"])

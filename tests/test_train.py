@@ -413,6 +413,9 @@ def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
         with pytest.raises(DenoiseError, match=match):
             cfg = TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], **bad}}, "nafnet")
             _run(cfg, split, tmp_path)
+    # A model key left at its default is named in the model's section (where it can be set).
+    with pytest.raises(DenoiseError, match=r"params\.yaml train\.nafnet\.eta_min: must be <= lr"):
+        TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], "lr": 5e-8}}, "nafnet")
     # A shared key is named where it was written, beside the models' sections.
     with pytest.raises(
         DenoiseError, match=r"params\.yaml train\.val_patches: must be >= 0, got -1$"

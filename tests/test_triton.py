@@ -778,6 +778,26 @@ def test_model_that_cannot_load_reports_the_servers_reason(
     assert srv.process is None
 
 
+def test_serve_ended_by_sigterm_says_so_and_exits_143(repository: Path) -> None:
+    """Ctrl-C is how a user stops `denoise serve` (exit 0); SIGTERM from a supervisor is not."""
+    ports = ["--http-port", "0", "--grpc-port", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "denoise", "serve", "--repo", str(repository), *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        while not (line := proc.stdout.readline()).startswith("serving "):
+            assert line, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.splitlines()[-1] == "terminated", err
+
+
 def test_sigterm_stops_the_server(repository: Path, tmp_path: Path) -> None:
     """A stage killed with SIGTERM still stops its server (process group, ports)."""
     http, grpc = free_ports(2)

@@ -58,20 +58,25 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _flush_to_disk(staged: Path) -> None:
+def flush_to_disk(staged: Path) -> None:
     """fsync what a write staged: a file, or a folder and everything in it. Without it the
     rename can reach the disk before the data it points to, and a power cut leaves an empty
-    file under the final name (ext4 without ``auto_da_alloc``, XFS)."""
+    file under the final name (ext4 without ``auto_da_alloc``, XFS). Folders are synced best
+    effort (some file systems, FUSE or network mounts, refuse)."""
     if not staged.exists() or staged.is_symlink():
         return
     for item in [*(staged.rglob("*") if staged.is_dir() else ()), staged]:
-        if not item.is_symlink() and (item.is_file() or item.is_dir()):
+        if item.is_symlink():
+            continue
+        if item.is_file():
             _fsync(item)
+        elif item.is_dir():
+            _flush_rename(item)
 
 
 def _flush_rename(folder: Path) -> None:
-    """fsync the folder a rename happened in (that folder alone), so the rename is on disk
-    too. Best effort: the output is in place by now, and some file systems (FUSE, network
+    """fsync a folder (that folder alone): after a rename in it, so the rename is on disk
+    too. Best effort: the output is in place by then, and some file systems (FUSE, network
     mounts) refuse to sync a folder."""
     with contextlib.suppress(OSError):
         _fsync(folder)
@@ -105,7 +110,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                 if isinstance(name, str) and str(staged) in name:
                     setattr(e, attr, name.replace(str(staged), str(target)))
             raise
-        _flush_to_disk(staged)
+        flush_to_disk(staged)
         try:
             if target.is_dir() and not target.is_symlink():
                 os.replace(target, aside)  # deleted with ``tmp`` below

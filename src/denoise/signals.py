@@ -33,7 +33,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
     runs no Python handler, so SIGTERM would no longer end it and torchrun's teardown would
     wait for its SIGKILL.
     """
-    several = int(os.environ.get("WORLD_SIZE", "1") or 1) > 1
+    world = os.environ.get("WORLD_SIZE", "").strip()
+    several = world.isdigit() and int(world) > 1
     if several or threading.current_thread() is not threading.main_thread():
         yield
         return

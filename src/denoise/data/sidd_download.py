@@ -45,7 +45,7 @@ from urllib.request import HTTPRedirectHandler, Request, build_opener
 from tqdm import tqdm
 
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, check_free_space, write_json
 
 CHUNK = 1 << 20
@@ -194,14 +194,15 @@ def _open(url: str, part: Path, offset: int, timeout: float) -> http.client.HTTP
         return _OPENER.open(Request(url, headers=headers), timeout=timeout)
     except HTTPError as e:
         e.close()
+        reason = first_line(Exception(e.reason))  # urllib's redirect-loop one has three lines
         if e.code == 416 and offset:
             part.unlink()
             raise _Interrupted("server refused the resume (HTTP 416); restarting") from None
         if offset and (e.code >= 500 or e.code == 429):  # busy or failing a moment: wait, resume
-            raise _Interrupted(f"HTTP {e.code} {e.reason} on resuming") from None
+            raise _Interrupted(f"HTTP {e.code} {reason} on resuming") from None
         kept = f"; the partial download {part} is kept for the next run" if offset else ""
         raise DenoiseError(
-            f"HTTP {e.code} {e.reason} from {url}; check data.sidd.url or set it to a mirror{kept}"
+            f"HTTP {e.code} {reason} from {url}; check data.sidd.url or set it to a mirror{kept}"
         ) from None
     except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
         reason = e.reason if isinstance(e, URLError) else e
@@ -235,8 +236,13 @@ def _read_headers(
     ranged = offset > 0
     if resp.status == 206:
         start, total = _parse_content_range(resp.headers.get("Content-Range"))
+        if start > offset and not ranged:  # a range nobody asked for: no use asking again
+            raise DenoiseError(
+                f"{url} answered a request for the whole file with bytes from {start} on; "
+                "set data.sidd.url to another mirror"
+            )
         if start > offset:
-            part.unlink(missing_ok=True)  # none yet where the request asked for no range
+            part.unlink()
             raise _Interrupted(f"server resumed at byte {start}, not {offset}; restarting")
         body = _Body(offset, offset - start, "ab", True)  # an earlier start: a proxy's block
     else:  # 200: the server ignored Range (or there was none) and sends the whole file

@@ -70,7 +70,8 @@ class TrainConfig:
             merged["betas"] = tuple(merged["betas"])
         cfg = cls(**merged)
         for key, problem in cfg.problems():  # the first, named where it was written
-            where = f"train.{model}" if key in train[model] else "train"
+            shared = key in SHARED_KEYS and key not in train[model]
+            where = "train" if shared else f"train.{model}"
             raise DenoiseError(f"params.yaml {where}.{key}: {problem}")
         return cfg
 

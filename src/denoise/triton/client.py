@@ -218,9 +218,9 @@ def open_triton(
 ) -> TritonBackend:
     """The ``triton`` inference backend; ``model`` (or ``model_name``) is the served model.
 
-    A network name such as ``nafnet`` (what ``denoise run --backend triton`` passes by
-    default) means ``denoise_python``, provided the network it serves (the one exported last)
-    is that one.
+    A network name such as ``nafnet`` means ``denoise_python``, provided the network it serves
+    (the one exported last) is that one; an empty name (``denoise run --backend triton``
+    without ``--model``) means ``denoise_python`` whatever it serves.
     """
     name = model_name or str(model) or PYTHON_MODEL
     if _is_network_name(name):

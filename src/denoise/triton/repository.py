@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path
+from denoise.fileio import atomic_path, flush_to_disk
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
 
 INPUT_NAME = "noisy"
@@ -118,12 +118,15 @@ def write_models(repository: str | Path, models: Sequence[ModelFiles]) -> list[P
     model. All are staged first and swapped in together at the end: a write cut short (a full
     disk, Ctrl-C) leaves every old model in place, never some models new and others old."""
     with contextlib.ExitStack() as swaps:  # each swap runs at the exit, after every write
+        staged = []
         for name, config, files in models:
-            staged = swaps.enter_context(atomic_path(Path(repository) / name))
-            (staged / "1").mkdir(parents=True)
-            (staged / "config.pbtxt").write_text(config)
+            staged.append(swaps.enter_context(atomic_path(Path(repository) / name)))
+            (staged[-1] / "1").mkdir(parents=True)
+            (staged[-1] / "config.pbtxt").write_text(config)
             for dst, src in files.items():
-                shutil.copyfile(src, staged / "1" / dst)
+                shutil.copyfile(src, staged[-1] / "1" / dst)
+        for folder in staged:  # on disk before the first swap: then only renames remain
+            flush_to_disk(folder)
     return [Path(repository) / name for name, _, _ in models]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from denoise.errors import DenoiseError
-from denoise.signals import sigterm_as_interrupt
+from denoise.signals import Terminated, sigterm_as_interrupt
 from denoise.triton.repository import PYTHON_MODEL
 
 HOST = "127.0.0.1"
@@ -495,6 +495,8 @@ def serve(
         )
         try:
             code = server.wait()
+        except Terminated:
+            raise  # the caller reports it (exit 143); only Ctrl-C is a plain stop
         except KeyboardInterrupt:
             return
     if code < 0:  # not stopped by us (Ctrl-C, SIGTERM): something killed it
