@@ -104,8 +104,9 @@ def onnx_pad_multiple(onnx_path: str | Path) -> int:
 def served_parameters(onnx_path: str | Path) -> dict[str, str]:
     """The config parameters of every model served from ``onnx_path``: its padding multiple
     and, where the export recorded it, its network."""
-    params = {PAD_MULTIPLE_KEY: str(onnx_pad_multiple(onnx_path))}
-    network = onnx_metadata(onnx_path).get(NETWORK_KEY)
+    meta = onnx_metadata(onnx_path)  # one read of the file for both
+    params = {PAD_MULTIPLE_KEY: str(pad_multiple_value(meta.get(PAD_MULTIPLE_KEY), str(onnx_path)))}
+    network = meta.get(NETWORK_KEY)
     return params if network is None else {**params, NETWORK_KEY: network}
 
 
@@ -138,10 +139,15 @@ def write_model(
 
 
 def onnx_route(
-    route: str, onnx_path: str | Path, *, max_batch_size: int, python_threads: int = 0
+    route: str,
+    onnx_path: str | Path,
+    served: dict[str, str],
+    *,
+    max_batch_size: int,
+    python_threads: int = 0,
 ) -> ModelFiles:
-    """The repository entry of one ONNX route: ``onnx`` or ``python``."""
-    served = served_parameters(onnx_path)
+    """The repository entry of one ONNX route, ``onnx`` or ``python``; ``served``: the
+    :func:`served_parameters` of ``onnx_path``."""
     if route == "onnx":
         config = model_config(
             ONNX_MODEL,
@@ -166,8 +172,11 @@ def write_onnx_routes(
     repository: str | Path, onnx_path: str | Path, *, max_batch_size: int, python_threads: int = 0
 ) -> list[Path]:
     """Write every ONNX route's repository entry from one ONNX file, swapped in together."""
+    served = served_parameters(onnx_path)
     models = [
-        onnx_route(r, onnx_path, max_batch_size=max_batch_size, python_threads=python_threads)
+        onnx_route(
+            r, onnx_path, served, max_batch_size=max_batch_size, python_threads=python_threads
+        )
         for r in ONNX_ROUTES
     ]
     return write_models(repository, models)
