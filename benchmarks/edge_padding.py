@@ -18,11 +18,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from denoise.checkpoint import load_model
+from denoise.checkpoint import checkpoint_path, load_model
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, list_instances
 from denoise.fileio import read_rgb8, write_json
 from denoise.infer import TorchBackend, denoise_image
 from denoise.metrics import psnr
+from denoise.paths import TEST_DIR
 
 
 def measure(model: Path, test_root: Path, height: int, width: int) -> dict:
@@ -55,8 +56,8 @@ def measure(model: Path, test_root: Path, height: int, width: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=Path("models/nafnet.pt"))
-    ap.add_argument("--test", type=Path, default=Path("data/split/test"))
+    ap.add_argument("--model", type=Path, default=checkpoint_path("nafnet"))
+    ap.add_argument("--test", type=Path, default=TEST_DIR)
     ap.add_argument("--size", type=int, nargs=2, default=(377, 505), metavar=("H", "W"))
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/edge_padding.json"))
     args = ap.parse_args()

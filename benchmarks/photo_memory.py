@@ -29,8 +29,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from denoise.checkpoint import checkpoint_path
+from denoise.data.sidd_layout import NOISY_NAME
 from denoise.fileio import write_json
 from denoise.flops import cpu_name
+from denoise.paths import TEST_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_MB = 4096
@@ -87,7 +90,9 @@ def run_module(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="models/nafnet.pt", help="relative to the repository root")
+    ap.add_argument(
+        "--model", default=str(checkpoint_path("nafnet")), help="relative to the repository root"
+    )
     ap.add_argument(
         "--options",
         action="append",
@@ -101,15 +106,13 @@ def main() -> None:
     ap.add_argument(
         "--source",
         type=Path,
-        default=next(
-            iter(sorted((REPO / "data" / "split" / "test").glob("*/NOISY_SRGB_010.PNG"))), None
-        ),
+        default=next(iter(sorted((REPO / TEST_DIR).glob(f"*/{NOISY_NAME}"))), None),
         help="image to tile into the photo (default: the first noisy test image)",
     )
     ap.add_argument("--json", type=Path, default=REPO / "benchmarks/results/photo_memory.json")
     args = ap.parse_args()
     if args.source is None:
-        raise SystemExit("data/split/test has no images; run `make repro` first")
+        raise SystemExit(f"{TEST_DIR} has no images; run `make repro` first")
 
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,6 +26,7 @@ from common import load_params  # noqa: E402
 
 from denoise.data.patch_store import RandomCropDataset  # noqa: E402
 from denoise.models.registry import build_model  # noqa: E402
+from denoise.paths import PARAMS_FILE, TRAIN_DIR  # noqa: E402
 from denoise.training.config import TrainConfig  # noqa: E402
 from denoise.training.distributed import pick_device  # noqa: E402
 from denoise.training.precision import amp_context, amp_precision, grad_scaler  # noqa: E402
@@ -102,11 +103,11 @@ def main() -> None:
         default=4,
         help="batch at crop 256 (the paper's 32 does not fit a short CPU run)",
     )
-    ap.add_argument("--data", type=Path, default=REPO / "data" / "split" / "train")
+    ap.add_argument("--data", type=Path, default=REPO / TRAIN_DIR)
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args()
 
-    params = load_params(REPO / "params.yaml")["train"]
+    params = load_params(REPO / PARAMS_FILE)["train"]
     rows = []
     for name in args.models:
         cfg = TrainConfig.from_params(params, name)

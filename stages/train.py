@@ -8,7 +8,6 @@ the stage's outputs, so DVC does not delete it before a re-run. Also runs under
 
 from __future__ import annotations
 
-import os
 import sys
 
 from common import load_params, run_stage
@@ -16,8 +15,9 @@ from common import load_params, run_stage
 from denoise.checkpoint import checkpoint_path
 from denoise.errors import DenoiseError
 from denoise.models.registry import model_names
-from denoise.paths import CHECKPOINTS_DIR, DVCLIVE_DIR, SPLIT_DIR
+from denoise.paths import CHECKPOINTS_DIR, DVCLIVE_DIR, TRAIN_DIR, VAL_DIR
 from denoise.train import train_model
+from denoise.training import distributed
 from denoise.training.config import TrainConfig
 
 
@@ -28,13 +28,13 @@ def main() -> None:
     cfg = TrainConfig.from_params(load_params()["train"], name)
     result = train_model(
         cfg,
-        SPLIT_DIR / "train",
-        SPLIT_DIR / "val",
+        TRAIN_DIR,
+        VAL_DIR,
         checkpoint_path(name),
         resume_path=CHECKPOINTS_DIR / name / "last.pt",
         live_dir=DVCLIVE_DIR / name,
     )
-    if os.environ.get("RANK", "0") != "0":
+    if distributed.launch().rank != 0:
         return  # under torchrun only rank 0 validates: the others have no scores to print
     print(
         f"{name}: best val PSNR {result.best_psnr:.2f} dB / SSIM {result.best_ssim:.4f} at "

@@ -511,6 +511,8 @@ def test_run_command_takes_precision_options(
     assert (
         result.exit_code == 1 and "--url applies to the triton backend, not torch" in result.output
     )
+    result = run("out4", "--url", "")  # an unset $TRITON_URL: not quietly the default server
+    assert result.exit_code == 1 and "error: --url is empty" in result.output
 
 
 def test_summary_ratios_psnr_and_peak_share_from_known_timings() -> None:

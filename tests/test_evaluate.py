@@ -14,6 +14,8 @@ from skimage.metrics import peak_signal_noise_ratio
 from ssim_reference import ssim_3d_reference
 from tiny_models import TINY, save_tiny
 
+import denoise.evaluate as evaluate_module
+from denoise.data import sidd_layout
 from denoise.data.pairs import find_pairs, read_pair
 from denoise.data.patch_store import write_patch_store
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME
@@ -60,7 +62,7 @@ def params(**over) -> EvalParams:
         "models": ["dncnn", "nafnet"],
         "tile": 32,
         "overlap": 8,
-        "nlm": {"h": [2, 12], "h_color": [2, 12], "val_patches": 3},
+        "nlm": {"h": [2, 12], "h_color": [2, 12], "val_patches": 3, "template": 7, "search": 21},
         "strip": {"crop": 24, "zoom": 2},
     }
     return EvalParams.from_dict({**d, **over})
@@ -204,14 +206,26 @@ def test_missing_checkpoint_and_bad_params(tmp_path: Path, split: Path) -> None:
             speed_path=tmp_path / "s.json",
             plots_dir=tmp_path / "p",
         )
-    with pytest.raises(DenoiseError, match=r"params\.yaml evaluate: missing nlm, overlap"):
+    with pytest.raises(DenoiseError, match=r"params\.yaml evaluate: missing nlm, overlap, strip"):
         EvalParams.from_dict({"models": ["nafnet"], "tile": 32})
+    # the tiling is checked as params.yaml is read, not after the minutes the NLM grid takes
+    for over, problem in (
+        ({"overlap": 40}, "overlap 40 must be smaller than tile 32"),
+        ({"tile": -5}, "tile -5 must be >= 0"),
+    ):
+        with pytest.raises(DenoiseError, match=rf"^params\.yaml evaluate: {problem}"):
+            params(**over)
+    for key, value in (("crop", -5), ("crop", 0), ("zoom", 0)):
+        strip = {"crop": 24, "zoom": 2, key: value}
+        with pytest.raises(DenoiseError, match=rf"evaluate\.strip\.{key}: must be >= 1, got"):
+            params(strip=strip)
 
 
 def test_params_typos_are_errors_at_every_level() -> None:
     good = params()
     assert (good.nlm.h, good.nlm.template, good.strip.zoom) == ((2.0, 12.0), 7, 2)
-    nlm, strip = {"h": [2], "h_color": [2], "val_patches": 3}, {"crop": 24}
+    nlm = {"h": [2], "h_color": [2], "val_patches": 3, "template": 7, "search": 21}
+    strip = {"crop": 24, "zoom": 2}
     for over, where in (
         ({"overlapp": 8}, "evaluate: unknown overlapp"),
         ({"nlm": {**nlm, "templte": 5}}, "evaluate.nlm: unknown templte"),
@@ -244,6 +258,17 @@ def _flat_pairs_root(tmp_path: Path, problem: str) -> tuple[Path, Path, str]:
         (root / "noisy" / ".DS_Store").write_bytes(b"hidden files are not images")
         (root / "clean").mkdir()
         return root, root / "noisy", "no images"
+    if problem == "heic":  # a phone's HEIC beside its PNG partner: the type is the problem
+        write_rgb8(root / "clean" / "IMG_2.png", clean)
+        (root / "noisy").mkdir()
+        (root / "noisy" / "IMG_2.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+        (root / "noisy" / "IMG_2.AAE").write_text("<plist/>")  # an iPhone's edit sidecar
+        detail = "(IMG_2.AAE, IMG_2.HEIC: not a type denoise reads)"
+        return root, root / "clean" / "IMG_2.png", detail
+    if problem == "unreadable":
+        write_rgb8(root / "noisy" / "a.png", noisy)
+        write_rgb8(root / "clean" / "a.png", clean)
+        return root, root / "clean", "cannot read (Permission denied)"
     assert problem == "empty_root"
     return root, root, "no pairs found"
 
@@ -257,10 +282,23 @@ def _flat_pairs_root(tmp_path: Path, problem: str) -> tuple[Path, Path, str]:
         "no_noisy_dir",
         "empty_dirs",
         "empty_root",
+        "heic",
+        "unreadable",
     ],
 )
-def test_find_pairs_errors_name_the_folder_or_file(tmp_path: Path, problem: str) -> None:
+def test_find_pairs_errors_name_the_folder_or_file(
+    tmp_path: Path, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root, culprit, detail = _flat_pairs_root(tmp_path, problem)
+    if problem == "unreadable":  # chmod does not stop root, who runs CI
+        listing = Path.iterdir
+
+        def iterdir(self: Path):
+            if self == culprit:
+                raise PermissionError(13, "Permission denied", str(self))
+            return listing(self)
+
+        monkeypatch.setattr(Path, "iterdir", iterdir)
     with pytest.raises(DenoiseError) as err:
         find_pairs(root)
     message = str(err.value)
@@ -274,14 +312,37 @@ def test_find_pairs_ignores_files_that_are_not_images(tmp_path: Path) -> None:
     write_rgb8(tmp_path / "clean" / "a.png", clean)
     (tmp_path / "noisy" / "README.txt").write_text("how these were shot")
     (tmp_path / "clean" / "Thumbs.db").write_bytes(b"\x00")
-    assert [p.name for p in find_pairs(tmp_path)] == ["a"]
+    # Netpbm files are images like any other (16-bit PPM is a common raw-converter output)
+    cv2.imwrite(str(tmp_path / "noisy" / "b.ppm"), (noisy.astype(np.uint16) * 257)[..., ::-1])
+    write_rgb8(tmp_path / "clean" / "b.png", clean)
+    found = find_pairs(tmp_path)
+    assert [p.name for p in found] == ["a", "b"]
+    assert np.array_equal(read_pair(found[1])[0], noisy)
+
+
+def test_a_size_mismatch_after_an_exif_turn_says_so(tmp_path: Path) -> None:
+    """Both files are 12x8 on disk; the noisy one is tagged to be shown turned (8x12): the
+    message gives the sizes compared and why they differ from what a file browser shows."""
+    from PIL import Image
+
+    noisy, clean = noisy_clean(8, 12, seed=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "noisy").mkdir()
+    Image.fromarray(noisy).save(tmp_path / "noisy" / "a.jpg", exif=exif.tobytes())
+    write_rgb8(tmp_path / "clean" / "a.png", clean)
+    with pytest.raises(DenoiseError) as err:
+        read_pair(find_pairs(tmp_path)[0])
+    assert str(err.value) == (
+        f"{tmp_path / 'noisy' / 'a.jpg'}: size 8x12 after its EXIF orientation 6 differs "
+        f"from {tmp_path / 'clean' / 'a.png'} (12x8)"
+    )
 
 
 def test_nlm_baseline_score_recomputed_with_opencv_and_skimage(
     tmp_path: Path, split: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The evaluate stage's NLM record, redone from the files with OpenCV (BGR) and skimage."""
-    import denoise.evaluate as evaluate_module
 
     records = []
     real_csv = evaluate_module._per_image_csv
@@ -330,3 +391,15 @@ def test_nlm_baseline_score_recomputed_with_opencv_and_skimage(
         for phone, means in entry["by_phone"].items():
             csv_mean = np.mean([float(r["psnr"]) for r in mine if r["by_phone"] == phone])
             assert csv_mean == pytest.approx(means["psnr"], abs=1e-4)
+
+
+def test_the_iso_chart_has_every_band(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar chart's groups come from the one list of ISO bands, whatever it holds."""
+    bands = (("ISO<400", 400), ("ISO400-3199", 3200), ("ISO>=3200", float("inf")))
+    monkeypatch.setattr(sidd_layout, "ISO_BANDS", bands)
+    by_iso = {label: {"psnr": 30.0 + i} for i, (label, _) in enumerate(bands)}
+    chart = evaluate_module._psnr_by_iso({"noisy": {"psnr": 31.0, "by_iso": by_iso}})
+    assert list(chart["noisy"]) == ["all", "ISO<400", "ISO400-3199", "ISO>=3200"]
+    assert (
+        sidd_layout.iso_band(3199) == "ISO400-3199" and sidd_layout.iso_band(10000) == "ISO>=3200"
+    )

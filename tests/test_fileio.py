@@ -323,14 +323,26 @@ def test_grey_with_alpha_reads_as_grey_or_is_named_as_such(tmp_path: Path, suffi
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_tiff_orientation_is_applied_once(tmp_path: Path, orientation: int, dtype) -> None:
+@pytest.mark.parametrize("planar", [False, True], ids=["interleaved", "planar"])
+def test_tiff_orientation_is_applied_once(
+    tmp_path: Path, orientation: int, dtype, planar: bool
+) -> None:
     # OpenCV's TIFF decoder turns the pixels itself; turning them again would show the photo
-    # upside down (orientation 3) or rotated the wrong way (6, 8).
+    # upside down (orientation 3) or rotated the wrong way (6, 8). A 16-bit TIFF with its
+    # colour planes stored one after the other OpenCV 4.11 decodes as garbage: tifffile reads
+    # it, and the orientation is applied by us then.
     import tifffile
 
-    stored = np.random.default_rng(orientation).integers(0, 200, (5, 7, 3)).astype(dtype)
+    stored = np.random.default_rng(orientation).integers(0, 60000, (5, 7, 3)).astype(dtype)
+    stored[..., 1] //= 2  # the channels differ in level: a swap of two would show
     path = tmp_path / "o.tif"
-    tifffile.imwrite(path, stored, photometric="rgb", extratags=[(274, "H", 1, orientation)])
+    tifffile.imwrite(
+        path,
+        stored.transpose(2, 0, 1) if planar else stored,
+        photometric="rgb",
+        planarconfig="separate" if planar else "contig",
+        extratags=[(274, "H", 1, orientation)],
+    )
     expected = {
         1: stored,
         2: stored[:, ::-1],
@@ -412,3 +424,28 @@ def test_an_atomic_write_is_on_disk_before_its_rename(
     assert any(p.endswith("part.bin" if kind == "folder" else "/out") for p in synced), events
     assert ("fsync", str(tmp_path)) in events[renamed:], events
     assert not [p for _, p in events if "neighbour" in p]  # the folder alone, not its files
+
+
+def test_a_planar_16_bit_tiff_that_cannot_be_decoded_is_refused_not_garbled(
+    tmp_path: Path,
+) -> None:
+    """OpenCV misreads these; one tifffile has no codec for (LZW needs imagecodecs, not
+    installed) must not fall back to OpenCV's garbled decode."""
+    import struct
+
+    import tifffile
+
+    stored = np.random.default_rng(0).integers(0, 60000, (3, 5, 7)).astype(np.uint16)
+    path = tmp_path / "lzw.tif"
+    tifffile.imwrite(path, stored, photometric="rgb", planarconfig="separate")
+    with tifffile.TiffFile(path) as tif:
+        at = tif.pages[0].tags["Compression"].valueoffset
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<H", data, at, 5)  # says LZW
+    path.write_bytes(bytes(data))
+    with pytest.raises(DenoiseError) as err:
+        read_photo(path)
+    assert str(err.value).startswith(
+        f"{path}: 16-bit TIFF with its colour planes stored apart and LZW compression: "
+        "cannot be read ("
+    )

@@ -19,7 +19,7 @@ from tiny_models import TINY, tiny_model
 
 from denoise.checkpoint import save_checkpoint
 from denoise.cpu_compile import cpu_compile_options
-from denoise.errors import DenoiseError
+from denoise.errors import BackendUnavailable, DenoiseError
 from denoise.export import export_onnx
 from denoise.fileio import read_image, read_photo, write_image
 from denoise.infer import (
@@ -780,3 +780,58 @@ def test_default_model_is_found_from_outside_the_project(
     monkeypatch.delenv("DENOISE_PROJECT")
     checkout = Path(__file__).resolve().parents[1]  # the tests run from a checkout
     assert find_project(elsewhere) == checkout
+
+
+class GoneAfter(Recorder):
+    """A backend whose server stops answering after ``n`` batches."""
+
+    name = "gone"
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if len(self.shapes) >= self.n:
+            self.shapes.append(batch.shape)
+            raise BackendUnavailable("http://127.0.0.1:1: request to m failed: timed out")
+        return super().__call__(batch)
+
+
+def test_a_backend_that_stops_answering_ends_the_run_at_once(tmp_path: Path) -> None:
+    """A server gone mid-run: not one error (and one timeout) per photo left, but one error
+    that says how many are left; the outputs written before it stay, none is half written."""
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"p{i}.png")
+        write_image(paths[-1], make_pair(24, 24, seed=i)[1])
+    backend, errors = GoneAfter(1), []
+    with pytest.raises(BackendUnavailable) as err:
+        denoise_files(
+            paths,
+            backend,
+            tile=0,
+            overlap=0,
+            out_dir=tmp_path / "out",
+            progress=False,
+            on_error=lambda path, message: errors.append(message),
+        )
+    assert str(err.value) == (
+        "http://127.0.0.1:1: request to m failed: timed out; stopped with 3 of 4 inputs "
+        f"not denoised ({paths[1]} on)"
+    )
+    assert len(backend.shapes) == 2 and errors == []  # no call for p2, p3
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["p0_denoised.png"]
+
+
+def test_only_a_failure_on_the_way_counts_as_the_server_gone() -> None:
+    from tritonclient.utils import InferenceServerException
+
+    from denoise.triton.client import _is_transport_failure
+
+    assert _is_transport_failure(ConnectionRefusedError(111, "Connection refused"))
+    assert _is_transport_failure(TimeoutError("timed out"))
+    gone = InferenceServerException("unavailable", status="StatusCode.UNAVAILABLE")
+    assert _is_transport_failure(gone)
+    answered = InferenceServerException("[500] out of memory", status="500")
+    assert not _is_transport_failure(answered)  # one photo's problem: the run goes on

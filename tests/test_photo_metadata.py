@@ -229,3 +229,22 @@ def test_an_exif_too_large_for_a_jpeg_segment_is_left_out() -> None:
     with_profile_only = embed_metadata(jpeg, replace(meta, exif=None), grey=False)
     assert embed_metadata(jpeg, meta, grey=False) == with_profile_only
     assert read_metadata(embed_metadata(jpeg, replace(meta, exif=fits), grey=False)).exif == fits
+
+
+@pytest.mark.parametrize("subsampling", [0, 1, 2], ids=["4:4:4", "4:2:2", "4:2:0"])
+def test_a_jpeg_keeps_its_chroma_subsampling(tmp_path: Path, subsampling: int) -> None:
+    """A 4:4:4 original written back at OpenCV's default 4:2:0 loses half its colour
+    resolution whatever the network did; the copy keeps what the original had."""
+    from PIL import JpegImagePlugin
+
+    rng = np.random.default_rng(subsampling)
+    pixels = rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "in.jpg", quality=95, subsampling=subsampling)
+    photo = read_photo(tmp_path / "in.jpg")
+    assert photo.metadata.jpeg_subsampling == subsampling
+    write_image(tmp_path / "out.jpg", photo.rgb, metadata=photo.metadata)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert JpegImagePlugin.get_sampling(out) == subsampling
+    if subsampling == 0:  # the colour detail survives the round trip
+        again = read_photo(tmp_path / "out.jpg").rgb.astype(float)
+        assert np.abs(again - photo.rgb).mean() < 4

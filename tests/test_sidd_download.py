@@ -760,9 +760,9 @@ def test_stage_unknown_source_is_one_line_error(tmp_path: Path) -> None:
 def test_stage_missing_keys_are_named(tmp_path: Path) -> None:
     stage = _stage_module()
     params = _write_params(tmp_path, {"source": "sidd", "sidd": {"url": "http://x/a.zip"}})
-    with pytest.raises(DenoiseError, match=r"data\.sidd: missing md5, size$"):
+    with pytest.raises(DenoiseError, match=r"data\.sidd: missing cache_dir, md5, size$"):
         stage.main(params, tmp_path / "raw")
-    sidd = {"url": "u", "size": 1, "md5": "m"}
+    sidd = {"url": "u", "size": 1, "md5": "m", "cache_dir": "d"}
     for data, where in (
         ({"source": "sidd", "sid": {}, "sidd": sidd}, r"data: unknown sid$"),
         ({"source": "sidd", "sidd": {**sidd, "cache": "d"}}, r"data\.sidd: unknown cache$"),

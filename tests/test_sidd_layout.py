@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from denoise.data.pairs import find_pairs
 from denoise.data.sidd_layout import Instance, data_dir, iso_band, list_instances
 from denoise.errors import DenoiseError
 
@@ -34,3 +35,16 @@ def test_finds_data_under_archive_root(tmp_path: Path) -> None:
     assert [i.id for i, _ in list_instances(tmp_path)] == [1, 2]
     with pytest.raises(DenoiseError, match="no SIDD-layout instances"):
         data_dir(tmp_path / "SIDD_Small_sRGB_Only" / "Data" / "notes")
+
+
+@pytest.mark.parametrize("name", ["0004_004_S6_00100_00060_3200_l", "0006_006_S6_102400_1_3200_L"])
+def test_a_pair_under_a_mistyped_name_is_refused_not_dropped(tmp_path: Path, name: str) -> None:
+    """A hand-made folder of one's own pairs: a typo in a name (a lower-case brightness, a
+    6-digit ISO) would otherwise leave the pair out of training and of the scores unsaid."""
+    base = tmp_path / "Data"
+    (base / "0001_001_S6_00100_00060_3200_L").mkdir(parents=True)
+    (base / name).mkdir()
+    (base / name / "GT_SRGB_010.PNG").write_bytes(b"")
+    for find in (list_instances, find_pairs):  # also through `denoise score`'s discovery
+        with pytest.raises(DenoiseError, match=rf"^{base / name}: holds a pair but is not named"):
+            find(tmp_path)

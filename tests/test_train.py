@@ -53,22 +53,40 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(model: str = "nafnet", **kw: object) -> TrainConfig:
-    base = {
+#: A complete ``train`` section for tiny runs (TrainConfig has no defaults: params.yaml has them).
+TINY_SHARED = {
+    "seed": 0,
+    "device": "cpu",
+    "amp": True,
+    "num_workers": 0,
+    "checkpoint_every": 4,
+    "log_every": 1,
+    "val_crop": 16,
+    "val_patches": 0,
+    "val_batch": 2,
+}
+
+
+def _tiny_section(model: str) -> dict[str, object]:
+    return {
         "arch": TINY_ARCH[model],
         "crop": 12,
         "batch_size": 4,
         "iters": 12,
         "val_every": 4,
-        "checkpoint_every": 4,
-        "log_every": 1,
-        "val_crop": 16,
-        "val_batch": 2,
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "betas": [0.9, 0.9],
+        "weight_decay": 0.0,
+        "eta_min": 1e-7,
         "loss": "l1" if model == "dncnn" else "psnr",
-        "device": "cpu",
+        "grad_clip": 0.0,
     }
-    base.update(kw)
-    return TrainConfig(model=model, **base)  # type: ignore[arg-type]
+
+
+def _cfg(model: str = "nafnet", **kw: object) -> TrainConfig:
+    cfg = TrainConfig.from_params({**TINY_SHARED, model: _tiny_section(model)}, model)
+    return dataclasses.replace(cfg, **kw)  # type: ignore[arg-type]
 
 
 def test_the_resume_fingerprint_holds_what_the_outputs_depend_on() -> None:
@@ -275,6 +293,14 @@ def test_resume_state_from_other_params_code_or_data_is_ignored(
     fresh = _run(cfg, data, tmp_path / "fresh")
     for k, v in fresh["params"].items():
         assert torch.equal(changed["params"][k], v), k
+    # the note says what differs, so the user need not hunt for a change that is not there
+    why = {
+        "params": "params lr 0.001 (this run: 0.0005)",
+        "code": "other code (src/denoise)",
+        "data": "other train data",
+    }
+    if change in why:
+        assert f"is from a run with {why[change]}; starting from scratch" in out, out
     if change in ("history", "no history"):
         assert "no longer holds the interrupted run's history up to iteration 4" in out
         fresh_loss = (tmp_path / "fresh" / "live" / loss_tsv).read_bytes()
@@ -363,18 +389,29 @@ def test_each_epoch_draws_new_crops_and_flips_of_a_patch(split: Path) -> None:
     assert not torch.equal(first[0], later[0])
 
 
+def _train(**nafnet: object) -> dict[str, object]:
+    """A complete ``train`` section with these ``train.nafnet`` keys changed."""
+    return {**TINY_SHARED, "nafnet": {**_tiny_section("nafnet"), **nafnet}}
+
+
 def test_config_from_params_merges_and_rejects_typos() -> None:
-    train = {"seed": 7, "device": "cpu", "nafnet": {"iters": 5, "lr": 2e-4, "betas": [0.9, 0.99]}}
+    train = {**_train(iters=5, lr=2e-4, betas=[0.9, 0.99]), "seed": 7}
     cfg = TrainConfig.from_params(train, "nafnet")
     assert (cfg.seed, cfg.iters, cfg.lr, cfg.betas) == (7, 5, 2e-4, (0.9, 0.99))
     # `dvc exp run -S train.nafnet.iters=2e5` writes 200000.0
-    cfg = TrainConfig.from_params({"nafnet": {"iters": 2e5}}, "nafnet")
+    cfg = TrainConfig.from_params(_train(iters=2e5), "nafnet")
     assert cfg.iters == 200000 and isinstance(cfg.iters, int)
     # a shared key's error names it where it is written: train.<key>, not train.nafnet.<key>
     with pytest.raises(DenoiseError, match=r"^params\.yaml train\.amp: expected true or false"):
         TrainConfig.from_params({**train, "amp": 1}, "nafnet")
     with pytest.raises(DenoiseError, match=r"train.nafnet: unknown itres"):
-        TrainConfig.from_params({"nafnet": {"itres": 5}}, "nafnet")
+        TrainConfig.from_params(_train(itres=5), "nafnet")
+    # no defaults: a key deleted from params.yaml is named, not silently replaced by another value
+    del train["val_batch"], train["nafnet"]["optimizer"]  # type: ignore[attr-defined]
+    with pytest.raises(DenoiseError, match=r"^params\.yaml train: missing val_batch$"):
+        TrainConfig.from_params(train, "nafnet")
+    with pytest.raises(DenoiseError, match=r"^params\.yaml train\.nafnet: missing optimizer$"):
+        TrainConfig.from_params({**train, "val_batch": 2}, "nafnet")
     for typo in ({"sed": 7}, {"val_patchs": 4}, {"nafnett": {"iters": 5}}):  # beside a section
         with pytest.raises(DenoiseError, match=rf"params.yaml train: unknown {next(iter(typo))}"):
             TrainConfig.from_params({**train, **typo}, "nafnet")
@@ -383,7 +420,7 @@ def test_config_from_params_merges_and_rejects_typos() -> None:
 
 
 def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
-    train = {"device": "cpu", "nafnet": {"iters": 5, "crop": 12, "val_crop": 16}}
+    train = _train(iters=5)
     for bad, match in (
         ({"log_every": 0}, r"params\.yaml train\.nafnet\.log_every: must be > 0, got 0$"),
         ({"lr": "fast"}, r"params\.yaml train\.nafnet\.lr: expected a number, got 'fast'"),
@@ -413,7 +450,7 @@ def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
         with pytest.raises(DenoiseError, match=match):
             cfg = TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], **bad}}, "nafnet")
             _run(cfg, split, tmp_path)
-    # A model key left at its default is named in the model's section (where it can be set).
+    # eta_min, written in the model's section, is named there.
     with pytest.raises(DenoiseError, match=r"params\.yaml train\.nafnet\.eta_min: must be <= lr"):
         TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], "lr": 5e-8}}, "nafnet")
     # A shared key is named where it was written, beside the models' sections.
@@ -538,3 +575,39 @@ def test_optimizer_step_clips_like_a_plain_step(scaled: bool) -> None:
         return torch.cat([p.detach().flatten() for p in net.parameters()])
 
     torch.testing.assert_close(step(True), step(False), rtol=0, atol=0)
+
+
+def test_a_resume_note_names_what_differs() -> None:
+    """Only the process count changed (a torchrun run, resumed by `dvc repro`): the note says
+    so, not "other params, data or code", which would send the user looking in params.yaml."""
+    data = {"train": {"shape": [4], "blake2b": "x"}, "device": "cpu", "processes": 2}
+    saved = resume.run_identity({"lr": 1e-3}, data)
+    now = resume.run_identity({"lr": 1e-3}, {**data, "processes": 1})
+    assert resume.fingerprint(saved) != resume.fingerprint(now)
+    assert resume.identity_difference(saved, now) == "processes 2 (this run: 1)"
+    assert resume.identity_difference(None, now) == "other params, data or code"  # an old state
+    edited = {**data, "train": {"shape": [4], "blake2b": "y"}}
+    changed = resume.run_identity({"lr": 5e-4}, edited)
+    assert resume.identity_difference(saved, changed) == (
+        "params lr 0.001 (this run: 0.0005); other train data"
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": ""}, r"^environment variable WORLD_SIZE='': expected a whole number$"),
+        ({"LOCAL_RANK": "x"}, r"^environment variable LOCAL_RANK='x': expected a whole number$"),
+        ({"WORLD_SIZE": "2"}, r"^environment variable WORLD_SIZE=2 but no RANK: start several"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2, WORLD_SIZE=2: expected 0 <= RANK"),
+    ],
+)
+def test_torchrun_variables_that_make_no_sense_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(DenoiseError, match=message):
+        distributed.setup("cpu")

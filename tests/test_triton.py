@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,7 +47,7 @@ from denoise.triton.repository import (
     TRT_MODEL,
     config_parameter,
     model_config,
-    onnx_pad_multiple,
+    served_parameters,
     write_model,
     write_onnx_routes,
 )
@@ -146,7 +147,9 @@ def test_python_route_config(repository: Path) -> None:
     assert cfg.HasField("dynamic_batching")
     assert cfg.parameters["intra_op_threads"].string_value == "1"
     # What the export recorded in the ONNX file, for clients that tile (denoise run)
-    multiple = onnx_pad_multiple(repository / PYTHON_MODEL / "1" / "model.onnx")
+    multiple = int(
+        served_parameters(repository / PYTHON_MODEL / "1" / "model.onnx")[PAD_MULTIPLE_KEY]
+    )
     assert multiple > 1 and cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
     onnx_cfg = parse_config((repository / ONNX_MODEL / "config.pbtxt").read_text())
     assert onnx_cfg.parameters[PAD_MULTIPLE_KEY].string_value == str(multiple)
@@ -349,7 +352,8 @@ def test_served_output_matches_onnxruntime(
     x = np.random.default_rng(3).random((3, 3, 21, 35), dtype=np.float32)  # 3 > max batch 2
     y = backend(x)
     ref = local_onnxruntime(repository, x)
-    assert backend.pad_multiple == onnx_pad_multiple(repository / PYTHON_MODEL / "1" / "model.onnx")
+    served = served_parameters(repository / PYTHON_MODEL / "1" / "model.onnx")
+    assert backend.pad_multiple == int(served[PAD_MULTIPLE_KEY])
     assert y.shape == x.shape and y.dtype == np.float32
     assert np.abs(y - ref).max() <= 1e-5
     assert np.abs(y - x).max() > 1e-3  # the model did something
@@ -484,6 +488,25 @@ def test_cli_run_with_the_triton_backend(
     assert served.shape == ref.shape == noisy.shape
     assert np.abs(served.astype(int) - ref.astype(int)).max() <= 1
     assert np.abs(served.astype(int) - noisy.astype(int)).max() > 5  # the model did something
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "127.0.0.1:abc", "127.0.0.1:0"])
+def test_a_url_without_a_usable_port_is_one_line_before_any_client(
+    tmp_path: Path, url: str
+) -> None:
+    """tritonclient half-builds a client for such a port, whose clean-up then prints a
+    traceback after the error: refused before, in a process of its own to see its stderr."""
+    write_rgb8(tmp_path / "photo.png", np.zeros((8, 8, 3), np.uint8))
+    cmd = ["run", "photo.png", "--backend", "triton", "--url", url]
+    proc = subprocess.run(
+        [sys.executable, "-m", "denoise", *cmd],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == f"error: {url}: expected host:port with a port from 1 to 65535"
 
 
 SMOKE_METRICS = Path("metrics") / "triton_smoke.json"  # under the test's tmp_path
@@ -778,6 +801,33 @@ def test_model_that_cannot_load_reports_the_servers_reason(
     assert srv.process is None
 
 
+@pytest.mark.parametrize("fault", ["cut config", "no version"])
+def test_a_broken_repository_fails_at_once_with_the_reason(
+    repository: Path, tmp_path: Path, fault: str
+) -> None:
+    """Triton lists such a model without a state, or not at all, and logs the reason before a
+    summary that gives none: no 60 s wait for a model that will never load, and the reason."""
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / PYTHON_MODEL, repo / PYTHON_MODEL)
+    config = repo / PYTHON_MODEL / "config.pbtxt"
+    if fault == "cut config":
+        text = config.read_text()
+        config.write_text(text[: text.index("input [") + len("input [")])
+        reason = "config.pbtxt"
+    else:
+        shutil.rmtree(repo / PYTHON_MODEL / "1")
+        reason = "at least one version must be available"
+    srv = TritonServer(repo, [PYTHON_MODEL], http_port=0, grpc_port=0, startup_timeout_s=60)
+    started = time.monotonic()
+    with pytest.raises(DenoiseError) as err:
+        srv.start()
+    assert time.monotonic() - started < 30
+    message = str(err.value)
+    assert message.startswith(f"{repo / PYTHON_MODEL}: model not ready: "), message
+    assert reason in message and "failed to load all models" not in message, message
+    assert srv.process is None
+
+
 def test_serve_ended_by_sigterm_says_so_and_exits_143(repository: Path) -> None:
     """Ctrl-C is how a user stops `denoise serve` (exit 0); SIGTERM from a supervisor is not."""
     ports = ["--http-port", "0", "--grpc-port", "0"]
@@ -917,3 +967,13 @@ def test_smoke_settings_reject_impossible_values() -> None:
     ):
         with pytest.raises(DenoiseError, match=rf"^params\.yaml triton: {match}$"):
             SmokeSettings.from_params({**section, **bad})
+
+
+def test_the_python_model_spells_the_repository_layout_as_the_writer_does() -> None:
+    """python_model.py runs in Triton's stub without this package, so it writes the file name
+    and the threads key out; a rename on one side only would break the served model."""
+    from denoise.triton import repository
+
+    source = repository.PYTHON_MODEL_TEMPLATE.read_text()
+    assert f'/ "{repository.ONNX_FILE}"' in source
+    assert f'params.get("{repository.THREADS_KEY}", "0")' in source

@@ -14,9 +14,10 @@ from typing import Annotated, Any
 import typer
 
 from denoise import __version__
-from denoise.errors import DenoiseError
+from denoise.errors import BackendUnavailable, DenoiseError
 from denoise.paths import REPOSITORY, TEST_DIR
 from denoise.signals import TERMINATED_EXIT, Terminated, sigterm_as_interrupt
+from denoise.triton.address import DEFAULT_URL, GRPC_PORT, HOST, HTTP_PORT
 
 app = typer.Typer(
     add_completion=False,
@@ -118,13 +119,17 @@ def score(
     if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
         raise DenoiseError(f"{model}: model file not found")
     check_json_out(json_out)  # before the scoring, too
-    count, named_pairs = pairs_to_score(pairs)  # the data is checked before the model loads
+    count, named_pairs = pairs_to_score(pairs)  # found and matched before the model loads
     backend = open_backend(kind, model)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
     report = score_pairs(named_pairs, denoiser, total=count, progress=sys.stderr.isatty())
     typer.echo(format_score_table(report))
     if json_out is not None:
         write_json(json_out, report)
+    if report["failed"]:  # named as they failed; the scores above are of the others
+        raise DenoiseError(
+            f"{len(report['failed'])} of {count} pairs could not be scored (named above)"
+        )
 
 
 @app.command()
@@ -157,7 +162,7 @@ def run(
     ] = None,
     url: Annotated[
         str | None,
-        typer.Option(help="Triton server URL, triton backend (default: 127.0.0.1:8000)."),
+        typer.Option(help=f"Triton server URL, triton backend (default: {DEFAULT_URL})."),
     ] = None,
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = None,
@@ -211,7 +216,9 @@ def run(
         check_out_dir(Path(out_dir))
     name, target = resolve_model(model, backend)
     options: dict[str, Any] = {}
-    if url:
+    if url == "":  # as -o: not quietly the default server, which may be someone else's
+        raise DenoiseError("--url is empty (an unset variable?)")
+    if url is not None:
         if name != "triton":
             raise DenoiseError(f"--url applies to the triton backend, not {name}")
         options["url"] = url
@@ -230,19 +237,24 @@ def run(
         failed.append(path)
         tqdm.write(f"error: {message}", file=sys.stderr)
 
-    written = denoise_files(
-        inputs,
-        net,
-        out_dir=out_dir,
-        tile=tile,
-        overlap=overlap,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        progress=sys.stderr.isatty(),  # bars in a log file would bury the error lines
-        on_error=report,
-        on_written=lambda path: tqdm.write(str(path), file=sys.stdout),
-        on_skipped=skipped.append,
-    )
+    try:
+        written = denoise_files(
+            inputs,
+            net,
+            out_dir=out_dir,
+            tile=tile,
+            overlap=overlap,
+            overwrite=overwrite,
+            skip_existing=skip_existing,
+            progress=sys.stderr.isatty(),  # bars in a log file would bury the error lines
+            on_error=report,
+            on_written=lambda path: tqdm.write(str(path), file=sys.stdout),
+            on_skipped=skipped.append,
+        )
+    except BackendUnavailable as e:  # the run stopped: what it had counted before, then why
+        if failed:
+            raise BackendUnavailable(f"{e}; {len(failed)} had failed before") from None
+        raise
     if skipped:
         typer.echo(f"{len(skipped)} inputs passed over: their outputs exist", err=True)
     if failed:
@@ -259,11 +271,11 @@ def serve(
         typer.Option(help="Triton model repository (default: the project's model_repository)."),
     ] = None,
     http_port: Annotated[
-        int, typer.Option(help="HTTP port (bound to 127.0.0.1; 0: any free one).")
-    ] = 8000,
+        int, typer.Option(help=f"HTTP port (bound to {HOST}; 0: any free one).")
+    ] = HTTP_PORT,
     grpc_port: Annotated[
-        int, typer.Option(help="gRPC port (bound to 127.0.0.1; 0: any free one).")
-    ] = 8001,
+        int, typer.Option(help=f"gRPC port (bound to {HOST}; 0: any free one).")
+    ] = GRPC_PORT,
     model: Annotated[
         list[str] | None,
         typer.Option(help="Model to load (repeatable). Default: every model this server can load."),

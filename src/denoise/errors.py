@@ -10,6 +10,11 @@ class DenoiseError(Exception):
     """A user-facing failure: bad input, missing data, failed verification."""
 
 
+class BackendUnavailable(DenoiseError):
+    """The backend itself stopped answering (a server gone, refusing or timing out): not one
+    photo's problem, so a run of many stops rather than waiting the same way for each."""
+
+
 def first_line(e: BaseException) -> str:
     """An exception's message cut to its first line (its type name when it has no message):
     the detail a one-line error carries from a library that raised something longer."""

@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,13 +35,12 @@ from denoise.data.pairs import CLEAN_DIR, NOISY_DIR, find_pairs, read_pair
 from denoise.data.patch_store import evenly_spaced, read_patch_store
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, clear_stale_staging, write_bytes_atomic, write_json
-from denoise.infer import Backend, denoise_image, open_backend
-from denoise.metrics import psnr, ssim
+from denoise.infer import Backend, check_tiling, denoise_image, open_backend
+from denoise.metrics import SCORE_DECIMALS, psnr, ssim
 from denoise.params import checked_section
 from denoise.plots import comparison_strip, detailed_crop, psnr_bar_chart
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
-DECIMALS = 4  # rounded so the JSON bytes do not depend on float summation order
 
 
 # --- scoring ---------------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def score_image(output: np.ndarray, clean: np.ndarray) -> Score:
 
 def _num(x: float) -> float | None:
     """Rounded for stable JSON bytes; ``inf`` (a perfect image) has no JSON number: null."""
-    return round(float(x), DECIMALS) if math.isfinite(x) else None
+    return round(float(x), SCORE_DECIMALS) if math.isfinite(x) else None
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -71,10 +71,14 @@ def tiled_denoiser(backend: Backend, *, tile: int, overlap: int) -> Denoiser:
     return partial(denoise_image, backend=backend, tile=tile, overlap=overlap)
 
 
-def pairs_to_score(root: str | Path) -> tuple[int, Iterator[tuple[str, np.ndarray, np.ndarray]]]:
-    """What ``denoise score`` scores under ``root``: ``(count, iterator of (name, noisy,
-    clean))``. SIDD's validation blocks, or the pairs of :func:`find_pairs` read one at a
-    time. Every file is found and checked before the first pair comes out."""
+#: A pair to score: its name and what reads it, ``() -> (noisy, clean)``.
+PairToScore = tuple[str, Callable[[], tuple[np.ndarray, np.ndarray]]]
+
+
+def pairs_to_score(root: str | Path) -> tuple[int, Iterator[PairToScore]]:
+    """What ``denoise score`` scores under ``root``: ``(count, iterator of (name, read))``.
+    SIDD's validation blocks (both files read and checked here), or the pairs of
+    :func:`find_pairs` (listed and matched here, each read when it is scored)."""
     root = Path(root)
     if sidd_blocks.has_blocks(root):
         mixed = [d for d in (NOISY_DIR, CLEAN_DIR) if (root / d).is_dir()]
@@ -83,29 +87,38 @@ def pairs_to_score(root: str | Path) -> tuple[int, Iterator[tuple[str, np.ndarra
                 f"{root}: holds SIDD validation blocks (*.mat) and {'/'.join(mixed)}/ folders; "
                 "point --pairs at a folder with one of them"
             )
-        return sidd_blocks.read_blocks(root)
+        count, blocks = sidd_blocks.read_blocks(root)
+        return count, ((name, lambda pair=(n, c): pair) for name, n, c in blocks)
     pairs = find_pairs(root)
-    return len(pairs), ((pair.name, *read_pair(pair)) for pair in pairs)
+    return len(pairs), ((pair.name, partial(read_pair, pair)) for pair in pairs)
 
 
 def score_pairs(
-    pairs: Iterable[tuple[str, np.ndarray, np.ndarray]],
+    pairs: Iterable[PairToScore],
     denoiser: Denoiser,
     *,
     total: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score ``denoiser`` on ``(name, noisy, clean)`` uint8 pairs: the ``denoise score`` report.
+    """Score ``denoiser`` on uint8 pairs (:data:`PairToScore`): the ``denoise score`` report.
 
     ``{"input": {"psnr", "ssim"}, "output": {"psnr", "ssim"}, "images": [{"name",
-    "input_psnr", "output_psnr", "input_ssim", "output_ssim"}, ...]}``, means over images.
+    "input_psnr", "output_psnr", "input_ssim", "output_ssim"}, ...], "failed": [{"name",
+    "error"}, ...]}``, means over the images scored. A pair that cannot be read or denoised
+    is reported (on stderr) and skipped, so one bad file does not cost the others' scores;
+    none scored is a :class:`DenoiseError`.
     """
-    rows = []
-    for name, noisy, clean in tqdm(
-        pairs, total=total, desc="score", unit="image", disable=not progress
-    ):
+    rows, failed = [], []
+    for name, read in tqdm(pairs, total=total, desc="score", unit="image", disable=not progress):
+        try:
+            noisy, clean = read()
+            output = denoiser(noisy)
+        except DenoiseError as e:
+            tqdm.write(f"error: {e}", file=sys.stderr)
+            failed.append({"name": name, "error": str(e)})
+            continue
         before = score_image(noisy, clean)
-        after = score_image(denoiser(noisy), clean)
+        after = score_image(output, clean)
         rows.append(
             {
                 "name": name,
@@ -115,11 +128,14 @@ def score_pairs(
                 "output_ssim": after.ssim,
             }
         )
+    if not rows:
+        raise DenoiseError(f"no pair could be scored ({len(failed)} failed)")
     mean = {k: _mean(r[k] for r in rows) for k in rows[0] if k != "name"}
     return {
         "input": {"psnr": _num(mean["input_psnr"]), "ssim": _num(mean["input_ssim"])},
         "output": {"psnr": _num(mean["output_psnr"]), "ssim": _num(mean["output_ssim"])},
         "images": [{k: v if k == "name" else _num(v) for k, v in r.items()} for r in rows],
+        "failed": failed,
     }
 
 
@@ -127,7 +143,7 @@ def format_score_table(report: Mapping[str, Any]) -> str:
     """The ``score`` report as a fixed-width table with a mean row."""
 
     def cell(x: float | None, fmt: str) -> str:
-        return "inf" if x is None else format(x, fmt)
+        return format(math.inf if x is None else x, fmt)  # None: a perfect image's PSNR
 
     names = [r["name"] for r in report["images"]]
     width = max(len("mean"), *(len(n) for n in names))
@@ -204,16 +220,16 @@ class NlmParams:
     h: tuple[float, ...]
     h_color: tuple[float, ...]
     val_patches: int
-    template: int = 7
-    search: int = 21
+    template: int
+    search: int
 
 
 @dataclass(frozen=True)
 class StripParams:
     """``evaluate.strip``: the comparison strips' crop and its enlargement."""
 
-    crop: int = 96
-    zoom: int = 3
+    crop: int
+    zoom: int
 
 
 @dataclass(frozen=True)
@@ -224,14 +240,14 @@ class EvalParams:
     tile: int
     overlap: int
     nlm: NlmParams
-    strip: StripParams = field(default_factory=StripParams)
+    strip: StripParams
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> EvalParams:
         """Checked like every section: a missing or unknown key (a typo) is an error."""
         top = checked_section(cls, d, "evaluate")  # keys and the types of their values
         nlm = checked_section(NlmParams, top["nlm"], "evaluate.nlm")
-        strip = checked_section(StripParams, top.get("strip"), "evaluate.strip")
+        strip = checked_section(StripParams, top["strip"], "evaluate.strip")
         p = cls(
             tuple(top["models"]),
             top["tile"],
@@ -244,6 +260,15 @@ class EvalParams:
             ),
             StripParams(**strip),
         )
+        try:  # here, not after the minutes the NLM grid takes
+            check_tiling(p.tile, p.overlap)
+        except DenoiseError as e:
+            raise DenoiseError(f"params.yaml evaluate: {e}") from None
+        for key in ("crop", "zoom"):  # a crop <= 0 would cut wrong strips, a zoom crash
+            if getattr(p.strip, key) < 1:
+                raise DenoiseError(
+                    f"params.yaml evaluate.strip.{key}: must be >= 1, got {getattr(p.strip, key)}"
+                )
         if not p.nlm.h or not p.nlm.h_color or p.nlm.val_patches < 1:
             raise DenoiseError(
                 "params.yaml evaluate.nlm: h and h_color need at least one "
@@ -268,7 +293,6 @@ GROUPINGS = {
     "by_brightness": lambda i: i.brightness,
     "by_phone": lambda i: i.phone,
 }
-ISO_ORDER = ("ISO<400", "ISO400-1599", "ISO>=1600")
 
 
 def summarise(records: Sequence[ImageRecord], methods: Sequence[str]) -> dict[str, Any]:
@@ -418,7 +442,10 @@ def _psnr_by_iso(methods: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     chart = {}
     for method, entry in methods.items():
         bands = entry.get("by_iso", {})
-        values = {"all": entry["psnr"], **{b: bands[b]["psnr"] for b in ISO_ORDER if b in bands}}
+        values = {
+            "all": entry["psnr"],
+            **{b: bands[b]["psnr"] for b, _ in sidd_layout.ISO_BANDS if b in bands},
+        }
         chart[method] = {k: math.nan if v is None else v for k, v in values.items()}
     return chart
 

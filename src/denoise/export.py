@@ -11,6 +11,7 @@ match PyTorch within a tolerance on several sizes, including ones that are not m
 from __future__ import annotations
 
 import collections
+import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
     NETWORK_KEY,
+    ONNX_FILE,
     OUTPUT_NAME,
     file_md5,
     remove_engine_unless_built_from,
@@ -177,6 +179,18 @@ def parity(
     return diffs
 
 
+def exported_checkpoint_name(metrics_path: str | Path) -> str | None:
+    """The checkpoint, as :func:`export_checkpoint`'s report names it, of the export the
+    report at ``metrics_path`` records if that export passed; None for a failed export (the
+    repository still holds the one before) or a report missing or unreadable."""
+    try:
+        report = json.loads(Path(metrics_path).read_text())
+        name = report["checkpoint"] if report.get("passed") is True else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     repository: str | Path,
@@ -187,7 +201,8 @@ def export_checkpoint(
 
     Verification happens on a temporary file: when the checker, the LayerNorm check or the
     parity (max abs diff above ``settings.tolerance``) fails, a DenoiseError is raised and
-    the repository is left untouched (the metrics file is still written, for diagnosis). A
+    the repository is left untouched (a parity failure still writes the metrics file, with
+    ``passed: false``, for diagnosis; :func:`exported_checkpoint_name` reads it). A
     TensorRT engine built from another ONNX than the one written is removed (build-trt
     builds it anew); one built from the same bytes (a re-run that changed only the checks)
     stays.
@@ -195,7 +210,7 @@ def export_checkpoint(
     model, ckpt = load_model(checkpoint)
     name = str(ckpt["model"])
     with tempfile.TemporaryDirectory(prefix="denoise-export-") as tmp:
-        onnx_path = Path(tmp) / "model.onnx"
+        onnx_path = Path(tmp) / ONNX_FILE
         export_onnx(model, onnx_path, opset=settings.opset, network=name)
         ops = check_onnx(onnx_path, require_layernorm=name in NEEDS_LAYERNORM)
         diffs = parity(

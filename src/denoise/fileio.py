@@ -23,7 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 from denoise.photo_metadata import (
     NO_METADATA,
     TIFF_HEADERS,
@@ -196,9 +196,18 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (text + "\n").encode())
 
 
+def list_folder(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; an unreadable folder is one line naming it."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as e:
+        raise DenoiseError(f"{folder}: cannot read ({e.strerror or e})") from None
+
+
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
-IMAGE_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp")
-_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", ".ppm", ".pgm", ".pnm")
+_NETPBM_SUFFIXES = (".ppm", ".pgm", ".pnm")
+IMAGE_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp", *_NETPBM_SUFFIXES)
+_SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", *_NETPBM_SUFFIXES)
 
 
 def _to_8bit(img: np.ndarray) -> np.ndarray:
@@ -336,6 +345,41 @@ def tiff_alpha_is_opaque(data: bytes) -> bool:
     return alpha.dtype.kind in "ui" and bool((alpha == np.iinfo(alpha.dtype).max).all())
 
 
+def planar_tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
+    """A colour TIFF of more than 8 bits whose planes are stored one after another, decoded
+    as ``(H, W, samples)`` BGR(A) like OpenCV's decodes, stored side up; None for any other
+    file. OpenCV 4.11 misreads these (the first plane as if interleaved, the rest zero), so
+    one tifffile cannot decode either (LZW or JPEG inside need a codec package this project
+    does not install) is refused, naming the file, rather than passed on garbled."""
+    if data[:4] not in _TIFF_MAGIC:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            planar = int(page.planarconfig) == 2 and page.bitspersample > 8
+            if not planar or page.samplesperpixel < 3:
+                return None
+            kind = f"{page.bitspersample}-bit TIFF with its colour planes stored apart"
+            if page.photometric.name != "RGB":
+                raise DenoiseError(f"{path}: {kind}, {page.photometric.name}: expected RGB")
+            try:
+                samples = page.asarray()  # (samples, H, W)
+            except Exception as e:
+                raise DenoiseError(
+                    f"{path}: {kind} and {page.compression.name} compression: cannot be read "
+                    f"({first_line(e)}); save it uncompressed, with zlib, or interleaved"
+                ) from None
+    except DenoiseError:
+        raise
+    except Exception:  # a TIFF tifffile cannot parse at all: OpenCV's decoder judges it
+        return None
+    rgb = np.moveaxis(samples, 0, -1)
+    order = [2, 1, 0, *range(3, rgb.shape[2])]  # RGB(A) -> BGR(A)
+    return np.ascontiguousarray(rgb[..., order])
+
+
 # What libjpeg and libpng write to the error stream (not through OpenCV's log) about a bad
 # file: why it did not decode, or, for one decoded anyway, that its rows are garbled.
 _CORRUPT_DATA = ("Corrupt JPEG data", "Premature end of JPEG", "libpng error")
@@ -418,7 +462,8 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     cut = "JPEG" if is_truncated_jpeg(data) else "PNG" if is_truncated_png(data) else None
     if cut:
         raise DenoiseError(f"{path}: truncated {cut} (the image data stops before its end)")
-    img = _decode(path, data)
+    planar = planar_tiff_samples(path, data)
+    img = _decode(path, data) if planar is None else planar
     if img is None:
         raise DenoiseError(f"{path}: not a readable image")
     expected = "8/16-bit RGB" if keep16 else "8-bit RGB"
@@ -444,7 +489,7 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     metadata = read_metadata(data)
     # OpenCV's TIFF decoder applies the orientation tag itself; the others leave it to us.
-    turned = 1 if data[:4] in _TIFF_MAGIC else metadata.orientation
+    turned = 1 if data[:4] in _TIFF_MAGIC and planar is None else metadata.orientation
     upright = _ORIENT.get(turned, lambda a: a)(img)
     rgb = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
     return Photo(rgb=rgb, grey=grey, metadata=metadata.upright())
@@ -470,6 +515,14 @@ def check_writable_type(path: str | Path) -> None:
         )
 
 
+# Pillow's subsampling codes (photo_metadata) -> OpenCV's JPEG sampling factors
+_JPEG_SAMPLING_FACTORS = {
+    0: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    1: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    2: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+}
+
+
 def write_image(
     path: str | Path,
     img: np.ndarray,
@@ -482,7 +535,8 @@ def write_image(
 
     16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
     ``grey`` writes one channel, the mean of the three. ``metadata`` (a :class:`Photo`'s, which
-    describes upright pixels) is carried into JPEG and PNG files.
+    describes upright pixels) is carried into JPEG and PNG files; a JPEG is written at
+    ``jpeg_quality`` with the original's chroma subsampling (4:2:0 when it had none).
     """
     if img.dtype not in (np.uint8, np.uint16) or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"expected (H, W, 3) uint8/uint16, got {img.shape} {img.dtype}")
@@ -494,7 +548,12 @@ def write_image(
         pixels = np.round(img.mean(axis=2, dtype=np.float32)).astype(img.dtype)
     else:
         pixels = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if suffix in JPEG_SUFFIXES else []
+    params = []
+    if suffix in JPEG_SUFFIXES:
+        params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        if metadata.jpeg_subsampling is not None:  # the original's; else OpenCV's 4:2:0
+            factor = _JPEG_SAMPLING_FACTORS[metadata.jpeg_subsampling]
+            params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor]
     try:
         ok, buf = cv2.imencode(suffix, pixels, params)
     except cv2.error:

@@ -4,8 +4,8 @@ A *backend* is any callable that maps a ``(N, 3, H, W)`` float32 batch in [0, 1]
 the same shape, with a ``name`` attribute. Backends are opened by name from a registry:
 
     backend = open_backend("torch", "models/nafnet.pt")        # checkpoint, device auto
-    backend = open_backend("onnxruntime", "exports/nafnet.onnx")
-    backend = open_backend("triton", "nafnet", url="127.0.0.1:8000")  # registered lazily
+    backend = open_backend("onnxruntime", "model_repository/denoise_onnx/1/model.onnx")
+    backend = open_backend("triton", "denoise_python", url="127.0.0.1:8000")  # registered lazily
 
 :func:`denoise_image` runs a backend over a photo of any size in overlapping tiles, blends them
 with a raised-cosine window (the weights of two overlapping tiles sum to one, so there is no
@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
-from denoise.errors import DenoiseError, first_line
+from denoise.errors import BackendUnavailable, DenoiseError, first_line
 from denoise.fileio import IMAGE_SUFFIXES, check_writable_type, read_photo, write_image
 from denoise.fused.dwconv_gate import DwconvForm
 from denoise.fused.nafnet import fuse_nafnet
@@ -593,11 +593,13 @@ def denoise_files(
 
     A file that fails (unreadable, output exists without ``overwrite``, output not writable)
     is passed to ``on_error(path, message)`` and skipped; the rest still run, and so does a
-    folder with no photo. An existing file, input or earlier output, is never replaced unless
-    ``overwrite``; with ``skip_existing`` its input is passed over instead (``on_skipped``
-    gets the output): a run cut short finishes where it stopped. An input of this same run is
-    never replaced, and neither is a folder. Two inputs that
-    map to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged. An ``out_dir``
+    folder with no photo. A backend that stops answering (:class:`BackendUnavailable`: a
+    server gone or timing out) ends the run at once, naming how many inputs are left (with
+    ``skip_existing`` a re-run finishes them). An existing file, input or earlier output, is
+    never replaced unless ``overwrite``; with ``skip_existing`` its input is passed over
+    instead (``on_skipped`` gets the output): a run cut short finishes where it stopped. An
+    input of this same run is never replaced, and neither is a folder. Two inputs that map
+    to one output (``a/x.jpg b/x.jpg -o out``) are refused, never merged. An ``out_dir``
     that cannot hold outputs is a :class:`DenoiseError` before any work.
     """
     check_tiling(tile, overlap)
@@ -608,7 +610,8 @@ def denoise_files(
     written: list[Path] = []
     sources: dict[Path, Path] = {p.resolve(): p for p in files}  # output or input -> input
     many = len(files) > 1
-    for src in tqdm(files, desc="denoise", unit="photo", disable=not (progress and many)):
+    bar = tqdm(files, desc="denoise", unit="photo", disable=not (progress and many))
+    for done, src in enumerate(bar):
         dst = output_path(src, out_dir)
         try:
             first = sources.setdefault(dst.resolve(), src)
@@ -632,6 +635,11 @@ def denoise_files(
             _denoise_file(
                 src, dst, backend, tile=tile, overlap=overlap, progress=progress and not many
             )
+        except BackendUnavailable as e:  # every later photo would wait and fail the same way
+            left = len(files) - done
+            raise BackendUnavailable(
+                f"{e}; stopped with {left} of {len(files)} inputs not denoised ({src} on)"
+            ) from None
         except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
             if on_error is None:
                 raise

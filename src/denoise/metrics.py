@@ -47,6 +47,10 @@ def psnr(pred: np.ndarray, target: np.ndarray) -> float:
 SSIM_SIGMA = 1.5
 SSIM_RADIUS = 5
 
+#: Decimals of a score written to JSON: rounded so the bytes do not depend on float summation
+#: order (and stay the same on a re-run).
+SCORE_DECIMALS = 4
+
 
 def _gaussian(img: np.ndarray) -> np.ndarray:
     return gaussian_filter(img, SSIM_SIGMA, mode="nearest", radius=SSIM_RADIUS)

@@ -12,7 +12,6 @@ pipeline (``dvc.yaml``), else ``$DENOISE_PROJECT``, else the checkout this packa
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -47,12 +46,10 @@ def exported_checkpoint(project: Path) -> Path | None:
     ``project``), if the report says it passed (a failed export leaves the earlier model in
     the repository) and the file exists; an unreadable report counts as none: params.yaml's
     switch decides then."""
-    try:
-        report = json.loads((project / EXPORT_METRICS).read_text())
-        name = report["checkpoint"] if report.get("passed") is True else None
-    except (OSError, ValueError, KeyError, AttributeError):
-        return None
-    path = project / name if isinstance(name, str) else None
+    from denoise.export import exported_checkpoint_name  # onnx: only when it is needed
+
+    name = exported_checkpoint_name(project / EXPORT_METRICS)
+    path = project / name if name is not None else None
     return path if path is not None and path.is_file() else None
 
 

@@ -74,9 +74,12 @@ def check_keys(
         raise DenoiseError(f"{where}: {'; '.join(parts)}")
 
 
-def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
+def checked_section(
+    cls: type, section: Mapping[str, Any] | None, where: str, *, complete: bool = True
+) -> dict[str, Any]:
     """A copy of ``section`` whose keys are ``cls``'s fields (none unknown, none required
-    missing) and whose values have the fields' types.
+    missing unless ``complete`` is false: a part that is merged with others) and whose values
+    have the fields' types.
 
     ``where`` names the section in the error, e.g. ``"export"`` or ``"train.nafnet"``. An int
     field takes an integral float (``dvc exp run -S train.nafnet.iters=2e5`` writes 200000.0)
@@ -87,11 +90,7 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
         raise DenoiseError(f"params.yaml {where}: expected a mapping of keys, got {section!r}")
     section = dict(section or {})
     fields = dataclasses.fields(cls)
-    required = sorted(
-        f.name
-        for f in fields
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
-    )
+    required = required_fields(cls) if complete else []
     check_keys(section, required, {f.name for f in fields}, f"params.yaml {where}")
     hints = typing.get_type_hints(cls)
     for key, value in section.items():
@@ -99,6 +98,15 @@ def checked_section(cls: type, section: Mapping[str, Any] | None, where: str) ->
         if problem:
             raise DenoiseError(f"params.yaml {where}.{key}: {problem}")
     return section
+
+
+def required_fields(cls: type) -> list[str]:
+    """The names of ``cls``'s fields that have no default, sorted."""
+    return sorted(
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.init
+    )
 
 
 _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}

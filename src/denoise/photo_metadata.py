@@ -45,6 +45,9 @@ class PhotoMetadata:
     orientation: int = 1
     icc_profile: bytes | None = None
     exif: bytes | None = None
+    #: A JPEG's chroma subsampling as Pillow names it (0: 4:4:4, 1: 4:2:2, 2: 4:2:0), kept by
+    #: a JPEG copy: 4:2:0 would halve the colour resolution of a 4:4:4 original.
+    jpeg_subsampling: int | None = None
 
     def upright(self) -> PhotoMetadata:
         """The metadata of the same photo with its pixels turned upright.
@@ -89,12 +92,16 @@ def read_metadata(data: bytes) -> PhotoMetadata:
     """
     from PIL import Image
 
-    icc = exif = None
+    icc = exif = subsampling = None
     orientation: object = 1
     with _lenient_pillow():
         try:
             with Image.open(io.BytesIO(data)) as im:
                 icc = im.info.get("icc_profile") or None
+                if im.format == "JPEG":
+                    from PIL import JpegImagePlugin
+
+                    subsampling = JpegImagePlugin.get_sampling(im)  # -1: none of the three
                 # For a PNG Pillow decodes the whole image to look for an EXIF chunk after
                 # the pixels: not worth it when there is none.
                 if im.format != "PNG" or b"eXIf" in data:
@@ -110,7 +117,10 @@ def read_metadata(data: bytes) -> PhotoMetadata:
     if not (isinstance(exif, bytes) and exif[:4] in TIFF_HEADERS):
         exif = None
     return PhotoMetadata(
-        orientation=orientation, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif
+        orientation=orientation,
+        icc_profile=icc if isinstance(icc, bytes) else None,
+        exif=exif,
+        jpeg_subsampling=subsampling if subsampling in (0, 1, 2) else None,
     )
 
 

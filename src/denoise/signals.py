@@ -33,8 +33,10 @@ def sigterm_as_interrupt() -> Iterator[None]:
     runs no Python handler, so SIGTERM would no longer end it and torchrun's teardown would
     wait for its SIGKILL.
     """
+    # Read here, not with training.distributed.launch(): this module must not import torch,
+    # nor fail on a value launch() refuses (the command it guards reports that one).
     world = os.environ.get("WORLD_SIZE", "").strip()
-    several = world.isdigit() and int(world) > 1
+    several = world.isdecimal() and int(world) > 1
     if several or threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -38,6 +38,7 @@ from denoise.params import checked_section
 from denoise.triton.repository import (
     INPUT_NAME,
     OUTPUT_NAME,
+    PLAN_FILE,
     SOURCE_ONNX_KEY,
     TRT_MODEL,
     config_parameter,
@@ -303,7 +304,7 @@ def _build_check_publish(
         },
     )
     with tempfile.TemporaryDirectory(prefix="denoise-trt-") as tmp:
-        plan_path = Path(tmp) / "model.plan"
+        plan_path = Path(tmp) / PLAN_FILE
         plan_path.write_bytes(plan)
         reference = OnnxRuntimeBackend(onnx_path, providers=["CPUExecutionProvider"])
         engine = TensorRTBackend(plan_path, pad_multiple=multiple)
@@ -322,7 +323,7 @@ def _build_check_publish(
             instance_kind="KIND_GPU",
             parameters={**served, SOURCE_ONNX_KEY: file_md5(onnx_path)},
         )
-        write_model(repository, TRT_MODEL, config, {"model.plan": plan_path})
+        write_model(repository, TRT_MODEL, config, {PLAN_FILE: plan_path})
     report["status"] = "built"
 
 

@@ -35,8 +35,8 @@ from denoise.training.precision import amp_context, amp_precision, grad_scaler
 from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler, optimizer_step
 from denoise.training.resume import (
     data_identity,
-    fingerprint,
     load_resume,
+    run_identity,
     save_resume,
     set_rng_state,
 )
@@ -138,11 +138,11 @@ def _build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
 
 
 def _resume_state(
-    resume_path: Path | None, fp: str, live_dir: Path | None, d: distributed.Dist
+    resume_path: Path | None, identity: dict[str, Any], live_dir: Path | None, d: distributed.Dist
 ) -> dict[str, Any] | None:
-    """The interrupted run's state to continue from: one of this fingerprint whose DVCLive
+    """The interrupted run's state to continue from: one of this run identity whose DVCLive
     history is still the one it logged (else every rank starts from scratch)."""
-    state = load_resume(resume_path, fp, quiet=not d.main) if resume_path else None
+    state = load_resume(resume_path, identity, quiet=not d.main) if resume_path else None
     if state is None or live_dir is None:
         return state
     at = int(state["meta"]["iteration"])
@@ -207,7 +207,7 @@ def _train(
     val_idx = evenly_spaced(len(val_ds), cfg.val_patches)
     amp = amp_precision(d.device, cfg.amp)
     # The resolved device is part of the identity: a CPU state has no GPU run's AMP scaler.
-    fp = fingerprint(
+    identity = run_identity(
         cfg.fingerprint_fields(),
         {
             "train": data_identity(train_ds),
@@ -229,7 +229,7 @@ def _train(
     # The losses since the last logged point: saved with the resume state, so a resume between
     # two points logs the same mean an uninterrupted run would.
     window: list[float] = []
-    state = _resume_state(resume_path, fp, live_dir, d)
+    state = _resume_state(resume_path, identity, live_dir, d)
     if state is not None:
         model.load_state_dict(state["params"])
         optimizer.load_state_dict(state["optimizer"])
@@ -310,7 +310,7 @@ def _train(
                     resume_path,
                     cfg.model,
                     cfg.arch,
-                    fp=fp,
+                    identity=identity,
                     iteration=it,
                     model=model,
                     optimizer=optimizer,

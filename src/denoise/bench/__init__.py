@@ -47,7 +47,7 @@ from denoise.checkpoint import load_model
 from denoise.errors import DenoiseError
 from denoise.flops import count_macs, machine_info
 from denoise.model_choice import find_project
-from denoise.paths import MODELS_DIR, SPLIT_DIR
+from denoise.paths import MODELS_DIR, VAL_DIR
 
 
 def run_bench(
@@ -90,7 +90,7 @@ def run_bench(
     paths = select_paths(backends, device)
     threads = threads or torch.get_num_threads()
     project = find_project() if project is None else Path(project)
-    val_dir = project / SPLIT_DIR / "val" if val_dir is None else val_dir
+    val_dir = project / VAL_DIR if val_dir is None else val_dir
     # Before any model is built: a mistyped --test-dir fails in seconds, not minutes.
     noisy, clean, source = psnr_pairs(test_dir, psnr_images, size, seed, project=project)
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="denoise-bench-") as tmp:

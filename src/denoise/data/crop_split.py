@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from denoise.data.pairs import check_same_size
 from denoise.data.patch_store import create_patch_store
 from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, Instance, list_instances
 from denoise.errors import DenoiseError
@@ -37,7 +38,7 @@ from denoise.fileio import (
     write_json,
     write_rgb8,
 )
-from denoise.metrics import psnr
+from denoise.metrics import SCORE_DECIMALS, psnr
 from denoise.params import check_keys, checked_section
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 PATCH_SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
-PSNR_DECIMALS = 4  # rounded so the JSON bytes do not depend on float summation order
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class SplitResult:
             scores = [p.noisy_psnr for p in pairs]
             entry: dict[str, Any] = {
                 "pairs": len(pairs),
-                "noisy_psnr": round(float(np.mean(scores)), PSNR_DECIMALS) if scores else None,
+                "noisy_psnr": round(float(np.mean(scores)), SCORE_DECIMALS) if scores else None,
             }
             if split in self.patches:
                 entry["patches"] = self.patches[split]
@@ -273,11 +273,7 @@ def read_instance_pair(
             raise DenoiseError(f"{path}: missing (the partner of {partner.name})")
     noisy, noisy_conv = read_pair_image(noisy_path, log_conversion=log_conversion)
     clean, clean_conv = read_pair_image(clean_path, log_conversion=log_conversion)
-    if noisy.shape != clean.shape:
-        raise DenoiseError(
-            f"{noisy_path}: size {noisy.shape[1]}x{noisy.shape[0]} differs from "
-            f"{clean_path.name} {clean.shape[1]}x{clean.shape[0]}"
-        )
+    check_same_size(noisy_path, noisy, clean_path, clean)
     return noisy, clean, noisy_conv or clean_conv
 
 
@@ -292,7 +288,7 @@ def validate_pairs(found: Sequence[tuple[Instance, Path]], patch_size: int) -> l
                 f"{folder / NOISY_NAME}: {w}x{h} is smaller than the "
                 f"{patch_size}x{patch_size} patch size"
             )
-        score = round(psnr(noisy, clean), PSNR_DECIMALS)
+        score = round(psnr(noisy, clean), SCORE_DECIMALS)
         pairs.append(PairInfo(inst, folder, h, w, score, converted))
     return pairs
 

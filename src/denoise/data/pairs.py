@@ -3,7 +3,9 @@ score``, ``denoise bench``, the deploy stages' test images).
 
 Pair folders come in two layouts, found by :func:`find_pairs`:
 
-    DIR/noisy/<name>.<ext> + DIR/clean/<name>.<ext>   matched by file stem (any image format)
+    DIR/noisy/<name>.<ext> + DIR/clean/<name>.<ext>   matched by file stem (PNG, JPEG, TIFF,
+                                                       BMP, WebP, PPM/PGM/PNM; other files and
+                                                       subfolders are not pairs)
     DIR[/Data]/<SIDD instance>/{NOISY,GT}_SRGB_010.PNG  the SIDD layout (with ISO, phone, ...)
 """
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from denoise.data import sidd_layout
 from denoise.errors import DenoiseError
-from denoise.fileio import IMAGE_SUFFIXES, read_rgb8
+from denoise.fileio import IMAGE_SUFFIXES, list_folder, read_rgb8
+from denoise.photo_metadata import read_metadata
 
 NOISY_DIR, CLEAN_DIR = "noisy", "clean"
 
@@ -34,7 +37,7 @@ class Pair:
 
 def _images_by_stem(folder: Path) -> dict[str, Path]:
     found: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
+    for p in list_folder(folder):
         if p.name.startswith(".") or not p.is_file() or p.suffix.lower() not in IMAGE_SUFFIXES:
             continue  # hidden files, notes, Thumbs.db: not images to pair
         if p.stem in found:
@@ -63,17 +66,19 @@ def find_pairs(root: str | Path) -> list[Pair]:
         for stem, path in itertools.chain(noisy.items(), clean.items()):
             other = clean_dir if path.parent == noisy_dir else noisy_dir
             if stem not in (clean if other == clean_dir else noisy):
-                raise DenoiseError(f"{path}: no image named {stem}.* in {other}")
+                # a file of that name of a type not read (a phone's HEIC) is the likely cause
+                near = [p.name for p in list_folder(other) if p.stem == stem and p.is_file()]
+                why = f" ({', '.join(near)}: not a type denoise reads)" if near else ""
+                raise DenoiseError(f"{path}: no image named {stem}.* in {other}{why}")
         if not noisy:
             raise DenoiseError(f"{noisy_dir}: no images")
         return [Pair(stem, noisy[stem], clean[stem]) for stem in sorted(noisy)]
-    try:
-        instances = sidd_layout.list_instances(root)
-    except DenoiseError:
+    if sidd_layout.find_data_dir(root) is None:
         raise DenoiseError(
             f"{root}: no pairs found (expected {root}/{NOISY_DIR}/ and "
             f"{root}/{CLEAN_DIR}/, or SIDD <instance>/ folders)"
-        ) from None
+        )
+    instances = sidd_layout.list_instances(root)  # its errors (a mistyped name) as they are
     return [
         Pair(inst.name, folder / sidd_layout.NOISY_NAME, folder / sidd_layout.GT_NAME, inst)
         for inst, folder in instances
@@ -83,12 +88,33 @@ def find_pairs(root: str | Path) -> list[Pair]:
 def read_pair(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     """The pair as two uint8 RGB arrays of one size (16-bit and grey are converted)."""
     noisy, clean = read_rgb8(pair.noisy), read_rgb8(pair.clean)
-    if noisy.shape != clean.shape:
-        raise DenoiseError(
-            f"{pair.noisy}: size {noisy.shape[1]}x{noisy.shape[0]} differs from "
-            f"{pair.clean} ({clean.shape[1]}x{clean.shape[0]})"
-        )
+    check_same_size(pair.noisy, noisy, pair.clean, clean)
     return noisy, clean
+
+
+def check_same_size(
+    noisy_path: Path, noisy: np.ndarray, clean_path: Path, clean: np.ndarray
+) -> None:
+    """A :class:`DenoiseError` naming both files if the pair's (upright) sizes differ."""
+    if noisy.shape[:2] == clean.shape[:2]:
+        return
+
+    def size(path: Path, img: np.ndarray) -> str:
+        turned = _orientation(path)  # the sizes are after it: say so, or they contradict ls
+        after = f" after its EXIF orientation {turned}" if turned != 1 else ""
+        return f"{img.shape[1]}x{img.shape[0]}{after}"
+
+    raise DenoiseError(
+        f"{noisy_path}: size {size(noisy_path, noisy)} differs from "
+        f"{clean_path} ({size(clean_path, clean)})"
+    )
+
+
+def _orientation(path: Path) -> int:
+    try:
+        return read_metadata(path.read_bytes()).orientation
+    except OSError:
+        return 1
 
 
 def center_crop(img: np.ndarray, size: int) -> np.ndarray:

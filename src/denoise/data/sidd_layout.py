@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from denoise.errors import DenoiseError
+from denoise.fileio import list_folder
 
 GT_NAME = "GT_SRGB_010.PNG"
 NOISY_NAME = "NOISY_SRGB_010.PNG"
@@ -29,6 +30,7 @@ PHONES = {
     "G4": "LG G4",
 }
 
+NAME_FORMAT = "<id>_<scene>_<phone>_<ISO>_<shutter>_<illuminant>_<L|N|H>"
 _NAME = re.compile(
     r"^(?P<id>\d{4})_(?P<scene>\d{3})_(?P<phone>[A-Z0-9]{2})_(?P<iso>\d{5})_"
     r"(?P<shutter>\d{5})_(?P<illuminant>\d{4})_(?P<brightness>[LNH])$"
@@ -58,10 +60,7 @@ class Instance:
     def parse(cls, name: str) -> Instance:
         m = _NAME.match(name)
         if m is None:
-            raise DenoiseError(
-                f"{name}: not a SIDD instance name "
-                "(<id>_<scene>_<phone>_<ISO>_<shutter>_<illuminant>_<L|N|H>)"
-            )
+            raise DenoiseError(f"{name}: not a SIDD instance name ({NAME_FORMAT})")
         g = m.groupdict()
         return cls(
             int(g["id"]),
@@ -74,30 +73,53 @@ class Instance:
         )
 
 
+#: Coarse ISO bands for per-condition breakdowns (SIDD spans ISO 50 to 10000), low to high:
+#: ``(label, first ISO above the band)``; the last band is open above.
+ISO_BANDS: tuple[tuple[str, float], ...] = (
+    ("ISO<400", 400),
+    ("ISO400-1599", 1600),
+    ("ISO>=1600", float("inf")),
+)
+
+
 def iso_band(iso: int) -> str:
-    """Coarse ISO band for per-condition breakdowns (SIDD spans ISO 50 to 10000)."""
-    if iso < 400:
-        return "ISO<400"
-    if iso < 1600:
-        return "ISO400-1599"
-    return "ISO>=1600"
+    """The label of the :data:`ISO_BANDS` band that ``iso`` falls in."""
+    return next(label for label, above in ISO_BANDS if iso < above)
+
+
+def find_data_dir(root: str | Path) -> Path | None:
+    """The ``Data`` folder under ``root`` (``root/Data``, ``root/SIDD_Small_sRGB_Only/Data``
+    or ``root`` itself): the first that holds an instance folder; None if none does."""
+    root = Path(root)
+    for cand in (root / DATA_DIR, root / ARCHIVE_ROOT / DATA_DIR, root):
+        if cand.is_dir() and any(_NAME.match(p.name) for p in list_folder(cand) if p.is_dir()):
+            return cand
+    return None
 
 
 def data_dir(root: str | Path) -> Path:
-    """The ``Data`` folder under ``root``: ``root/Data`` or ``root/SIDD_Small_sRGB_Only/Data``."""
-    root = Path(root)
-    for cand in (root / DATA_DIR, root / ARCHIVE_ROOT / DATA_DIR, root):
-        if cand.is_dir() and any(_NAME.match(p.name) for p in cand.iterdir() if p.is_dir()):
-            return cand
-    raise DenoiseError(f"{root}: no SIDD-layout instances found (expected {root}/Data/<instance>/)")
+    """:func:`find_data_dir`, an error naming ``root`` if there is none."""
+    found = find_data_dir(root)
+    if found is None:
+        raise DenoiseError(
+            f"{root}: no SIDD-layout instances found (expected {Path(root)}/Data/<instance>/)"
+        )
+    return found
 
 
 def list_instances(root: str | Path) -> list[tuple[Instance, Path]]:
     """All ``(instance, folder)`` pairs under a SIDD-layout root, sorted by instance name."""
     base = data_dir(root)
-    found = [
-        (Instance.parse(p.name), p)
-        for p in sorted(base.iterdir())
-        if p.is_dir() and _NAME.match(p.name)
-    ]
+    found = []
+    for p in list_folder(base):
+        if not p.is_dir():
+            continue
+        if _NAME.match(p.name):
+            found.append((Instance.parse(p.name), p))
+        elif (p / NOISY_NAME).exists() or (p / GT_NAME).exists():
+            # a pair under a mistyped name: refused, not left out of training and scores
+            raise DenoiseError(
+                f"{p}: holds a pair but is not named like a SIDD instance ({NAME_FORMAT}, "
+                "e.g. 0001_001_S6_00100_00060_3200_L)"
+            )
     return found

@@ -30,7 +30,7 @@ class SiddSource:
     url: str
     size: int
     md5: str
-    cache_dir: str = "downloads"
+    cache_dir: str
 
 
 def from_synthetic(cfg: SyntheticSource, out_dir: Path) -> None:

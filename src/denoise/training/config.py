@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from denoise.errors import DenoiseError
 from denoise.models.registry import model_names
-from denoise.params import checked_section
+from denoise.params import checked_section, required_fields
 
 #: Keys of the shared ``train`` section that are not per-model sections.
 SHARED_KEYS = (
@@ -29,27 +29,27 @@ class TrainConfig:
     """Everything one training run depends on (``params.yaml`` ``train`` + ``train.<model>``)."""
 
     model: str
-    arch: dict[str, Any] = field(default_factory=dict)
-    crop: int = 64
-    batch_size: int = 8  # global batch; each of N DDP ranks takes batch_size / N
-    iters: int = 1000
-    val_every: int = 250
-    optimizer: str = "adamw"  # adamw | adam
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.9)
-    weight_decay: float = 0.0
-    eta_min: float = 1e-7  # cosine annealing floor, stepped per iteration
-    loss: str = "psnr"  # psnr | l1 | mse
-    grad_clip: float = 0.0  # max gradient norm; 0 disables
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); no-op on CPU
-    num_workers: int = 0
-    checkpoint_every: int = 100  # iterations between resume checkpoints
-    log_every: int = 10  # iterations between DVCLive train-loss points
-    val_crop: int = 128  # centre crop of each validation patch
-    val_patches: int = 0  # validation patches used (evenly spaced); 0 = all
-    val_batch: int = 8
+    arch: dict[str, Any]  # the model's constructor kwargs
+    crop: int
+    batch_size: int  # global batch; each of N DDP ranks takes batch_size / N
+    iters: int
+    val_every: int
+    optimizer: str  # adamw | adam
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    eta_min: float  # cosine annealing floor, stepped per iteration
+    loss: str  # psnr | l1 | mse
+    grad_clip: float  # max gradient norm; 0 disables
+    seed: int
+    device: str  # auto | cpu | cuda | cuda:N
+    amp: bool  # mixed precision on CUDA (bf16 where supported, else fp16); no-op on CPU
+    num_workers: int
+    checkpoint_every: int  # iterations between resume checkpoints
+    log_every: int  # iterations between DVCLive train-loss points
+    val_crop: int  # centre crop of each validation patch
+    val_patches: int  # validation patches used (evenly spaced); 0 = all
+    val_batch: int
 
     @classmethod
     def from_params(cls, train: dict[str, Any], model: str) -> TrainConfig:
@@ -64,8 +64,18 @@ class TrainConfig:
             raise DenoiseError(f"params.yaml train.{model}: unknown model (the section names it)")
         # Checked where they are written, so an error names train.<key> or train.<model>.<key>.
         shared = {k: train[k] for k in SHARED_KEYS if k in train}
-        merged = checked_section(cls, {"model": model, **shared}, "train")
-        merged.update(checked_section(cls, {"model": model, **train[model]}, f"train.{model}"))
+        merged = checked_section(cls, {"model": model, **shared}, "train", complete=False)
+        merged.update(
+            checked_section(cls, {"model": model, **train[model]}, f"train.{model}", complete=False)
+        )
+        # No defaults here: params.yaml is the one place a training setting is written.
+        missing = [k for k in required_fields(cls) if k not in merged]
+        for where, keys in (
+            ("train", [k for k in missing if k in SHARED_KEYS]),
+            (f"train.{model}", [k for k in missing if k not in SHARED_KEYS]),
+        ):
+            if keys:
+                raise DenoiseError(f"params.yaml {where}: missing {', '.join(keys)}")
         if "betas" in merged:
             merged["betas"] = tuple(merged["betas"])
         cfg = cls(**merged)

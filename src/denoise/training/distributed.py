@@ -28,7 +28,41 @@ class Dist:
         return self.rank == 0
 
 
-def pick_device(requested: str, local_rank: int) -> torch.device:
+@dataclass(frozen=True)
+class Launch:
+    """How torchrun started this process: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+
+def launch() -> Launch:
+    """This process's :class:`Launch` (one process without torchrun's variables); a value
+    that is not a count, or several processes without a rank, is one line naming it."""
+    values = {}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        text = os.environ.get(name)
+        if text is None:
+            continue
+        if not text.strip().isdecimal():
+            raise DenoiseError(f"environment variable {name}={text!r}: expected a whole number")
+        values[name] = int(text)
+    world = values.get("WORLD_SIZE", 1)
+    if world > 1 and "RANK" not in values:
+        raise DenoiseError(
+            f"environment variable WORLD_SIZE={world} but no RANK: start several processes "
+            "with torchrun, which sets both"
+        )
+    if world < 1 or values.get("RANK", 0) >= world:
+        raise DenoiseError(
+            f"environment variables RANK={values.get('RANK', 0)}, WORLD_SIZE={world}: "
+            "expected 0 <= RANK < WORLD_SIZE"
+        )
+    return Launch(values.get("RANK", 0), world, values.get("LOCAL_RANK", 0))
+
+
+def pick_device(requested: str, local_rank: int, world: int = 1) -> torch.device:
     """``auto`` or ``cuda`` mean one GPU per local rank (CUDA when available, else CPU for
     ``auto``); ``cuda:N`` pins a single-process run to GPU N."""
     if requested == "auto":
@@ -38,7 +72,7 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
             raise DenoiseError(
                 f"params.yaml train.device: {requested!r}, but CUDA is not available"
             )
-        if ":" in requested and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if ":" in requested and world > 1:
             raise DenoiseError(
                 f"params.yaml train.device: {requested!r} would put every torchrun process on "
                 "one GPU; use device: cuda (one GPU per local rank)"
@@ -53,12 +87,11 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
 
 def setup(requested_device: str) -> Dist:
     """Join the process group torchrun describes (if any) and pick this rank's device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = pick_device(requested_device, local_rank)
+    started = launch()
+    device = pick_device(requested_device, started.local_rank, started.world)
     if device.type == "cuda":  # also for one process on cuda:N: what torch.cuda.* ask about
         torch.cuda.set_device(device)
-    if world <= 1:
+    if started.world <= 1:
         return Dist(0, 1, device, owns_group=False)
     owns = not dist.is_initialized()
     if owns:

@@ -51,12 +51,44 @@ def data_identity(ds: RandomCropDataset) -> dict[str, Any]:
     return {"shape": list(ds.noisy.shape), "blake2b": digest.hexdigest()}
 
 
-def fingerprint(config: dict[str, Any], data: dict[str, Any]) -> str:
-    """A short hash of what determines the result: the config, the data's identity, the code."""
-    blob = json.dumps(
-        {"config": config, "data": data, "code": code_identity()}, sort_keys=True, default=str
-    )
+def run_identity(config: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """What determines a run's result: the config, the data's identity (and how the run is
+    split and placed: device, processes), the code's. Saved with a resume state, in JSON's
+    types, so that a state from another run can say what differs."""
+    identity = {"config": config, "data": data, "code": code_identity()}
+    return json.loads(json.dumps(identity, sort_keys=True, default=str))
+
+
+def fingerprint(identity: dict[str, Any]) -> str:
+    """A short hash of a :func:`run_identity`."""
+    blob = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def identity_difference(saved: dict[str, Any] | None, current: dict[str, Any]) -> str:
+    """What differs between two :func:`run_identity` values, in words, e.g. ``processes 2
+    (this run: 1)`` or ``params lr 0.001 (this run: 0.0005)``."""
+    if not isinstance(saved, dict):  # a state saved before identities were
+        return "other params, data or code"
+
+    def changed(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+        return [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+    said = []
+    config, now = saved.get("config", {}), current["config"]
+    if keys := changed(config, now):
+        said.append(
+            "params " + ", ".join(f"{k} {config.get(k)!r} (this run: {now.get(k)!r})" for k in keys)
+        )
+    data, now = saved.get("data", {}), current["data"]
+    for key in changed(data, now):
+        if isinstance(now.get(key), dict):  # a dataset's digest: its values say nothing
+            said.append(f"other {key} data")
+        else:
+            said.append(f"{key} {data.get(key)!r} (this run: {now.get(key)!r})")
+    if saved.get("code") != current["code"]:
+        said.append("other code (src/denoise)")
+    return "; ".join(said) or "other params, data or code"
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,7 +116,7 @@ def save_resume(
     model_name: str,
     arch: dict[str, Any],
     *,
-    fp: str,
+    identity: dict[str, Any],
     iteration: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -101,7 +133,7 @@ def save_resume(
         model_name,
         arch,
         model.state_dict(),
-        meta={"iteration": iteration, "fingerprint": fp},
+        meta={"iteration": iteration, "fingerprint": fingerprint(identity), "identity": identity},
         optimizer=optimizer.state_dict(),
         scheduler=scheduler.state_dict(),
         scaler=scaler.state_dict(),
@@ -112,8 +144,10 @@ def save_resume(
     )
 
 
-def load_resume(path: Path, fp: str, *, quiet: bool = False) -> dict[str, Any] | None:
-    """The saved state if ``path`` holds one for this exact config and data, else ``None``;
+def load_resume(
+    path: Path, identity: dict[str, Any], *, quiet: bool = False
+) -> dict[str, Any] | None:
+    """The saved state if ``path`` holds one of this :func:`run_identity`, else ``None``;
     why not is printed unless ``quiet`` (every DDP rank loads it, one says so)."""
     if not path.is_file():
         return None
@@ -123,8 +157,10 @@ def load_resume(path: Path, fp: str, *, quiet: bool = False) -> dict[str, Any] |
         if not quiet:
             print(f"warning: ignoring unreadable resume state ({e})")
         return None
-    if state.get("meta", {}).get("fingerprint") != fp:
+    meta = state.get("meta", {})
+    if meta.get("fingerprint") != fingerprint(identity):
         if not quiet:
-            print(f"note: {path} is from other params, data or code; starting from scratch")
+            why = identity_difference(meta.get("identity"), identity)
+            print(f"note: {path} is from a run with {why}; starting from scratch")
         return None
     return state

@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from denoise.errors import DenoiseError, first_line
+from denoise.errors import BackendUnavailable, DenoiseError, first_line
 from denoise.infer import register_backend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
+from denoise.triton.address import DEFAULT_URL
 from denoise.triton.repository import INPUT_NAME, NETWORK_KEY, OUTPUT_NAME, PYTHON_MODEL
-from denoise.triton.server import HOST
 
 
 def split_url(url: str) -> tuple[str, bool]:
@@ -24,7 +24,13 @@ def split_url(url: str) -> tuple[str, bool]:
     scheme = match.group(1).lower() if match else "http"
     if scheme not in ("http", "https"):
         raise DenoiseError(f"{url}: unsupported scheme {scheme!r} (use http:// or https://)")
-    return (url[match.end() :] if match else url), scheme == "https"
+    address = url[match.end() :] if match else url
+    # checked here: a port tritonclient cannot use leaves a half-built client behind, whose
+    # clean-up prints a traceback after the error
+    port = re.fullmatch(r"(?:\[[^\]]*\]|[^:/\[\]]+)(?::([0-9]+))?(?:/.*)?", address)
+    if port is None or (port.group(1) is not None and not 1 <= int(port.group(1)) <= 65535):
+        raise DenoiseError(f"{url}: expected host:port with a port from 1 to 65535")
+    return address, scheme == "https"
 
 
 def _client_module(protocol: str) -> Any:
@@ -52,7 +58,7 @@ class TritonBackend:
 
     def __init__(
         self,
-        url: str = f"{HOST}:8000",
+        url: str = DEFAULT_URL,
         protocol: str = "http",
         model_name: str = PYTHON_MODEL,
         timeout_s: float = 120.0,
@@ -62,6 +68,9 @@ class TritonBackend:
         its config, that it holds that network."""
         self.url, tls = split_url(url)
         self.protocol = protocol
+        # what messages name: the scheme the user gave (https), else the protocol (grpc)
+        scheme = "https" if tls and protocol == "http" else protocol
+        self.where = f"{scheme}://{self.url}"
         self.model_name = model_name
         self.network = network
         self._module = _client_module(protocol)
@@ -77,7 +86,7 @@ class TritonBackend:
         multiple), then keep a client for inference. The questions get a short timeout:
         something on the port that never answers is reported in seconds, not after the
         inference timeout (HTTP has no per-call timeout, so they get a client of their own)."""
-        where, model_name = f"{self.protocol}://{self.url}", self.model_name
+        where, model_name = self.where, self.model_name
         try:
             self._client = self._connect(tls, PROBE_TIMEOUT_S)
             ready = self._client.is_model_ready(model_name, **self._probe_timeout)
@@ -154,16 +163,15 @@ class TritonBackend:
         try:
             result = self._client.infer(self.model_name, [inp], outputs=[out], **kwargs)
         except Exception as e:
-            raise DenoiseError(
-                f"{self.protocol}://{self.url}: request to {self.model_name} "
-                f"failed: {first_line(e)}"
+            error = BackendUnavailable if _is_transport_failure(e) else DenoiseError
+            raise error(
+                f"{self.where}: request to {self.model_name} failed: {first_line(e)}"
             ) from None
         y = result.as_numpy(OUTPUT_NAME)
         if y is None or y.shape != batch.shape:
             got = None if y is None else y.shape
             raise DenoiseError(
-                f"{self.protocol}://{self.url}: {self.model_name} returned "
-                f"{got} for input {batch.shape}"
+                f"{self.where}: {self.model_name} returned {got} for input {batch.shape}"
             )
         return y
 
@@ -187,8 +195,7 @@ class TritonBackend:
             stats = self._client.get_inference_statistics(self.model_name)
         except Exception as e:
             raise DenoiseError(
-                f"{self.protocol}://{self.url}: no statistics for {self.model_name} "
-                f"({first_line(e)})"
+                f"{self.where}: no statistics for {self.model_name} ({first_line(e)})"
             ) from None
         if self.protocol == "grpc":
             model = stats.model_stats[0]
@@ -201,6 +208,22 @@ class TritonBackend:
             self._client.close()
 
 
+# gRPC status codes of a server that is gone or not answering in time (not of a request the
+# server answered with an error)
+_GRPC_TRANSPORT = ("StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED")
+
+
+def _is_transport_failure(e: Exception) -> bool:
+    """Whether an inference failed on the way (refused, reset, timed out) rather than in the
+    server: tritonclient raises its own exception type for what a server answered, and over
+    HTTP lets a transport error through as it is."""
+    from tritonclient.utils import InferenceServerException
+
+    if isinstance(e, InferenceServerException):
+        return str(e.status()) in _GRPC_TRANSPORT
+    return True
+
+
 def _is_network_name(name: str) -> bool:
     from denoise.models.registry import model_names
 
@@ -211,7 +234,7 @@ def _is_network_name(name: str) -> bool:
 def open_triton(
     model: str | Path = PYTHON_MODEL,
     *,
-    url: str = f"{HOST}:8000",
+    url: str = DEFAULT_URL,
     protocol: str = "http",
     model_name: str | None = None,
     **options: Any,

@@ -20,6 +20,13 @@ PYTHON_MODEL = "denoise_python"
 TRT_MODEL = "denoise_trt"
 # The Triton models the export stage writes from one ONNX file (route -> model name).
 ONNX_ROUTES = {"onnx": ONNX_MODEL, "python": PYTHON_MODEL}
+# A model's files: <repository>/<model>/VERSION/{ONNX_FILE | PLAN_FILE}. python_model.py,
+# which runs in Triton's python stub without this package, spells the first and
+# THREADS_KEY out (tests/test_triton.py checks that the two agree).
+VERSION = "1"
+ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+THREADS_KEY = "intra_op_threads"  # the python route's onnxruntime threads (0: all cores)
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("python_model.py")
 # The TensorRT engine's config parameter: the MD5 of the ONNX file it was built from.
 SOURCE_ONNX_KEY = "source_onnx_md5"
@@ -95,12 +102,6 @@ def onnx_metadata(onnx_path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in proto.metadata_props}
 
 
-def onnx_pad_multiple(onnx_path: str | Path) -> int:
-    """The padding multiple the export recorded in an ONNX file's metadata (1: none). The
-    served models carry it in their configs, for clients that tile (Triton and TensorRT)."""
-    return pad_multiple_value(onnx_metadata(onnx_path).get(PAD_MULTIPLE_KEY), str(onnx_path))
-
-
 def served_parameters(onnx_path: str | Path) -> dict[str, str]:
     """The config parameters of every model served from ``onnx_path``: its padding multiple
     and, where the export recorded it, its network."""
@@ -122,10 +123,10 @@ def write_models(repository: str | Path, models: Sequence[ModelFiles]) -> list[P
         staged = []
         for name, config, files in models:
             staged.append(swaps.enter_context(atomic_path(Path(repository) / name)))
-            (staged[-1] / "1").mkdir(parents=True)
+            (staged[-1] / VERSION).mkdir(parents=True)
             (staged[-1] / "config.pbtxt").write_text(config)
             for dst, src in files.items():
-                shutil.copyfile(src, staged[-1] / "1" / dst)
+                shutil.copyfile(src, staged[-1] / VERSION / dst)
         for folder in staged:  # on disk before the first swap: then only renames remain
             flush_to_disk(folder)
     return [Path(repository) / name for name, _, _ in models]
@@ -155,16 +156,16 @@ def onnx_route(
             max_batch_size=max_batch_size,
             parameters=served,
         )
-        return ONNX_MODEL, config, {"model.onnx": onnx_path}
+        return ONNX_MODEL, config, {ONNX_FILE: onnx_path}
     if route == "python":
         config = model_config(
             PYTHON_MODEL,
             backend="python",
             max_batch_size=max_batch_size,
             instance_kind="KIND_CPU",
-            parameters={"intra_op_threads": str(python_threads), **served},
+            parameters={THREADS_KEY: str(python_threads), **served},
         )
-        return PYTHON_MODEL, config, {"model.onnx": onnx_path, "model.py": PYTHON_MODEL_TEMPLATE}
+        return PYTHON_MODEL, config, {ONNX_FILE: onnx_path, "model.py": PYTHON_MODEL_TEMPLATE}
     raise DenoiseError(f"unknown export route {route!r}; known: {sorted(ONNX_ROUTES)}")
 
 
@@ -185,12 +186,12 @@ def write_onnx_routes(
 def reference_onnx(repository: str | Path) -> Path:
     """The exported ONNX in the repository (both ONNX routes hold the same file)."""
     for name in (ONNX_MODEL, PYTHON_MODEL):
-        path = Path(repository) / name / "1" / "model.onnx"
+        path = Path(repository) / name / VERSION / ONNX_FILE
         if path.is_file():
             return path
     raise DenoiseError(
-        f"{repository}: no {ONNX_MODEL}/1/model.onnx or {PYTHON_MODEL}/1/"
-        "model.onnx (run the export-onnx stage first)"
+        f"{repository}: no {ONNX_MODEL}/{VERSION}/{ONNX_FILE} or {PYTHON_MODEL}/{VERSION}/"
+        f"{ONNX_FILE} (run the export-onnx stage first)"
     )
 
 
@@ -220,7 +221,7 @@ def exported_model(backend: str, repository: str | Path) -> Path:
     """The file the pipeline last exported for a local ``backend`` (onnxruntime, tensorrt)."""
     if backend == "onnxruntime":
         return reference_onnx(repository)
-    plan = Path(repository) / TRT_MODEL / "1" / "model.plan"
+    plan = Path(repository) / TRT_MODEL / VERSION / PLAN_FILE
     if backend != "tensorrt":
         raise DenoiseError(f"backend {backend!r} has no exported model file; pass --model")
     if not plan.is_file():

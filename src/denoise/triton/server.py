@@ -24,9 +24,9 @@ from typing import Any
 
 from denoise.errors import DenoiseError
 from denoise.signals import Terminated, sigterm_as_interrupt
+from denoise.triton.address import GRPC_PORT, HOST, HTTP_PORT
 from denoise.triton.repository import PYTHON_MODEL
 
-HOST = "127.0.0.1"
 # Where the python backend keeps the shared-memory region of each model instance. A server
 # stopped while it loads a model leaves its region there; each server's regions get a name
 # of their own, which stop() removes.
@@ -77,6 +77,7 @@ def find_server(binary: str | Path | None = None) -> ServerBinary:
 
 # What the bundled server logs as an error on every start on a machine without a GPU.
 _HARMLESS = "CudaDriverHelper has not been initialized"
+_SUMMARY = "failed to load all models"  # Triton's line after the reasons it logged
 
 
 # Tries of a server on ports of the kernel's choosing: one chosen then taken by another
@@ -189,8 +190,8 @@ class TritonServer:
         repository: str | Path,
         models: Sequence[str],
         *,
-        http_port: int = 8000,
-        grpc_port: int = 8001,
+        http_port: int = HTTP_PORT,
+        grpc_port: int = GRPC_PORT,
         binary: str | Path | None = None,
         startup_timeout_s: float = 60.0,
         echo: bool = False,
@@ -333,12 +334,13 @@ class TritonServer:
 
     def _log_reason(self, *, exited: bool = False) -> str:
         """The server's last error line (a glog ``E...`` line, not the one every start on a
-        machine without a GPU logs). Else, for a server that ``exited``, its last line that
+        machine without a GPU logs, nor the summary after a model failed to load, which
+        says no more than that). Else, for a server that ``exited``, its last line that
         is no glog info or warning: an error before logging starts (a bad argument) comes as
         plain text after the usage text (whose lines may say "error" too); for one still
         running, its last line that says "error"."""
         lines = [ln for ln in self._log if ln.strip() and _HARMLESS not in ln]
-        errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln)]
+        errors = [ln for ln in lines if re.match(r"^E\d{4} ", ln) and _SUMMARY not in ln]
         if not errors and exited:
             errors = [ln for ln in lines if not re.match(r"^[IW]\d{4} ", ln)]
         if not errors:
@@ -389,16 +391,23 @@ class TritonServer:
         return client.get_server_metadata().get("name") == self.server_id
 
     def _raise_unavailable(self, client: Any) -> None:
+        """Raise for a model this server failed to load. It loads every model before it
+        answers, so a model it answers about is loaded or failed, never still to come: one
+        UNAVAILABLE, or one its index lists without a state (a config.pbtxt it could not
+        parse) or not at all (a folder without a version), is failed for good."""
         try:
             index = client.get_model_repository_index()
         except Exception:
             return
-        for entry in index:
-            if entry.get("name") in self.models and entry.get("state") == "UNAVAILABLE":
-                reason = entry.get("reason") or self._log_reason()
-                raise DenoiseError(
-                    f"{self.repository / entry['name']}: model not ready: {reason.splitlines()[0]}"
-                )
+        entries = {entry.get("name"): entry for entry in index}
+        for name in self.models:
+            entry = entries.get(name, {})
+            if entry.get("state") in ("READY", "LOADING", "UNLOADING"):
+                continue
+            reason = entry.get("reason") or self._log_reason()
+            raise DenoiseError(
+                f"{self.repository / name}: model not ready: {reason.splitlines()[0]}"
+            )
 
     def stop(self, timeout_s: float = 15.0) -> None:
         """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL;
