@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import math
 import re
@@ -220,6 +221,33 @@ def test_pair_differs_only_by_noise() -> None:
     gt2, noisy2 = cam.simulate_pair(clean, settings, rng)
     assert np.array_equal(gt, gt2)
     assert psnr(noisy2, gt2) < psnr(noisy, gt)
+
+
+def _settings(seed: int) -> cam.CameraSettings:
+    return cam.sample_instance(3, np.random.default_rng(seed))[1]
+
+
+def test_a_saturated_highlight_is_white_not_magenta() -> None:
+    """A sensor clips at its white level: a blown highlight comes out flat white in both
+    images, whatever the white balance gains (applied before the clip, as Brooks does)."""
+    for seed in range(5):
+        settings = _settings(seed)
+        white = np.ones((16, 16, 3))
+        gt, noisy = cam.simulate_pair(white, settings, np.random.default_rng(seed))
+        assert (gt == 255).all(), gt.reshape(-1, 3).min(axis=0)
+        assert noisy[4:-4, 4:-4].min() >= 250  # noise cannot push a clipped pixel far down
+
+
+def test_a_neutral_edge_stays_nearly_neutral() -> None:
+    """Malvar's gradient correction assumes channels on one scale: the demosaic runs on the
+    white-balanced mosaic, so a grey disc's soft edge gains little false colour."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    disc = np.where((yy - 32) ** 2 + (xx - 32) ** 2 < 20**2, 0.8, 0.2)
+    grey = cv2.GaussianBlur(disc, (0, 0), 0.8)[..., None].repeat(3, axis=2)
+    quiet = dataclasses.replace(_settings(1), shot=1e-9, read=1e-14, jpeg_quality=None)
+    gt, _ = cam.simulate_pair(grey, quiet, np.random.default_rng(0))
+    spread = gt.max(axis=2).astype(int) - gt.min(axis=2).astype(int)
+    assert np.percentile(spread, 99) < 30, np.percentile(spread, 99)
 
 
 def test_clean_content_depends_on_scene() -> None:

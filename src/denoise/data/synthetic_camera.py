@@ -14,8 +14,10 @@ the layout and palette of the discs; the dead-leaves scenes share their three te
 
 Camera model (Brooks et al. 2019, "Unprocessing Images for Learned Raw Denoising"), all in float64:
   1. unprocess sRGB -> linear raw: inverse smoothstep tone curve, gamma 2.2 expansion, inverse
-     colour correction (rgb->cam from a random convex mix of 4 XYZ->cam matrices, the phone's
-     own matrix weighted up), inverse white balance (red gain U(1.9, 2.4), blue U(1.5, 1.9), the
+     colour correction (rgb->cam from a random convex mix of Brooks's 4 XYZ->cam matrices,
+     which are not those of the phones named: the phone label weights one of them up, so it
+     picks a colour bias, not a phone's noise), inverse white balance (red gain U(1.9, 2.4),
+     blue U(1.5, 1.9), the
      sub-range set by the illuminant: 3200 K low red/high blue ... 5500 K high red/low blue, with
      Brooks's highlight-preserving inversion) and an exposure factor set by the brightness
      (L U(0.6, 0.75), N U(0.75, 0.9), H U(0.9, 1.0); Brooks: 1/rgb_gain ~ N(0.8, 0.1)).
@@ -24,12 +26,15 @@ Camera model (Brooks et al. 2019, "Unprocessing Images for Learned Raw Denoising
      Poisson law plus Gaussian read noise. log(shot) is linear in log(ISO), mapping ISO 50..10000
      onto [log 1e-4, log 1.2e-2] (+ N(0, 0.1) jitter, clipped to that range);
      log(read) = 2.18 log(shot) + 1.20 + N(0, 0.26).
-  4. Malvar-He-Cutler gradient-corrected 5x5 demosaic (cv2.filter2D; the edge-aware OpenCV
+  4. white balance on the mosaic, clipped to the sensor's white level (Brooks's order).
+  5. Malvar-He-Cutler gradient-corrected 5x5 demosaic (cv2.filter2D; the edge-aware OpenCV
      demosaic gives negatively correlated colour noise, unlike real phones).
-  5. re-process: white balance, cam->rgb matrix, clip, gamma 1/2.2, smoothstep tone curve,
-     quantise to 8 bits; JPEG at quality U{60..95} on half the noisy images.
-  The clean ground truth is the same image through steps 1, 2, 4 and 5 without noise or JPEG, so
-  a pair is aligned and differs only by noise (noisy PSNR about 20-40 dB, like SIDD).
+  6. re-process: cam->rgb matrix, clip, gamma 1/2.2, smoothstep tone curve, quantise to 8 bits;
+     JPEG at quality U{60..95} (libjpeg's 4:2:0 chroma, as a phone's JPEG) on half the noisy
+     images.
+  The clean ground truth is the same image through steps 1, 2, 4, 5 and 6 without noise or JPEG,
+  so a pair is aligned and differs by noise, and for half of them by JPEG artefacts too, which
+  at low ISO weigh more than the noise (noisy PSNR about 20-40 dB, like SIDD).
 
 Conditions per instance: brightness L/N/H uniform; ISO from 50..10000, biased high in low light
 and low in bright light; shutter 1/t from the exposure equation (light x ISO / exposure);
@@ -383,8 +388,15 @@ def demosaic_malvar(bayer: np.ndarray) -> np.ndarray:
 
 
 def process(bayer: np.ndarray, cam: CameraSettings) -> np.ndarray:
-    """RGGB mosaic -> 8-bit sRGB: demosaic, white balance, colour matrix, gamma, tone curve."""
-    rgb = demosaic_malvar(bayer) * np.array([cam.red_gain, 1.0, cam.blue_gain])
+    """RGGB mosaic -> 8-bit sRGB: white balance, clip, demosaic, colour matrix, gamma, tone
+    curve, in Brooks's order. The gains go on the mosaic and the clip to the sensor's white
+    level comes before the demosaic: a saturated pixel is white, not magenta (a raw 1.0 times
+    the red and blue gains, clipped only after the colour matrix, left green short), and
+    Malvar's gradient correction, which assumes channels on one scale, sees balanced ones
+    (on the unbalanced mosaic it tripled the false colour at neutral edges)."""
+    gain = np.array([cam.red_gain, 1.0, cam.blue_gain])
+    balanced = np.clip(bayer * mosaic(np.broadcast_to(gain, (*bayer.shape, 3))), 0.0, 1.0)
+    rgb = demosaic_malvar(balanced)
     rgb = np.clip(_colour_transform(rgb, _inverse_3x3(cam.rgb2cam)), 0.0, 1.0)
     rgb = np.maximum(rgb, 1e-8) ** (1.0 / 2.2)
     return to_uint8(3.0 * rgb**2 - 2.0 * rgb**3)
