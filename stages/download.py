@@ -1,7 +1,8 @@
 """Stage download: params `data` -> data/raw (SIDD layout), from the synthetic camera or SIDD.
 
 `data.source: synthetic` simulates smartphone pairs offline; `data.source: sidd` downloads (or
-reuses) the verified SIDD-Small sRGB archive in `data.sidd.cache_dir` and extracts it.
+reuses) the verified SIDD-Small sRGB archive in `data.sidd.cache_dir` and extracts it;
+`data.source: folder` copies one's own SIDD-layout pairs from `data.folder.path`.
 """
 
 from __future__ import annotations

@@ -127,3 +127,12 @@ def test_python_bytecode_is_no_change_to_a_dependency() -> None:
         assert not repo.dvcignore.is_ignored(
             repo.fs, repo.fs.join(repo.root_dir, "src/denoise/models/nafnet.py")
         )
+
+
+def test_the_download_stage_watches_the_folder_of_ones_own_pairs() -> None:
+    """data.source: folder copies data.folder.path: DVC must see a pair added or changed
+    there (dvc.yaml fills the path in from params.yaml), and the default folder must exist,
+    or every `dvc repro` would stop at a missing dependency."""
+    assert "${data.folder.path}" in STAGES["download"]["deps"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert (REPO / params["data"]["folder"]["path"]).is_dir()

@@ -819,3 +819,62 @@ def test_stage_sidd_downloads_and_extracts(
     )
     stage.main(params, tmp_path / "data" / "raw")
     assert [i.name for i, _ in list_instances(tmp_path / "data" / "raw")] == sorted(INSTANCES)
+
+
+def _own_pairs(root: Path, names: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(0)
+    made = {}
+    for name in names:
+        noisy, clean = (rng.integers(0, 256, (6, 8, 3), dtype=np.uint8) for _ in range(2))
+        write_rgb8(root / name / NOISY_NAME, noisy)
+        write_rgb8(root / name / GT_NAME, clean)
+        made[name] = (noisy, clean)
+    return made
+
+
+def test_stage_folder_copies_ones_own_pairs(tmp_path: Path) -> None:
+    """data.source: folder: one's own SIDD-layout pairs become data/raw as they are."""
+    names = ["0001_001_S6_00100_00060_3200_L", "0002_002_IP_01600_00100_5500_N"]
+    made = _own_pairs(tmp_path / "mine", names)
+    (tmp_path / "mine" / "README.md").write_text("notes beside the pairs are not pairs")
+    stage = _stage_module()
+    params = _write_params(
+        tmp_path, {"source": "folder", "folder": {"path": str(tmp_path / "mine")}}
+    )
+    stage.main(params, tmp_path / "raw")
+    found = list_instances(tmp_path / "raw")
+    assert [i.name for i, _ in found] == names
+    for inst, folder in found:
+        noisy, clean = made[inst.name]
+        assert np.array_equal(read_rgb8(folder / NOISY_NAME), noisy)
+        assert np.array_equal(read_rgb8(folder / GT_NAME), clean)
+    assert (tmp_path / "mine" / names[0] / NOISY_NAME).is_file()  # copied, not moved
+
+
+@pytest.mark.parametrize("problem", ["not a folder", "bad name", "missing partner", "empty"])
+def test_stage_folder_problems_are_one_line_and_keep_the_old_data(
+    tmp_path: Path, problem: str
+) -> None:
+    mine = tmp_path / "mine"
+    _own_pairs(mine, ["0001_001_S6_00100_00060_3200_L"])
+    _own_pairs(tmp_path / "raw" / "Data", ["0009_009_GP_00100_00060_3200_H"])  # the old data
+    if problem == "not a folder":
+        mine = tmp_path / "nowhere"
+        expected = rf"^params\.yaml data\.folder\.path: {mine}: not a folder$"
+    elif problem == "bad name":
+        _own_pairs(mine, ["0002_002_S6_00100_00060_3200_h"])
+        expected = r"0002_002_S6_00100_00060_3200_h: holds a pair but is not named like a SIDD"
+    elif problem == "missing partner":
+        (mine / "0001_001_S6_00100_00060_3200_L" / GT_NAME).unlink()
+        expected = rf"{GT_NAME}: missing \(the partner of {NOISY_NAME}\)$"
+    else:
+        mine = tmp_path / "empty"
+        mine.mkdir()
+        expected = r"data\.folder\.path: .*: no SIDD-layout instances found"
+    stage = _stage_module()
+    params = _write_params(tmp_path, {"source": "folder", "folder": {"path": str(mine)}})
+    with pytest.raises(DenoiseError, match=expected):
+        stage.main(params, tmp_path / "raw")
+    assert [i.name for i, _ in list_instances(tmp_path / "raw")] == [
+        "0009_009_GP_00100_00060_3200_H"
+    ]

@@ -1,15 +1,17 @@
-"""Where ``data/raw`` comes from (params ``data``): the built-in synthetic camera, or the SIDD
-archive downloaded (or reused), verified and extracted. Both write the SIDD layout."""
+"""Where ``data/raw`` comes from (params ``data``): the built-in synthetic camera, the SIDD
+archive downloaded (or reused), verified and extracted, or a folder of one's own pairs in the
+SIDD layout, copied. All three write the SIDD layout."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from denoise.errors import DenoiseError
-from denoise.fileio import clear_stale_staging
+from denoise.fileio import atomic_path, clear_stale_staging, write_errors_named
 from denoise.params import check_keys, checked_section
 
 
@@ -33,6 +35,39 @@ class SiddSource:
     cache_dir: str
 
 
+@dataclass(frozen=True)
+class FolderSource:
+    """``data.folder``: a folder of one's own pairs in the SIDD layout (``pairs/README.md``).
+    dvc.yaml lists ``path`` as a dependency of the download stage, so DVC sees a pair added,
+    changed or removed there."""
+
+    path: str
+
+
+def from_folder(cfg: FolderSource, out_dir: Path) -> None:
+    from tqdm import tqdm
+
+    from denoise.data.sidd_layout import DATA_DIR, GT_NAME, NOISY_NAME, list_instances
+
+    source = Path(cfg.path)
+    if not source.is_dir():
+        raise DenoiseError(f"params.yaml data.folder.path: {source}: not a folder")
+    try:
+        instances = list_instances(source)  # a pair under a mistyped name is an error too
+    except DenoiseError as e:
+        raise DenoiseError(f"params.yaml data.folder.path: {e}") from None
+    for _, folder in instances:  # all checked before anything is copied
+        for name, partner in ((NOISY_NAME, GT_NAME), (GT_NAME, NOISY_NAME)):
+            if not (folder / name).is_file():
+                raise DenoiseError(f"{folder / name}: missing (the partner of {partner})")
+    with write_errors_named(out_dir), atomic_path(out_dir) as staged:
+        for _, folder in tqdm(instances, desc="copy pairs", unit="pair"):
+            (staged / DATA_DIR / folder.name).mkdir(parents=True)
+            for name in (NOISY_NAME, GT_NAME):
+                shutil.copyfile(folder / name, staged / DATA_DIR / folder.name / name)
+    print(f"{len(instances)} pairs copied from {source} to {out_dir}")
+
+
 def from_synthetic(cfg: SyntheticSource, out_dir: Path) -> None:
     # Imported here so the sidd path does not pay for (or depend on) the simulator.
     from denoise.data.synthetic_camera import generate_dataset
@@ -54,6 +89,7 @@ def from_sidd(cfg: SiddSource, out_dir: Path) -> None:
 SOURCES: dict[str, tuple[type, Callable[[Any, Path], None]]] = {
     "synthetic": (SyntheticSource, from_synthetic),
     "sidd": (SiddSource, from_sidd),
+    "folder": (FolderSource, from_folder),
 }
 
 
