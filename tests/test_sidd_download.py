@@ -851,26 +851,63 @@ def test_stage_folder_copies_ones_own_pairs(tmp_path: Path) -> None:
     assert (tmp_path / "mine" / names[0] / NOISY_NAME).is_file()  # copied, not moved
 
 
-@pytest.mark.parametrize("problem", ["not a folder", "bad name", "missing partner", "empty"])
+FOLDER_PROBLEMS = [
+    "not a folder",
+    "bad name",
+    "missing partner",
+    "lower-case names",
+    "empty",
+    "one level down",
+    "beside Data",
+    "symlink",
+    "sizes differ",
+    "unreadable",
+]
+
+
+@pytest.mark.parametrize("problem", FOLDER_PROBLEMS)
 def test_stage_folder_problems_are_one_line_and_keep_the_old_data(
     tmp_path: Path, problem: str
 ) -> None:
+    """Nothing under the folder is left out without a word, and nothing is copied until all
+    of it is checked; the error names the user's file, not a copy."""
     mine = tmp_path / "mine"
-    _own_pairs(mine, ["0001_001_S6_00100_00060_3200_L"])
+    good = "0001_001_S6_00100_00060_3200_L"
+    _own_pairs(mine, [good])
     _own_pairs(tmp_path / "raw" / "Data", ["0009_009_GP_00100_00060_3200_H"])  # the old data
     if problem == "not a folder":
         mine = tmp_path / "nowhere"
         expected = rf"^params\.yaml data\.folder\.path: {mine}: not a folder$"
     elif problem == "bad name":
         _own_pairs(mine, ["0002_002_S6_00100_00060_3200_h"])
-        expected = r"0002_002_S6_00100_00060_3200_h: holds a pair but is not named like a SIDD"
+        expected = rf"^{mine}/0002_002_S6_00100_00060_3200_h: not a pair folder's name"
     elif problem == "missing partner":
-        (mine / "0001_001_S6_00100_00060_3200_L" / GT_NAME).unlink()
-        expected = rf"{GT_NAME}: missing \(the partner of {NOISY_NAME}\)$"
-    else:
+        (mine / good / GT_NAME).unlink()
+        expected = rf"^{mine / good / GT_NAME}: missing \(the partner of {NOISY_NAME}\)$"
+    elif problem == "lower-case names":
+        (mine / good / GT_NAME).rename(mine / good / "gt_srgb_010.png")
+        expected = rf"{GT_NAME}: missing .*\(gt_srgb_010\.png is not named exactly {GT_NAME}\)$"
+    elif problem == "empty":
         mine = tmp_path / "empty"
         mine.mkdir()
-        expected = r"data\.folder\.path: .*: no SIDD-layout instances found"
+        expected = rf"^params\.yaml data\.folder\.path: {mine}: no pair folders"
+    elif problem == "one level down":
+        _own_pairs(mine / "batch2", ["0002_002_S6_00100_00060_3200_L"])
+        expected = rf"^{mine}/batch2: not a pair folder's name"
+    elif problem == "beside Data":
+        _own_pairs(mine / "Data", ["0002_002_S6_00100_00060_3200_L"])
+        expected = rf"^{mine / good}: a folder beside {mine / 'Data'}; keep every pair folder"
+    elif problem == "symlink":
+        _own_pairs(tmp_path / "elsewhere", ["0003_003_S6_00100_00060_3200_L"])
+        link = mine / "0003_003_S6_00100_00060_3200_L"
+        link.symlink_to(tmp_path / "elsewhere" / link.name)
+        expected = rf"^{link}: a symbolic link; DVC does not look through links"
+    elif problem == "sizes differ":
+        write_rgb8(mine / good / GT_NAME, np.zeros((5, 8, 3), np.uint8))
+        expected = rf"^{mine / good / NOISY_NAME}: size 8x6 differs from .* \(8x5\)$"
+    else:
+        (mine / good / NOISY_NAME).write_bytes(b"not a png")
+        expected = rf"^{mine / good / NOISY_NAME}: not a readable image \("
     stage = _stage_module()
     params = _write_params(tmp_path, {"source": "folder", "folder": {"path": str(mine)}})
     with pytest.raises(DenoiseError, match=expected):
@@ -878,3 +915,18 @@ def test_stage_folder_problems_are_one_line_and_keep_the_old_data(
     assert [i.name for i, _ in list_instances(tmp_path / "raw")] == [
         "0009_009_GP_00100_00060_3200_H"
     ]
+
+
+def test_stage_folder_takes_pairs_in_a_data_folder_beside_notes(tmp_path: Path) -> None:
+    """``<folder>/Data/<instance>/``, as `dvc add pairs/Data` keeps them, with the folder's
+    README and ``Data.dvc`` beside it."""
+    names = ["0001_001_S6_00100_00060_3200_L"]
+    _own_pairs(tmp_path / "mine" / "Data", names)
+    (tmp_path / "mine" / "README.md").write_text("notes")
+    (tmp_path / "mine" / "Data.dvc").write_text("outs: []")
+    stage = _stage_module()
+    params = _write_params(
+        tmp_path, {"source": "folder", "folder": {"path": str(tmp_path / "mine")}}
+    )
+    stage.main(params, tmp_path / "raw")
+    assert [i.name for i, _ in list_instances(tmp_path / "raw")] == names

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from denoise.data.pairs import check_same_size
 from denoise.data.patch_store import create_patch_store
-from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, Instance, list_instances
+from denoise.data.sidd_layout import GT_NAME, NOISY_NAME, Instance, list_instances, pair_paths
 from denoise.errors import DenoiseError
 from denoise.fileio import (
     atomic_path,
@@ -267,10 +267,7 @@ def read_instance_pair(
     folder: Path, *, log_conversion: bool = True
 ) -> tuple[np.ndarray, np.ndarray, bool]:
     """``(noisy, clean, converted)`` of one instance folder, checked to match in size."""
-    noisy_path, clean_path = folder / NOISY_NAME, folder / GT_NAME
-    for path, partner in ((noisy_path, clean_path), (clean_path, noisy_path)):
-        if not path.is_file():
-            raise DenoiseError(f"{path}: missing (the partner of {partner.name})")
+    noisy_path, clean_path = pair_paths(folder)
     noisy, noisy_conv = read_pair_image(noisy_path, log_conversion=log_conversion)
     clean, clean_conv = read_pair_image(clean_path, log_conversion=log_conversion)
     check_same_size(noisy_path, noisy, clean_path, clean)

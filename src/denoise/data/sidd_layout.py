@@ -102,9 +102,26 @@ def data_dir(root: str | Path) -> Path:
     found = find_data_dir(root)
     if found is None:
         raise DenoiseError(
-            f"{root}: no SIDD-layout instances found (expected {Path(root)}/Data/<instance>/)"
+            f"{root}: no SIDD-layout instances found (expected {Path(root)}/<instance>/ or "
+            f"{Path(root)}/Data/<instance>/)"
         )
     return found
+
+
+def pair_paths(folder: Path) -> tuple[Path, Path]:
+    """``(noisy, clean)`` of an instance folder, both checked to exist; a missing one is named,
+    with a file of nearly that name (``noisy_srgb_010.png``) if the folder holds one."""
+    paths = (folder / NOISY_NAME, folder / GT_NAME)
+    missing = [p for p in paths if not p.is_file()]
+    if not missing:
+        return paths
+    if len(missing) == 2:
+        raise DenoiseError(f"{folder}: holds neither {NOISY_NAME} nor {GT_NAME}")
+    (gone,) = missing
+    near = [p.name for p in list_folder(folder) if p.name.lower() == gone.name.lower()]
+    hint = f" ({near[0]} is not named exactly {gone.name})" if near else ""
+    partner = GT_NAME if gone.name == NOISY_NAME else NOISY_NAME
+    raise DenoiseError(f"{gone}: missing (the partner of {partner}){hint}")
 
 
 def list_instances(root: str | Path) -> list[tuple[Instance, Path]]:

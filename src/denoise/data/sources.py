@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, clear_stale_staging, write_errors_named
+from denoise.data.sidd_layout import DATA_DIR, GT_NAME, NOISY_NAME
+from denoise.errors import DenoiseError, first_line
+from denoise.fileio import atomic_path, clear_stale_staging, list_folder, write_errors_named
 from denoise.params import check_keys, checked_section
 
 
@@ -44,28 +45,74 @@ class FolderSource:
     path: str
 
 
+def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
+    """``(name, noisy, clean)`` of every pair under ``source`` (``<source>/<instance>/`` or
+    ``<source>/Data/<instance>/``), each checked: nothing is left out without a word. Refused,
+    naming the culprit: a folder that is not a pair folder (a misnamed pair, a batch of pairs
+    one level down), pair folders both in ``Data/`` and beside it, a symbolic link to a pair
+    (DVC does not hash through links, so a change there would go unseen), a missing or
+    misnamed file, an image that cannot be read, and two images of different sizes. Files
+    (notes, ``.dvc`` files) and hidden entries are passed over."""
+    from PIL import Image
+
+    from denoise.data.sidd_layout import NAME_FORMAT, Instance, find_data_dir, pair_paths
+
+    base = find_data_dir(source)
+    if base is None:
+        raise DenoiseError(
+            f"params.yaml data.folder.path: {source}: no pair folders (expected "
+            f"{source}/{NAME_FORMAT}/ holding {NOISY_NAME} and {GT_NAME}; pairs/README.md)"
+        )
+    pairs = []
+    # base's own entries, and beside base (when it is a Data/ folder) whatever is not on the
+    # way to it
+    for folder in sorted({*list_folder(source), *list_folder(base)} - {base, *base.parents}):
+        if folder.name.startswith(".") or not (folder.is_dir() or folder.is_symlink()):
+            continue
+        if folder.is_symlink():
+            raise DenoiseError(
+                f"{folder}: a symbolic link; DVC does not look through links, so a change "
+                "there would go unseen: copy the pair in"
+            )
+        if folder.parent != base:
+            raise DenoiseError(f"{folder}: a folder beside {base}; keep every pair folder in it")
+        try:
+            Instance.parse(folder.name)
+        except DenoiseError:
+            raise DenoiseError(f"{folder}: not a pair folder's name ({NAME_FORMAT})") from None
+        noisy, clean = pair_paths(folder)
+        sizes = []
+        for path in (noisy, clean):
+            try:
+                with Image.open(path) as im:
+                    sizes.append(im.size)
+            except Exception as e:  # any reason Pillow cannot read it
+                raise DenoiseError(f"{path}: not a readable image ({first_line(e)})") from None
+        if sizes[0] != sizes[1]:
+            (nw, nh), (cw, ch) = sizes
+            raise DenoiseError(f"{noisy}: size {nw}x{nh} differs from {clean} ({cw}x{ch})")
+        pairs.append((folder.name, noisy, clean))
+    return pairs
+
+
 def from_folder(cfg: FolderSource, out_dir: Path) -> None:
     from tqdm import tqdm
-
-    from denoise.data.sidd_layout import DATA_DIR, GT_NAME, NOISY_NAME, list_instances
 
     source = Path(cfg.path)
     if not source.is_dir():
         raise DenoiseError(f"params.yaml data.folder.path: {source}: not a folder")
-    try:
-        instances = list_instances(source)  # a pair under a mistyped name is an error too
-    except DenoiseError as e:
-        raise DenoiseError(f"params.yaml data.folder.path: {e}") from None
-    for _, folder in instances:  # all checked before anything is copied
-        for name, partner in ((NOISY_NAME, GT_NAME), (GT_NAME, NOISY_NAME)):
-            if not (folder / name).is_file():
-                raise DenoiseError(f"{folder / name}: missing (the partner of {partner})")
+    pairs = own_pairs(source)  # all checked before anything is copied
     with write_errors_named(out_dir), atomic_path(out_dir) as staged:
-        for _, folder in tqdm(instances, desc="copy pairs", unit="pair"):
-            (staged / DATA_DIR / folder.name).mkdir(parents=True)
-            for name in (NOISY_NAME, GT_NAME):
-                shutil.copyfile(folder / name, staged / DATA_DIR / folder.name / name)
-    print(f"{len(instances)} pairs copied from {source} to {out_dir}")
+        for name, noisy, clean in tqdm(pairs, desc="copy pairs", unit="pair"):
+            (staged / DATA_DIR / name).mkdir(parents=True)
+            for src, dst_name in ((noisy, NOISY_NAME), (clean, GT_NAME)):
+                try:
+                    shutil.copyfile(src, staged / DATA_DIR / name / dst_name)
+                except OSError as e:
+                    if e.filename != str(src):
+                        raise  # the destination's problem: named by write_errors_named
+                    raise DenoiseError(f"{src}: cannot read ({e.strerror or e})") from None
+    print(f"{len(pairs)} pairs copied from {source} to {out_dir}")
 
 
 def from_synthetic(cfg: SyntheticSource, out_dir: Path) -> None:
