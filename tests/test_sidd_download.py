@@ -13,6 +13,7 @@ import importlib.util
 import io
 import os
 import re
+import shutil
 import socket
 import stat
 import struct
@@ -852,6 +853,9 @@ def test_stage_folder_copies_ones_own_pairs(tmp_path: Path) -> None:
 
 
 FOLDER_PROBLEMS = [
+    "Data is a link",
+    "beside the archive's Data",
+    "misnamed in Data",
     "not a folder",
     "bad name",
     "missing partner",
@@ -875,7 +879,22 @@ def test_stage_folder_problems_are_one_line_and_keep_the_old_data(
     good = "0001_001_S6_00100_00060_3200_L"
     _own_pairs(mine, [good])
     _own_pairs(tmp_path / "raw" / "Data", ["0009_009_GP_00100_00060_3200_H"])  # the old data
-    if problem == "not a folder":
+    if problem == "Data is a link":
+        mine = tmp_path / "linked"
+        mine.mkdir()
+        (mine / "Data").symlink_to(tmp_path / "mine")
+        expected = rf"^{mine / 'Data'}: a symbolic link; DVC does not look through links"
+    elif problem == "beside the archive's Data":
+        shutil.rmtree(mine / good)  # only the archive's two levels
+        archive = mine / "SIDD_Small_sRGB_Only"
+        _own_pairs(archive / "Data", ["0002_002_S6_00100_00060_3200_L"])
+        _own_pairs(archive, ["0003_003_S6_00100_00060_3200_L"])
+        expected = rf"^{archive}/0003_003_S6_00100_00060_3200_L: a folder beside {archive}/Data"
+    elif problem == "misnamed in Data":
+        mine = tmp_path / "only"
+        _own_pairs(mine / "Data", ["0001_001_S6_00100_00060_3200_l"])
+        expected = rf"^{mine}/Data/0001_001_S6_00100_00060_3200_l: not a pair folder's name"
+    elif problem == "not a folder":
         mine = tmp_path / "nowhere"
         expected = rf"^params\.yaml data\.folder\.path: {mine}: not a folder$"
     elif problem == "bad name":
@@ -907,7 +926,7 @@ def test_stage_folder_problems_are_one_line_and_keep_the_old_data(
         expected = rf"^{mine / good / NOISY_NAME}: size 8x6 differs from .* \(8x5\)$"
     else:
         (mine / good / NOISY_NAME).write_bytes(b"not a png")
-        expected = rf"^{mine / good / NOISY_NAME}: not a readable image \("
+        expected = rf"^{mine / good / NOISY_NAME}: not a readable image"
     stage = _stage_module()
     params = _write_params(tmp_path, {"source": "folder", "folder": {"path": str(mine)}})
     with pytest.raises(DenoiseError, match=expected):
@@ -924,6 +943,7 @@ def test_stage_folder_takes_pairs_in_a_data_folder_beside_notes(tmp_path: Path) 
     _own_pairs(tmp_path / "mine" / "Data", names)
     (tmp_path / "mine" / "README.md").write_text("notes")
     (tmp_path / "mine" / "Data.dvc").write_text("outs: []")
+    (tmp_path / "mine" / "notes.txt").symlink_to(tmp_path / "mine" / "README.md")  # a file
     stage = _stage_module()
     params = _write_params(
         tmp_path, {"source": "folder", "folder": {"path": str(tmp_path / "mine")}}

@@ -48,3 +48,13 @@ def test_a_pair_under_a_mistyped_name_is_refused_not_dropped(tmp_path: Path, nam
     for find in (list_instances, find_pairs):  # also through `denoise score`'s discovery
         with pytest.raises(DenoiseError, match=rf"^{base / name}: holds a pair but is not named"):
             find(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "name", ["0001_001_S6_00100_00060_3200_L\n", "\uff10001_001_S6_00100_00060_3200_L"]
+)
+def test_a_name_is_matched_whole_and_in_ascii(name: str) -> None:
+    """A trailing newline, or a fullwidth digit that int() reads as its ASCII twin (two
+    folders, one instance), is not a SIDD instance name."""
+    with pytest.raises(DenoiseError, match="not a SIDD instance name"):
+        Instance.parse(name)

@@ -31,9 +31,12 @@ PHONES = {
 }
 
 NAME_FORMAT = "<id>_<scene>_<phone>_<ISO>_<shutter>_<illuminant>_<L|N|H>"
+# Matched whole (fullmatch: no trailing newline) and in ASCII (no fullwidth digits, which
+# int() would read as the same instance as their ASCII twin).
 _NAME = re.compile(
-    r"^(?P<id>\d{4})_(?P<scene>\d{3})_(?P<phone>[A-Z0-9]{2})_(?P<iso>\d{5})_"
-    r"(?P<shutter>\d{5})_(?P<illuminant>\d{4})_(?P<brightness>[LNH])$"
+    r"(?P<id>\d{4})_(?P<scene>\d{3})_(?P<phone>[A-Z0-9]{2})_(?P<iso>\d{5})_"
+    r"(?P<shutter>\d{5})_(?P<illuminant>\d{4})_(?P<brightness>[LNH])",
+    re.ASCII,
 )
 
 
@@ -58,7 +61,7 @@ class Instance:
 
     @classmethod
     def parse(cls, name: str) -> Instance:
-        m = _NAME.match(name)
+        m = _NAME.fullmatch(name)
         if m is None:
             raise DenoiseError(f"{name}: not a SIDD instance name ({NAME_FORMAT})")
         g = m.groupdict()
@@ -92,7 +95,7 @@ def find_data_dir(root: str | Path) -> Path | None:
     or ``root`` itself): the first that holds an instance folder; None if none does."""
     root = Path(root)
     for cand in (root / DATA_DIR, root / ARCHIVE_ROOT / DATA_DIR, root):
-        if cand.is_dir() and any(_NAME.match(p.name) for p in list_folder(cand) if p.is_dir()):
+        if cand.is_dir() and any(_NAME.fullmatch(p.name) for p in list_folder(cand) if p.is_dir()):
             return cand
     return None
 
@@ -131,7 +134,7 @@ def list_instances(root: str | Path) -> list[tuple[Instance, Path]]:
     for p in list_folder(base):
         if not p.is_dir():
             continue
-        if _NAME.match(p.name):
+        if _NAME.fullmatch(p.name):
             found.append((Instance.parse(p.name), p))
         elif (p / NOISY_NAME).exists() or (p / GT_NAME).exists():
             # a pair under a mistyped name: refused, not left out of training and scores

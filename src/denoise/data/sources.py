@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from denoise.data.sidd_layout import DATA_DIR, GT_NAME, NOISY_NAME
-from denoise.errors import DenoiseError, first_line
+from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, clear_stale_staging, list_folder, write_errors_named
 from denoise.params import check_keys, checked_section
 
@@ -47,33 +47,33 @@ class FolderSource:
 
 def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
     """``(name, noisy, clean)`` of every pair under ``source`` (``<source>/<instance>/`` or
-    ``<source>/Data/<instance>/``), each checked: nothing is left out without a word. Refused,
-    naming the culprit: a folder that is not a pair folder (a misnamed pair, a batch of pairs
-    one level down), pair folders both in ``Data/`` and beside it, a symbolic link to a pair
-    (DVC does not hash through links, so a change there would go unseen), a missing or
-    misnamed file, an image that cannot be read, and two images of different sizes. Files
-    (notes, ``.dvc`` files) and hidden entries are passed over."""
-    from PIL import Image
-
+    ``<source>/Data/<instance>/``), each read and checked: nothing is left out without a word.
+    Refused, naming the culprit: a folder that is not a pair folder (a misnamed pair, a batch
+    of pairs one level down, pairs beside ``Data/``), a symbolic link to a folder (DVC does
+    not hash through links, so a change there would go unseen), a missing or misnamed file,
+    an image the pipeline cannot read, and two images of different sizes. Files (notes,
+    ``.dvc`` files) and hidden entries are passed over."""
+    from denoise.data.pairs import check_same_size
     from denoise.data.sidd_layout import NAME_FORMAT, Instance, find_data_dir, pair_paths
+    from denoise.fileio import read_rgb8
 
     base = find_data_dir(source)
-    if base is None:
-        raise DenoiseError(
-            f"params.yaml data.folder.path: {source}: no pair folders (expected "
-            f"{source}/{NAME_FORMAT}/ holding {NOISY_NAME} and {GT_NAME}; pairs/README.md)"
-        )
+    if base is None:  # none named right: look where they should be, to name what is there
+        base = source / DATA_DIR if (source / DATA_DIR).is_dir() else source
+    chain = [source]  # the folders from source down to base (Data/, or the archive's two)
+    for part in base.relative_to(source).parts:
+        chain.append(chain[-1] / part)
     pairs = []
-    # base's own entries, and beside base (when it is a Data/ folder) whatever is not on the
-    # way to it
-    for folder in sorted({*list_folder(source), *list_folder(base)} - {base, *base.parents}):
-        if folder.name.startswith(".") or not (folder.is_dir() or folder.is_symlink()):
+    for folder in sorted({entry for level in chain for entry in list_folder(level)} - {*chain}):
+        if folder.name.startswith("."):
             continue
-        if folder.is_symlink():
+        if folder.is_symlink() and (folder.is_dir() or not folder.exists()):
             raise DenoiseError(
                 f"{folder}: a symbolic link; DVC does not look through links, so a change "
                 "there would go unseen: copy the pair in"
             )
+        if not folder.is_dir():
+            continue
         if folder.parent != base:
             raise DenoiseError(f"{folder}: a folder beside {base}; keep every pair folder in it")
         try:
@@ -81,17 +81,20 @@ def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
         except DenoiseError:
             raise DenoiseError(f"{folder}: not a pair folder's name ({NAME_FORMAT})") from None
         noisy, clean = pair_paths(folder)
-        sizes = []
-        for path in (noisy, clean):
-            try:
-                with Image.open(path) as im:
-                    sizes.append(im.size)
-            except Exception as e:  # any reason Pillow cannot read it
-                raise DenoiseError(f"{path}: not a readable image ({first_line(e)})") from None
-        if sizes[0] != sizes[1]:
-            (nw, nh), (cw, ch) = sizes
-            raise DenoiseError(f"{noisy}: size {nw}x{nh} differs from {clean} ({cw}x{ch})")
+        check_same_size(noisy, read_rgb8(noisy), clean, read_rgb8(clean))  # as crop-split reads
         pairs.append((folder.name, noisy, clean))
+    for level in chain[1:]:
+        if level.is_symlink():
+            raise DenoiseError(
+                f"{level}: a symbolic link; DVC does not look through links, so a change "
+                "there would go unseen: copy the pairs in"
+            )
+    if not pairs:
+        raise DenoiseError(
+            f"params.yaml data.folder.path: {source}: no pair folders (expected "
+            f"{source}/{NAME_FORMAT}/ or {source}/{DATA_DIR}/.../ holding {NOISY_NAME} and "
+            f"{GT_NAME}; pairs/README.md)"
+        )
     return pairs
 
 
