@@ -10,9 +10,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from denoise.data.sidd_layout import DATA_DIR, GT_NAME, NOISY_NAME
+from tqdm import tqdm
+
+from denoise.data.pairs import check_same_size
+from denoise.data.sidd_layout import (
+    DATA_DIR,
+    GT_NAME,
+    NAME_FORMAT,
+    NOISY_NAME,
+    Instance,
+    find_data_dir,
+    pair_paths,
+)
 from denoise.errors import DenoiseError
-from denoise.fileio import atomic_path, clear_stale_staging, list_folder, write_errors_named
+from denoise.fileio import (
+    atomic_path,
+    clear_stale_staging,
+    list_folder,
+    read_rgb8,
+    write_errors_named,
+)
 from denoise.params import check_keys, checked_section
 
 
@@ -45,6 +62,13 @@ class FolderSource:
     path: str
 
 
+def _link_refused(path: Path) -> DenoiseError:
+    return DenoiseError(
+        f"{path}: a symbolic link; DVC does not look through links, so a change there would "
+        "go unseen: copy what it points to in"
+    )
+
+
 def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
     """``(name, noisy, clean)`` of every pair under ``source`` (``<source>/<instance>/`` or
     ``<source>/Data/<instance>/``), each read and checked: nothing is left out without a word.
@@ -53,25 +77,21 @@ def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
     not hash through links, so a change there would go unseen), a missing or misnamed file,
     an image the pipeline cannot read, and two images of different sizes. Files (notes,
     ``.dvc`` files) and hidden entries are passed over."""
-    from denoise.data.pairs import check_same_size
-    from denoise.data.sidd_layout import NAME_FORMAT, Instance, find_data_dir, pair_paths
-    from denoise.fileio import read_rgb8
-
     base = find_data_dir(source)
     if base is None:  # none named right: look where they should be, to name what is there
         base = source / DATA_DIR if (source / DATA_DIR).is_dir() else source
     chain = [source]  # the folders from source down to base (Data/, or the archive's two)
     for part in base.relative_to(source).parts:
         chain.append(chain[-1] / part)
+    for level in chain[1:]:
+        if level.is_symlink():
+            raise _link_refused(level)
     pairs = []
     for folder in sorted({entry for level in chain for entry in list_folder(level)} - {*chain}):
         if folder.name.startswith("."):
             continue
         if folder.is_symlink() and (folder.is_dir() or not folder.exists()):
-            raise DenoiseError(
-                f"{folder}: a symbolic link; DVC does not look through links, so a change "
-                "there would go unseen: copy the pair in"
-            )
+            raise _link_refused(folder)
         if not folder.is_dir():
             continue
         if folder.parent != base:
@@ -83,12 +103,6 @@ def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
         noisy, clean = pair_paths(folder)
         check_same_size(noisy, read_rgb8(noisy), clean, read_rgb8(clean))  # as crop-split reads
         pairs.append((folder.name, noisy, clean))
-    for level in chain[1:]:
-        if level.is_symlink():
-            raise DenoiseError(
-                f"{level}: a symbolic link; DVC does not look through links, so a change "
-                "there would go unseen: copy the pairs in"
-            )
     if not pairs:
         raise DenoiseError(
             f"params.yaml data.folder.path: {source}: no pair folders (expected "
@@ -99,8 +113,6 @@ def own_pairs(source: Path) -> list[tuple[str, Path, Path]]:
 
 
 def from_folder(cfg: FolderSource, out_dir: Path) -> None:
-    from tqdm import tqdm
-
     source = Path(cfg.path)
     if not source.is_dir():
         raise DenoiseError(f"params.yaml data.folder.path: {source}: not a folder")
