@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -657,3 +663,52 @@ def test_bench_rounds_interleave_every_path(tiny_ckpt: Path, capsys: pytest.Capt
     assert re.search(r"\| \d+\.\d\dx \(\d+\.\d\d-\d+\.\d\d\) \|", format_table(report))
     with pytest.raises(DenoiseError, match="rounds 0"):
         _tiny_run(tiny_ckpt, [BASELINE], rounds=0)
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(stat_file.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_the_measuring_worker_ends_with_the_command(tiny_ckpt: Path, sig: signal.Signals) -> None:
+    """A SIGTERM to the command alone waited for the path being measured (the pool's exit
+    joins it: minutes); a SIGKILL left the worker running, orphaned, for as long."""
+    cmd = [sys.executable, "-m", "denoise", "bench", "--model", str(tiny_ckpt), "--arch"]
+    cmd += ["checkpoint", "--size", "32", "--repeats", "100000000", "--psnr-images", "1"]
+    proc = subprocess.Popen(
+        [*cmd, "--backends", BASELINE], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not workers:  # the spawned worker, measuring
+            time.sleep(0.5)
+            workers = [
+                p
+                for p in _children(proc.pid)
+                if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+            ]
+        assert workers, "no measuring worker started"
+        time.sleep(2.0)  # past its start-up
+        proc.send_signal(sig)
+        code = proc.wait(timeout=30)
+        assert code == (143 if sig == signal.SIGTERM else -9)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.2)
+        left = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not left, f"worker {left} outlived the command"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for worker in workers:  # where the test failed: none left measuring
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker, signal.SIGKILL)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -157,14 +159,33 @@ def test_score_json_output_psnr_is_skimage_psnr_of_denoise_image(
     assert report["output"]["psnr"] == pytest.approx(np.mean(refs), abs=5e-5)
 
 
-@pytest.mark.parametrize("problem", ["unmatched", "json", "json-under-a-file", "tile"])
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "unmatched",
+        "json",
+        "json-slash",
+        "json-under-a-file",
+        "json-is-the-model",
+        "json-is-an-input",
+        "tile",
+    ],
+)
 def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -> None:
     root = tmp_path / "pairs"
     flat_pairs(root, ["a.png"])
+    model = tmp_path / "model.pt"  # a copy: the JSON must not land on the shared one
+    model.write_bytes(model_files["pt"].read_bytes())
+    files_before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     extra: list[str] = []
     if problem == "json":  # refused before any scoring: no table printed
         (tmp_path / "scores").mkdir()
         extra, culprit = ["--json", str(tmp_path / "scores")], "scores: is a folder"
+    elif problem == "json-slash":  # a folder that does not exist yet: not a file named so
+        extra, culprit = ["--json", f"{tmp_path / 'new'}/"], "new/: is a folder"
+    elif problem in ("json-is-the-model", "json-is-an-input"):  # a slip of the shell
+        target = model if problem == "json-is-the-model" else root / "noisy" / "a.png"
+        extra, culprit = ["--json", str(target)], f"{target}: exists and is not a JSON file"
     elif problem == "json-under-a-file":
         (tmp_path / "a.png").write_bytes(b"")
         extra, culprit = ["--json", str(tmp_path / "a.png" / "s.json")], "a.png"
@@ -173,12 +194,14 @@ def test_score_errors_name_the_file(tmp_path: Path, model_files, problem: str) -
     else:
         write_rgb8(root / "noisy" / "lonely.png", pair(5)[0])
         culprit = "lonely.png"
-    cmd = ["score", "--pairs", str(root), "--model", str(model_files["pt"]), *extra]
+    cmd = ["score", "--pairs", str(root), "--model", str(model), *extra]
     result = runner.invoke(app, cmd)
     assert result.exit_code != 0
     assert culprit in result.output and "error:" in result.output
     assert "Traceback" not in result.output
     assert "PSNR" not in result.output  # no scores: the error came first
+    assert all(p.read_bytes() == data for p, data in files_before.items())
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_bad_pair_is_named_and_skipped_the_others_scored(tmp_path: Path, model_files) -> None:
@@ -304,6 +327,88 @@ def test_run_refuses_an_empty_argument_instead_of_the_current_folder(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
     result = runner.invoke(app, ["run", ".", "--model", str(model_files["pt"])])
     assert result.exit_code == 0 and (tmp_path / "x_denoised.png").is_file()  # "." still works
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["score", "--pairs", "", "--model", "{pt}"], "--pairs"),
+        (["score", "--pairs", "{tmp}", "--model", ""], "--model"),
+        (["score", "--pairs", "{tmp}", "--model", "{pt}", "--json", ""], "--json"),
+        (["run", "x.png", "--model", ""], "--model"),
+        (["serve", "--repo", ""], "--repo"),
+        (["serve", "--binary", ""], "--binary"),
+        (["bench", "--json", ""], "--json"),
+        (["bench", "--test-dir", ""], "--test-dir"),
+        (["bench", "--model", ""], "--model"),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else v,
+)
+def test_an_empty_path_option_is_refused_not_taken_as_the_current_folder(
+    tmp_path: Path, model_files, args: list[str], flag: str
+) -> None:
+    """An unset shell variable (``--json "$OUT"``): Path("") would be ".", the working folder."""
+    filled = [a.format(pt=model_files["pt"], tmp=tmp_path) for a in args]
+    result = runner.invoke(app, filled)
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {flag} is empty (an unset variable?)"
+
+
+def test_json_into_a_device_or_pipe_is_written_through_not_replaced(
+    tmp_path: Path, model_files
+) -> None:
+    """``--json /dev/stdout`` (here a link to /dev/null): the atomic write replaced the link,
+    or as root /dev/stdout itself, with a regular file."""
+    flat_pairs(tmp_path / "pairs", ["a.png"])
+    link = tmp_path / "out.json"
+    link.symlink_to("/dev/null")
+    args = ["score", "--pairs", str(tmp_path / "pairs"), "--model", str(model_files["pt"])]
+    result = runner.invoke(app, [*args, "--json", str(link)])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and link.is_char_device()
+
+
+def test_json_into_stdout_sent_to_a_file_follows_the_table(tmp_path: Path, model_files) -> None:
+    """``--json /dev/stdout > out.txt`` (a link here, to this process's fd 1): the link was
+    replaced by a file (as root, /dev/stdout itself), and opened anew it would cut out.txt."""
+    flat_pairs(tmp_path / "pairs", ["a.png"])
+    link = tmp_path / "stdout.json"
+    link.symlink_to("/proc/self/fd/1")
+    out = tmp_path / "out.txt"
+    cmd = [sys.executable, "-m", "denoise", "score", "--pairs", str(tmp_path / "pairs")]
+    with out.open("w") as stdout:
+        subprocess.run(
+            [*cmd, "--model", str(model_files["pt"]), "--json", str(link)],
+            stdout=stdout,
+            check=True,
+            timeout=120,
+        )
+    text = out.read_text()
+    table, _, rest = text.partition("\n{")
+    assert "PSNR" in table and json.loads("{" + rest)["output"]["psnr"] > 0
+    assert link.is_symlink()
+
+
+def test_json_through_a_link_to_a_model_is_refused_like_the_model(
+    tmp_path: Path, model_files
+) -> None:
+    """A link is not written through: one to the command's model (as DVC's symlink cache type
+    makes models/nafnet.pt) would have had the model overwritten with JSON."""
+    flat_pairs(tmp_path / "pairs", ["a.png"])
+    model = tmp_path / "model.pt"
+    model.write_bytes(model_files["pt"].read_bytes())
+    link = tmp_path / "scores.json"
+    link.symlink_to(model)
+    args = ["score", "--pairs", str(tmp_path / "pairs"), "--model", str(model)]
+    result = runner.invoke(app, [*args, "--json", str(link)])
+    assert result.exit_code == 1 and "exists and is not a JSON file" in result.output
+    assert model.read_bytes() == model_files["pt"].read_bytes()
+
+
+def test_serve_names_its_port_options(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--http-port", "70000"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: --http-port and --grpc-port must be 1-65535")
 
 
 def test_run_refuses_bad_options_before_loading_the_model(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import shutil
@@ -152,6 +153,9 @@ def test_params_are_checked() -> None:
     for split in ("val", "test"):
         with pytest.raises(DenoiseError, match="must all be positive"):
             _params(weights={"train": 1, "val": 1, "test": 1} | {split: 0})
+    for weight in (math.nan, math.inf, 1e308):  # 1e308: the sum overflows
+        with pytest.raises(DenoiseError, match="must all be positive and finite"):
+            _params(weights={"train": weight, "val": 1e308, "test": 1})
     with pytest.raises(DenoiseError, match=r"crop_split\.weights: unknown tset"):
         _params(weights={"train": 1, "val": 1, "test": 1, "tset": 1})
     with pytest.raises(DenoiseError, match="crop_split"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -212,8 +213,9 @@ def test_missing_checkpoint_and_bad_params(tmp_path: Path, split: Path) -> None:
     for over, problem in (
         ({"overlap": 40}, "overlap 40 must be smaller than tile 32"),
         ({"tile": -5}, "tile -5 must be >= 0"),
+        ({"models": ["foo"]}, r"models: unknown foo; known: dncnn, nafnet"),
     ):
-        with pytest.raises(DenoiseError, match=rf"^params\.yaml evaluate: {problem}"):
+        with pytest.raises(DenoiseError, match=rf"^params\.yaml evaluate.? ?{problem}"):
             params(**over)
     for key, value in (("crop", -5), ("crop", 0), ("zoom", 0)):
         strip = {"crop": 24, "zoom": 2, key: value}
@@ -231,6 +233,11 @@ def test_params_typos_are_errors_at_every_level() -> None:
         ({"nlm": {**nlm, "templte": 5}}, "evaluate.nlm: unknown templte"),
         ({"strip": {**strip, "zooom": 3}}, "evaluate.strip: unknown zooom"),
         ({"nlm": {**nlm, "h": "strong"}}, "evaluate.nlm.h: expected a list, got 'strong'"),
+        ({"nlm": {**nlm, "h": [0, 5]}}, r"evaluate.nlm: h \[0.0, 5.0\] .* positive and finite"),
+        ({"nlm": {**nlm, "h_color": [math.nan]}}, r"evaluate.nlm: h .* positive and finite"),
+        ({"nlm": {**nlm, "search": 0}}, "evaluate.nlm: template 7 and search 0 must be odd"),
+        ({"nlm": {**nlm, "template": 6}}, "evaluate.nlm: template 6 and search 21 must be odd"),
+        ({"nlm": {**nlm, "search": 5}}, "evaluate.nlm: .* search >= template"),
     ):
         with pytest.raises(DenoiseError, match=rf"params\.yaml {where}"):
             params(**over)

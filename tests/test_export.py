@@ -236,6 +236,7 @@ def test_settings_from_params_reject_unknown_and_missing() -> None:
         ({"parity_sizes": [[0, 5]]}, r"parity_sizes .* of sides >= 1"),
         ({"parity_batch": 0}, r"parity_batch and max_batch_size must be >= 1"),
         ({"tolerance": -1.0}, r"tolerance and python_threads must be >= 0"),
+        ({"seed": -1}, r"seed must be an integer in 0\.\.2\*\*32-1"),
     ):
         with pytest.raises(DenoiseError, match=rf"^params\.yaml export: {message}"):
             ExportSettings.from_params({**params, **bad})

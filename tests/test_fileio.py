@@ -426,11 +426,14 @@ def test_an_atomic_write_is_on_disk_before_its_rename(
     assert not [p for _, p in events if "neighbour" in p]  # the folder alone, not its files
 
 
+@pytest.mark.parametrize(
+    ("code", "named"), [(5, "LZW"), (60123, "code 60123")], ids=["lzw", "unknown-code"]
+)
 def test_a_planar_16_bit_tiff_that_cannot_be_decoded_is_refused_not_garbled(
-    tmp_path: Path,
+    tmp_path: Path, code: int, named: str
 ) -> None:
     """OpenCV misreads these; one tifffile has no codec for (LZW needs imagecodecs, not
-    installed) must not fall back to OpenCV's garbled decode."""
+    installed; a code tifffile does not know) must not fall back to OpenCV's garbled decode."""
     import struct
 
     import tifffile
@@ -441,11 +444,48 @@ def test_a_planar_16_bit_tiff_that_cannot_be_decoded_is_refused_not_garbled(
     with tifffile.TiffFile(path) as tif:
         at = tif.pages[0].tags["Compression"].valueoffset
     data = bytearray(path.read_bytes())
-    struct.pack_into("<H", data, at, 5)  # says LZW
+    struct.pack_into("<H", data, at, code)
     path.write_bytes(bytes(data))
     with pytest.raises(DenoiseError) as err:
         read_photo(path)
     assert str(err.value).startswith(
-        f"{path}: 16-bit TIFF with its colour planes stored apart and LZW compression: "
+        f"{path}: 16-bit TIFF with its colour planes stored apart and {named} compression: "
         "cannot be read ("
     )
+
+
+def test_a_tiff_of_several_images_is_refused_a_preview_page_is_not(tmp_path: Path) -> None:
+    """OpenCV decodes the first page alone: a 3-page TIFF came back as a 1-page output, and
+    one whose first page is a preview as that preview."""
+    import tifffile
+
+    several = tmp_path / "stack.tif"
+    tifffile.imwrite(several, np.zeros((3, 8, 8, 3), np.uint8))
+    with pytest.raises(DenoiseError, match=r"stack\.tif: a TIFF of 3 images; denoise reads one"):
+        read_photo(several)
+    with_preview = tmp_path / "preview.tif"
+    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    with tifffile.TiffWriter(with_preview) as tif:
+        tif.write(image, photometric="rgb")
+        tif.write(np.zeros((4, 4, 3), np.uint8), photometric="rgb", subfiletype=1)  # reduced
+        tif.write(np.ones((8, 8), bool), photometric="mask", subfiletype=4)  # a transparency mask
+    np.testing.assert_array_equal(read_photo(with_preview).rgb, image)
+    preview_first = tmp_path / "preview_first.tif"
+    with tifffile.TiffWriter(preview_first) as tif:
+        tif.write(np.zeros((4, 4, 3), np.uint8), photometric="rgb", subfiletype=1)
+        tif.write(image, photometric="rgb")
+    with pytest.raises(DenoiseError, match=r"preview_first\.tif: a TIFF whose first page is a"):
+        read_photo(preview_first)
+
+
+def test_a_jfif_photo_is_a_jpeg(tmp_path: Path) -> None:
+    """Browsers on Windows save JPEGs as .jfif: refused as a type OpenCV cannot write."""
+    from denoise.fileio import check_writable_type
+
+    ramp = np.linspace(0, 255, 16)
+    pixels = np.stack(np.broadcast_arrays(ramp[:, None], ramp[None, :], 128), -1).astype(np.uint8)
+    path = tmp_path / "download.jfif"
+    check_writable_type(path)
+    write_image(path, pixels)
+    assert path.read_bytes()[:2] == b"\xff\xd8"  # a JPEG
+    assert np.abs(read_photo(path).rgb.astype(int) - pixels).mean() < 3

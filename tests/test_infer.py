@@ -487,6 +487,77 @@ def test_denoise_files_skips_clashes_and_unwritable_outputs(
     assert (tmp_path / "out3" / "x_denoised.png" / "keep.txt").read_text() == "keep"
 
 
+def test_an_output_another_process_writes_meanwhile_is_not_replaced(tmp_path: Path) -> None:
+    """Two runs into one folder: the one that finishes second must not silently replace the
+    first one's output (the check before the work leaves the whole denoise as a window)."""
+    photo = tmp_path / "x.png"
+    write_image(photo, np.zeros((8, 8, 3), np.uint8))
+    dst = tmp_path / "out" / "x_denoised.png"
+
+    class OtherWriterMeanwhile(Recorder):
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            write_image(dst, np.full((4, 4, 3), 9, np.uint8))  # the other run's output
+            return super().__call__(batch)
+
+    errors: list[str] = []
+    written = denoise_files(
+        [photo], OtherWriterMeanwhile(), tile=0, overlap=0, out_dir=tmp_path / "out",
+        progress=False, on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [] and errors == [f"{dst}: already exists (written meanwhile?); not replaced"]
+    assert read_image(dst, keep16=True).shape == (4, 4, 3)  # the other run's, whole
+    assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no staging left
+    # With --skip-existing it counts as an output found before: passed over, not an error.
+    skipped: list[Path] = []
+    dst.unlink()
+    assert denoise_files(
+        [photo], OtherWriterMeanwhile(), tile=0, overlap=0, out_dir=tmp_path / "out",
+        skip_existing=True, progress=False, on_skipped=skipped.append,
+    ) == []  # fmt: skip
+    assert skipped == [dst] and read_image(dst, keep16=True).shape == (4, 4, 3)
+    # With --overwrite the newer output replaces it, as asked.
+    assert denoise_files(
+        [photo], OtherWriterMeanwhile(), tile=0, overlap=0, out_dir=tmp_path / "out",
+        overwrite=True, progress=False,
+    ) == [dst]  # fmt: skip
+    assert read_image(dst, keep16=True).shape == (8, 8, 3)
+
+
+def test_links_to_nothing_and_loops_are_named_not_a_traceback(tmp_path: Path) -> None:
+    """A link loop as an input fails alone (``resolve()`` raised for the whole run); a link to
+    nothing at an output's name exists (not replaced without --overwrite); an output folder
+    that is a link to nothing is refused before the work."""
+    good = tmp_path / "good.png"
+    write_image(good, np.zeros((8, 8, 3), np.uint8))
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop)
+    errors: list[str] = []
+    out = tmp_path / "out"
+    written = denoise_files(
+        [loop, good], Recorder(), tile=0, overlap=0, out_dir=out, progress=False,
+        on_error=lambda p, m: errors.append(m),
+    )  # fmt: skip
+    assert written == [out / "good_denoised.png"]
+    assert errors == [f"{loop}: cannot read (Too many levels of symbolic links)"]
+    dangling = tmp_path / "out2" / "good_denoised.png"
+    dangling.parent.mkdir()
+    dangling.symlink_to(tmp_path / "nowhere.png")
+    errors.clear()
+    assert denoise_files(
+        [good], Recorder(), tile=0, overlap=0, out_dir=dangling.parent, progress=False,
+        on_error=lambda p, m: errors.append(m),
+    ) == []  # fmt: skip
+    assert errors == [
+        f"{dangling}: already exists (--overwrite replaces it, --skip-existing keeps it)"
+    ]
+    assert dangling.is_symlink()
+    (tmp_path / "out3").symlink_to(tmp_path / "gone")
+    recorder = Recorder()
+    with pytest.raises(DenoiseError, match=r"out3: output folder is a link to nothing \(.*gone\)$"):
+        denoise_files([good], recorder, tile=0, overlap=0, out_dir=tmp_path / "out3")
+    assert recorder.shapes == []
+
+
 def test_a_read_only_input_folder_is_refused_before_the_work(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -231,20 +231,76 @@ def test_an_exif_too_large_for_a_jpeg_segment_is_left_out() -> None:
     assert read_metadata(embed_metadata(jpeg, replace(meta, exif=fits), grey=False)).exif == fits
 
 
-@pytest.mark.parametrize("subsampling", [0, 1, 2], ids=["4:4:4", "4:2:2", "4:2:0"])
-def test_a_jpeg_keeps_its_chroma_subsampling(tmp_path: Path, subsampling: int) -> None:
-    """A 4:4:4 original written back at OpenCV's default 4:2:0 loses half its colour
-    resolution whatever the network did; the copy keeps what the original had."""
-    from PIL import JpegImagePlugin
+SAMPLING = {  # luma sampling factors -> OpenCV's writer setting
+    (1, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    (2, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    (2, 2): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+    (1, 2): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
+    (4, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411,
+}
 
-    rng = np.random.default_rng(subsampling)
+
+def _luma_factors(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        (_, h, v, _), *chroma = im.layer
+        assert [c[1:3] for c in chroma] == [(1, 1), (1, 1)]
+        return h, v
+
+
+@pytest.mark.parametrize(
+    ("factors", "orientation"),
+    [
+        pytest.param((1, 1), 1, id="4:4:4"),
+        pytest.param((2, 1), 1, id="4:2:2"),
+        pytest.param((2, 2), 1, id="4:2:0"),
+        pytest.param((1, 2), 1, id="4:4:0"),
+        pytest.param((4, 1), 1, id="4:1:1"),
+        pytest.param((2, 1), 6, id="4:2:2-turned"),
+        pytest.param((2, 1), 3, id="4:2:2-half-turn"),
+        pytest.param((4, 1), 8, id="4:1:1-turned"),
+    ],
+)
+def test_a_jpeg_keeps_its_chroma_subsampling(
+    tmp_path: Path, factors: tuple[int, int], orientation: int
+) -> None:
+    """A 4:4:4 original written back at OpenCV's default 4:2:0 loses half its colour
+    resolution whatever the network did; the copy keeps what the original had, along the
+    same axis of the photo when an EXIF orientation turned the pixels a quarter."""
+    rng = np.random.default_rng(factors[0] * 4 + factors[1])
     pixels = rng.integers(0, 256, (32, 48, 3)).astype(np.uint8)
-    Image.fromarray(pixels).save(tmp_path / "in.jpg", quality=95, subsampling=subsampling)
+    ok, buf = cv2.imencode(
+        ".jpg",
+        pixels,
+        [cv2.IMWRITE_JPEG_QUALITY, 95, cv2.IMWRITE_JPEG_SAMPLING_FACTOR, SAMPLING[factors]],
+    )
+    assert ok
+    data = buf.tobytes()
+    if orientation != 1:
+        exif = _tiff_exif("<", [(ORIENTATION_TAG, 3, 1, orientation)])
+        data = embed_metadata(data, PhotoMetadata(exif=exif), grey=False)
+    (tmp_path / "in.jpg").write_bytes(data)
+    assert _luma_factors(tmp_path / "in.jpg") == factors
     photo = read_photo(tmp_path / "in.jpg")
-    assert photo.metadata.jpeg_subsampling == subsampling
     write_image(tmp_path / "out.jpg", photo.rgb, metadata=photo.metadata)
-    with Image.open(tmp_path / "out.jpg") as out:
-        assert JpegImagePlugin.get_sampling(out) == subsampling
-    if subsampling == 0:  # the colour detail survives the round trip
+    upright = factors[::-1] if orientation >= 5 else factors
+    # 1x4 (4:1:1 turned) has no JPEG writer setting: 4:4:0 keeps every colour sample it had
+    assert _luma_factors(tmp_path / "out.jpg") == {(1, 4): (1, 2)}.get(upright, upright)
+    if factors == (1, 1):  # the colour detail survives the round trip
         again = read_photo(tmp_path / "out.jpg").rgb.astype(float)
         assert np.abs(again - photo.rgb).mean() < 4
+
+
+def test_a_camera_jpeg_with_a_preview_image_keeps_its_subsampling(tmp_path: Path) -> None:
+    """Pillow opens a JPEG whose multi-picture block lists a preview (cameras' large
+    thumbnail) as an MPO: its 4:2:2 was written back as 4:2:0."""
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 48, 3)).astype(np.uint8)
+    preview = Image.fromarray(pixels[::4, ::4].copy())
+    Image.fromarray(pixels).save(
+        tmp_path / "camera.jpg", "MPO", save_all=True, append_images=[preview], subsampling=1
+    )
+    with Image.open(tmp_path / "camera.jpg") as im:
+        assert im.format == "MPO"
+    photo = read_photo(tmp_path / "camera.jpg")
+    assert photo.metadata.jpeg_subsampling == (2, 1)
+    write_image(tmp_path / "out.jpg", photo.rgb, metadata=photo.metadata)
+    assert _luma_factors(tmp_path / "out.jpg") == (2, 1)

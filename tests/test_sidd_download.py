@@ -547,11 +547,25 @@ def test_unreachable_url_is_one_line(tmp_path: Path) -> None:
         ("ftp://example.org/a.zip", 10, "0" * 32, "not an http"),
         ("http://127.0.0.1/a.zip", 0, "0" * 32, "positive byte count"),
         ("http://127.0.0.1/a.zip", 10, "xyz", "32 hex digits"),
+        ("http://127.0.0.1:1/\u00e9.zip", 10, "0" * 32, r"not a valid URL \(a character outside"),
+        ("http://a..b/x.zip", 10, "0" * 32, r"not a valid URL .*fix data\.sidd\.url$"),
+        ("http:///x.zip", 10, "0" * 32, r"no host in the URL"),
     ],
 )
 def test_bad_request_params(tmp_path: Path, url: str, size: int, md5: str, match: str) -> None:
     with pytest.raises(DenoiseError, match=match):
         sd.download(url, tmp_path / "a.zip", size=size, md5=md5, progress=False)
+
+
+def test_a_cache_dir_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "cache").write_text("a file where the download folder should be")
+    with pytest.raises(
+        DenoiseError, match=r"cache: cannot hold the download \(.*data\.sidd\.cache"
+    ):
+        sd.download(
+            "http://127.0.0.1:1/a.zip", tmp_path / "cache" / "a.zip", size=10, md5="0" * 32,
+            progress=False,
+        )  # fmt: skip
 
 
 def test_not_enough_space_is_refused_up_front(
@@ -780,6 +794,14 @@ def test_stage_missing_keys_are_named(tmp_path: Path) -> None:
             },
             r"data\.synthetic\.instances: expected an integer, got 2\.9$",
         ),
+        ({"synthetic": {"instances": 3}}, r"data: missing source$"),  # not synthetic by default
+        (
+            {
+                "source": "synthetic",
+                "synthetic": {"instances": 0, "height": 32, "width": 32, "seed": 1},
+            },
+            r"^params\.yaml data\.synthetic: instances 0: expected 1\.\.9999$",
+        ),
     ):
         with pytest.raises(DenoiseError, match=where):
             stage.main(_write_params(tmp_path, data), tmp_path / "raw")
@@ -789,6 +811,7 @@ def test_stage_synthetic_calls_the_camera(tmp_path: Path, monkeypatch: pytest.Mo
     calls: list[tuple[Path, dict[str, Any]]] = []
     fake = types.ModuleType("denoise.data.synthetic_camera")
     fake.generate_dataset = lambda out, **kw: calls.append((out, kw)) or [object()] * 3
+    fake.settings_problem = lambda *settings: None
     monkeypatch.setitem(sys.modules, "denoise.data.synthetic_camera", fake)
     stage = _stage_module()
     params = _write_params(

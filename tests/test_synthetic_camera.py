@@ -162,7 +162,15 @@ def test_interrupted_run_leaves_previous_output(
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"instances": 0}, {"instances": 10000}, {"height": 8}, {"width": 4}, {"seed": -1}]
+    "kwargs",
+    [
+        {"instances": 0},
+        {"instances": 10000},
+        {"height": 8},
+        {"width": 4},
+        {"seed": -1},
+        {"seed": 2**32},
+    ],
 )
 def test_bad_parameters_are_user_errors(tmp_path: Path, kwargs: dict[str, int]) -> None:
     with pytest.raises(DenoiseError, match="synthetic camera"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -103,6 +104,51 @@ def test_skipped_build_records_why_and_writes_no_engine(
     assert len(out) == 1 and out[0].startswith("build-trt: skipped: TensorRT is not installed")
 
 
+def test_a_skipped_build_keeps_an_engine_built_from_the_current_onnx(
+    no_tensorrt: None, tmp_path: Path
+) -> None:
+    """A re-run where TensorRT is missing (a params or code change on a CPU machine) must not
+    delete an engine a GPU built from the ONNX the repository holds with these settings; one
+    of another ONNX, or built with other settings, goes."""
+    from denoise.triton.repository import (
+        BUILD_SETTINGS_KEY,
+        ONNX_MODEL,
+        SOURCE_ONNX_KEY,
+        file_md5,
+        model_config,
+    )
+
+    repo = tmp_path / "model_repository"
+    onnx = repo / ONNX_MODEL / "1" / "model.onnx"
+    onnx.parent.mkdir(parents=True)
+    onnx.write_bytes(b"the exported network")
+    plan = repo / TRT_MODEL / "1" / "model.plan"
+    plan.parent.mkdir(parents=True)
+    plan.write_bytes(b"engine")
+    metrics = tmp_path / "build_trt.json"
+    settings = TrtSettings.from_params(PARAMS)
+    other = TrtSettings.from_params({**PARAMS, "max_shape": [4, 256, 256]})
+    for built_from, built_with, kept in (
+        (file_md5(onnx), settings, True),
+        (file_md5(onnx), other, False),
+        ("0" * 32, settings, False),
+    ):
+        config = model_config(
+            TRT_MODEL,
+            platform="tensorrt_plan",
+            max_batch_size=2,
+            parameters={SOURCE_ONNX_KEY: built_from, BUILD_SETTINGS_KEY: built_with.build_md5()},
+        )
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        plan.write_bytes(b"engine")
+        (repo / TRT_MODEL / "config.pbtxt").write_text(config)
+        report = build_trt(repo, tmp_path / "test", metrics, settings)
+        assert report["status"] == "skipped"
+        assert plan.is_file() == kept, built_from
+        key = "kept_engine" if kept else "removed_stale"
+        assert report[key] == str(repo / TRT_MODEL) and len(report) == 3, report
+
+
 @pytest.mark.parametrize("failing", ["onnx", "build"])
 def test_a_failed_build_is_recorded_as_failed(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, failing: str
@@ -148,6 +194,16 @@ def test_settings_profile_and_validation() -> None:
         TrtSettings.from_params({**PARAMS, "opt_shape": [1, 256, 64]})
     with pytest.raises(DenoiseError, match=r"trt\.max_shape: expected a list of 3, got \[128, 128"):
         TrtSettings.from_params({**PARAMS, "max_shape": [128, 128]})
+    for bad, match in (
+        ({"min_shape": [0, 0, 0]}, r"trt: need 1 <= min_shape <= opt_shape"),
+        ({"workspace_gb": -1}, r"trt\.workspace_gb: must be > 0 and finite, got -1\.0$"),
+        ({"workspace_gb": math.nan}, r"trt\.workspace_gb: must be > 0 and finite, got nan$"),
+        ({"test_images": 0}, r"trt\.test_images: must be >= 1, got 0$"),
+        ({"test_crop": -1}, r"trt\.test_crop: must be >= 0, got -1$"),
+        ({"latency_repeats": 0}, r"trt\.latency_repeats: must be >= 1, got 0$"),
+    ):
+        with pytest.raises(DenoiseError, match=rf"^params\.yaml {match}"):
+            TrtSettings.from_params({**PARAMS, **bad})
     with pytest.raises(DenoiseError, match=r"trt: missing fp16"):
         TrtSettings.from_params({k: v for k, v in PARAMS.items() if k != "fp16"})
 

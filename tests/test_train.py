@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_models import TINY
 
 import denoise.train as train_module
 from denoise.checkpoint import load_model, read_checkpoint
@@ -30,9 +31,9 @@ from denoise.training.recipe import LOSSES
 from denoise.training.sampling import EpochIndexed, IterationBatchSampler
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_ARCH = {
-    "nafnet": {"width": 4, "enc_blk_nums": [1], "middle_blk_num": 1, "dec_blk_nums": [1]},
-    "dncnn": {"nc": 8, "nb": 4},
+TINY_ARCH = {  # smaller than tiny_models.TINY: these train
+    "nafnet": {**TINY["nafnet"], "width": 4, "enc_blk_nums": [1], "dec_blk_nums": [1]},
+    "dncnn": {**TINY["dncnn"], "nc": 8, "nb": 4},
 }
 
 
@@ -424,20 +425,39 @@ def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
     for bad, match in (
         ({"log_every": 0}, r"params\.yaml train\.nafnet\.log_every: must be > 0, got 0$"),
         ({"lr": "fast"}, r"params\.yaml train\.nafnet\.lr: expected a number, got 'fast'"),
-        ({"lr": 0}, r"train\.nafnet\.lr: must be > 0, got 0$"),
+        ({"lr": 0}, r"train\.nafnet\.lr: must be > 0, got 0\.0$"),
         ({"iters": 2.5}, r"train\.nafnet\.iters: expected an integer, got 2\.5"),
         ({"betas": 0.9}, r"train\.nafnet\.betas: expected a list, got 0\.9"),
         ({"num_workers": -1}, r"train\.nafnet\.num_workers: must be >= 0, got -1$"),
         ({"eta_min": 0.5}, r"train\.nafnet\.eta_min: must be <= lr \(0\.001\), got 0\.5$"),
-        ({"device": "gpu"}, r"train\.device: must be auto, cpu, cuda or cuda:N, got 'gpu'$"),
+        (
+            {"device": "gpu"},
+            r"train\.nafnet\.device: must be auto, cpu, cuda or cuda:N, got 'gpu'$",
+        ),
         ({"loss": "l2"}, r"train\.nafnet\.loss: must be one of psnr, l1, mse, got 'l2'$"),
         (
             {"betas": [2, 0.9]},
-            r"train\.nafnet\.betas: must be two numbers in \[0, 1\), got \(2, 0\.9\)$",
+            r"train\.nafnet\.betas: must be two numbers in \[0, 1\), got \(2\.0, 0\.9\)$",
         ),
         ({"val_crop": 0}, r"train\.nafnet\.val_crop: must be > 0, got 0$"),
+        ({"val_crop": 300}, r"^params\.yaml train\.val_crop 300: .*val: crop 300 is larger than"),
+        ({"crop": 300}, r"^params\.yaml train\.nafnet\.crop 300: .*train: crop 300 is larger"),
+        ({"seed": -1}, r"train\.nafnet\.seed: must be an integer in 0\.\.2\*\*32-1, got -1$"),
+        ({"seed": 2**32}, r"train\.nafnet\.seed: must be an integer in 0\.\.2\*\*32-1, got 4"),
+        ({"device": "cudax"}, r"train\.nafnet\.device: must be auto, cpu, cuda or cuda:N, got"),
         ({"model": "dncnn"}, r"train\.nafnet: unknown model"),
-        ({"arch": {"widht": 8}}, r"model nafnet: bad config .*widht"),
+        (
+            {"arch": {**TINY_ARCH["nafnet"], "widht": 8}},
+            r"params\.yaml train\.nafnet\.arch: unknown widht$",
+        ),
+        (  # no default taken without a word: a missing key would build another network
+            {"arch": {"img_channel": 3, "width": 16}},
+            r"train\.nafnet\.arch: missing middle_blk_num, enc_blk_nums, dec_blk_nums$",
+        ),
+        (
+            {"arch": {**TINY_ARCH["nafnet"], "width": "16"}},
+            r"train\.nafnet\.arch\.width: expected an integer, got '16'$",
+        ),
         (
             {"arch": {**TINY_ARCH["nafnet"], "enc_blk_nums": [1, 1], "dec_blk_nums": [1]}},
             r"enc_blk_nums \[1, 1\] and dec_blk_nums \[1\] need one entry per level",
@@ -446,10 +466,25 @@ def test_bad_settings_are_one_line_errors(split: Path, tmp_path: Path) -> None:
             {"arch": {**TINY_ARCH["nafnet"], "img_channel": 1}},
             r"train\.nafnet\.arch: a nafnet for 1-channel input .* RGB",
         ),
+        (
+            {"arch": {**TINY_ARCH["nafnet"], "width": -16}},
+            r"^params\.yaml train\.nafnet\.arch: nafnet config: width must be >= 1, got -16$",
+        ),
+        (
+            {"arch": {**TINY_ARCH["nafnet"], "enc_blk_nums": [1, -1], "dec_blk_nums": [1, 1]}},
+            r"train\.nafnet\.arch: .*: enc_blk_nums\[1\] must be >= 0, got -1$",
+        ),
     ):
         with pytest.raises(DenoiseError, match=match):
             cfg = TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], **bad}}, "nafnet")
             _run(cfg, split, tmp_path)
+    # A bad network is named with the params, before any data is read.
+    dncnn = {**train["nafnet"], "arch": {**TINY_ARCH["dncnn"], "nc": 0}}
+    with pytest.raises(DenoiseError, match=r"train\.dncnn\.arch: .*: nc must be >= 1, got 0$"):
+        TrainConfig.from_params({**train, "dncnn": dncnn}, "dncnn")
+    dncnn["arch"] = {**TINY_ARCH["dncnn"], "batch_norm": "false"}  # a quoted YAML string
+    with pytest.raises(DenoiseError, match=r"arch\.batch_norm: expected true or false, got 'f"):
+        TrainConfig.from_params({**train, "dncnn": dncnn}, "dncnn")
     # eta_min, written in the model's section, is named there.
     with pytest.raises(DenoiseError, match=r"params\.yaml train\.nafnet\.eta_min: must be <= lr"):
         TrainConfig.from_params({**train, "nafnet": {**train["nafnet"], "lr": 5e-8}}, "nafnet")
@@ -600,14 +635,20 @@ def test_a_resume_note_names_what_differs() -> None:
         ({"LOCAL_RANK": "x"}, r"^environment variable LOCAL_RANK='x': expected a whole number$"),
         ({"WORLD_SIZE": "2"}, r"^environment variable WORLD_SIZE=2 but no RANK: start several"),
         ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2, WORLD_SIZE=2: expected 0 <= RANK"),
+        (  # set by hand, not by torchrun: torch's own error, as one line
+            {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "", "MASTER_PORT": ""},
+            r"^torch\.distributed could not start with WORLD_SIZE=2 \(.*\); WORLD_SIZE is set but "
+            r"MASTER_ADDR is not: start training with torchrun",
+        ),
     ],
 )
 def test_torchrun_variables_that_make_no_sense_are_one_line(
     monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
 ) -> None:
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        if value or name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+            monkeypatch.setenv(name, value)
     with pytest.raises(DenoiseError, match=message):
         distributed.setup("cpu")

@@ -321,6 +321,17 @@ def test_busy_port_is_refused_before_start(repository: Path) -> None:
         assert server.process is None
 
 
+def test_a_binary_that_cannot_run_is_one_line(repository: Path, tmp_path: Path) -> None:
+    """Not a program of this machine (or a bad #! line): subprocess raised a traceback."""
+    binary = tmp_path / "tritonserver"
+    binary.write_text("not a program\n")
+    binary.chmod(0o755)
+    server = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=0, binary=binary)
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(binary))}: cannot run \(Exec format"):
+        server.start()
+    assert server.process is None
+
+
 def test_request_to_a_stopped_server(repository: Path) -> None:
     (port,) = free_ports(1)
     with pytest.raises(
@@ -796,12 +807,14 @@ def test_model_that_cannot_load_reports_the_servers_reason(
         grpc_port=0,
         startup_timeout_s=60,
     )
-    with pytest.raises(DenoiseError, match=r"denoise_python: model not ready: .*model\.onnx"):
+    with pytest.raises(DenoiseError, match=r"denoise_python: model not ready: .*\.onnx") as err:
         srv.start()
     assert srv.process is None
+    # named in the user's repository, not in the server's private copy (gone by now)
+    assert str(model_dir) in str(err.value) and "denoise-triton-" not in str(err.value)
 
 
-@pytest.mark.parametrize("fault", ["cut config", "no version"])
+@pytest.mark.parametrize("fault", ["cut config", "no version", "no model.py"])
 def test_a_broken_repository_fails_at_once_with_the_reason(
     repository: Path, tmp_path: Path, fault: str
 ) -> None:
@@ -814,16 +827,19 @@ def test_a_broken_repository_fails_at_once_with_the_reason(
         text = config.read_text()
         config.write_text(text[: text.index("input [") + len("input [")])
         reason = "config.pbtxt"
-    else:
-        shutil.rmtree(repo / PYTHON_MODEL / "1")
-        reason = "at least one version must be available"
+    else:  # refused before the server starts: a python model needs a version with model.py
+        if fault == "no version":
+            shutil.rmtree(repo / PYTHON_MODEL / "1")
+        else:
+            (repo / PYTHON_MODEL / "1" / "model.py").unlink()
+        reason = "a python-backend model without <version>/model.py"
     srv = TritonServer(repo, [PYTHON_MODEL], http_port=0, grpc_port=0, startup_timeout_s=60)
     started = time.monotonic()
     with pytest.raises(DenoiseError) as err:
         srv.start()
     assert time.monotonic() - started < 30
     message = str(err.value)
-    assert message.startswith(f"{repo / PYTHON_MODEL}: model not ready: "), message
+    assert message.startswith(f"{repo / PYTHON_MODEL}: "), message
     assert reason in message and "failed to load all models" not in message, message
     assert srv.process is None
 
@@ -963,7 +979,9 @@ def test_smoke_settings_reject_impossible_values() -> None:
         ),
         ({"repeats": 0}, "images, repeats and clients must be >= 1"),
         ({"clients": 0}, "images, repeats and clients must be >= 1"),
-        ({"tolerance": -1.0}, "warmup and tolerance must be >= 0"),
+        ({"tolerance": -1.0}, "warmup, tolerance and crop must be >= 0"),
+        ({"crop": -5}, "warmup, tolerance and crop must be >= 0"),
+        ({"models": []}, "models must name at least one model"),
     ):
         with pytest.raises(DenoiseError, match=rf"^params\.yaml triton: {match}$"):
             SmokeSettings.from_params({**section, **bad})

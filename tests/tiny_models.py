@@ -13,9 +13,15 @@ import torch
 from denoise.checkpoint import save_checkpoint
 from denoise.models.registry import build_model
 
-TINY = {
-    "nafnet": {"width": 8, "enc_blk_nums": [1, 1], "middle_blk_num": 1, "dec_blk_nums": [1, 1]},
-    "dncnn": {"nb": 5, "nc": 16},
+TINY = {  # complete, as params.yaml must write them
+    "nafnet": {
+        "img_channel": 3,
+        "width": 8,
+        "enc_blk_nums": [1, 1],
+        "middle_blk_num": 1,
+        "dec_blk_nums": [1, 1],
+    },
+    "dncnn": {"in_nc": 3, "out_nc": 3, "nc": 16, "nb": 5, "batch_norm": True},
 }
 
 

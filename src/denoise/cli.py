@@ -6,10 +6,11 @@ Every subcommand turns a :class:`DenoiseError` into one ``error: ...`` line and 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 
@@ -77,55 +78,130 @@ def tile_overlap(tile: int, overlap: int | None) -> int:
     return min(DEFAULT_OVERLAP, tile // 4) if tile > 0 else DEFAULT_OVERLAP
 
 
-def check_json_out(path: Path | None) -> None:
-    """Refuse a ``--json`` file that cannot be written, before the work that fills it."""
+@overload
+def given(value: str, flag: str) -> str: ...
+@overload
+def given(value: str | None, flag: str) -> str | None: ...
+def given(value: str | None, flag: str) -> str | None:
+    """``value``, refused when empty: an unset shell variable (``-o "$OUT"``) must not quietly
+    become the current folder (``Path("")`` is ``.``) or the default. Options that take a path
+    are typed ``str`` for this reason and made paths here."""
+    if value == "":
+        raise DenoiseError(f"{flag} is empty (an unset variable?)")
+    return value
+
+
+def given_path(value: str | None, flag: str) -> Path | None:
+    """:func:`given`, as a path (None stays None: the option's default)."""
+    value = given(value, flag)
+    return None if value is None else Path(value)
+
+
+def json_out_path(value: str | None) -> Path | None:
+    """The ``--json`` file, refused before the work that fills it if it cannot be written, or
+    if a file there is not JSON: a slip (``--json model.pt``, ``--json photo.png``) must not
+    replace the command's own model or input."""
     from denoise.infer import check_out_dir
 
-    if path is None:
-        return
-    if path.is_dir():
-        raise DenoiseError(f"{path}: is a folder; --json takes a file name")
+    if value is None:
+        return None
+    path = Path(given(value, "--json"))
+    if _written_through(path):  # the user's link, a device, a pipe: theirs to point
+        return path
+    if path.is_dir() or value.endswith(("/", os.sep)):
+        raise DenoiseError(f"{value}: is a folder; --json takes a file name")
+    if path.is_file():
+        try:
+            with path.open("rb") as f:
+                start = f.read(64).lstrip()
+        except OSError as e:
+            raise DenoiseError(f"{path}: cannot read ({e.strerror or e})") from None
+        if start and start[:1] not in (b"{", b"["):
+            raise DenoiseError(f"{path}: exists and is not a JSON file; not replaced by --json")
     check_out_dir(path.parent)
+    return path
+
+
+def _own_stream(path: Path) -> Any:
+    """This process's stdout or stderr if ``path`` is the same file (``--json /dev/stdout``,
+    also where stdout goes to a file), else None."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if os.path.samestat(path.stat(), os.fstat(stream.fileno())):
+                return stream
+        except (OSError, ValueError):  # no such file; a stream without one (a test's capture)
+            continue
+    return None
+
+
+def _written_through(path: Path) -> bool:
+    """Whether ``--json`` writes into what ``path`` names rather than replacing it: this
+    process's own stdout or stderr, a device or a pipe. Anything else, a link to a file too,
+    is checked and replaced as a file."""
+    from denoise.fileio import is_stream
+
+    return _own_stream(path) is not None or is_stream(path)
+
+
+def write_json_out(path: Path, report: dict[str, Any]) -> None:
+    """Write ``--json``'s file: replaced atomically, or written through
+    (:func:`_written_through`); into this process's own stdout or stderr as that stream, after
+    what it printed (opened anew, the file it goes to would be cut to the JSON)."""
+    from denoise.fileio import json_text, write_errors_named, write_json
+
+    if not _written_through(path):
+        write_json(path, report)
+        return
+    stream = _own_stream(path)
+    if stream is not None:
+        stream.write(json_text(report))
+        stream.flush()
+        return
+    with write_errors_named(path), path.open("w") as f:
+        f.write(json_text(report))
 
 
 @app.command()
 @user_errors
 def score(
     pairs: Annotated[
-        Path,
+        str,
         typer.Option(
             help="DIR/noisy + DIR/clean (matched by name), a SIDD-layout folder, or a folder "
             "with SIDD's ValidationNoisyBlocksSrgb.mat + ValidationGtBlocksSrgb.mat."
         ),
     ],
     model: Annotated[
-        Path,
-        typer.Option(help="A .pt checkpoint (or released NAFNet/KAIR .pth) or an .onnx model."),
+        str,
+        typer.Option(
+            help="A .pt checkpoint (or released NAFNet/KAIR .pth), an .onnx model or a TensorRT "
+            ".plan engine."
+        ),
     ],
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the scores here as JSON.")
+        str | None, typer.Option("--json", help="Also write the scores here as JSON.")
     ] = None,
     tile: TileOpt = DEFAULT_TILE,
     overlap: OverlapOpt = None,
 ) -> None:
     """Score a model on noisy/clean pairs: PSNR and SSIM of input and output per image."""
     from denoise.evaluate import format_score_table, pairs_to_score, score_pairs, tiled_denoiser
-    from denoise.fileio import write_json
     from denoise.infer import backend_for_file, check_tiling, open_backend
 
     overlap = tile_overlap(tile, overlap)
     check_tiling(tile, overlap, command_line=True)
-    kind = backend_for_file(model)
-    if not Path(model).is_file():  # before the data: reading SIDD's blocks takes a while
-        raise DenoiseError(f"{model}: model file not found")
-    check_json_out(json_out)  # before the scoring, too
-    count, named_pairs = pairs_to_score(pairs)  # found and matched before the model loads
-    backend = open_backend(kind, model)
+    model_path = Path(given(model, "--model"))
+    kind = backend_for_file(model_path)
+    if not model_path.is_file():  # before the data: reading SIDD's blocks takes a while
+        raise DenoiseError(f"{model_path}: model file not found")
+    json_path = json_out_path(json_out)  # before the scoring, too
+    count, named_pairs = pairs_to_score(Path(given(pairs, "--pairs")))  # before the model loads
+    backend = open_backend(kind, model_path)
     denoiser = tiled_denoiser(backend, tile=tile, overlap=overlap)
     report = score_pairs(named_pairs, denoiser, total=count, progress=sys.stderr.isatty())
     typer.echo(format_score_table(report))
-    if json_out is not None:
-        write_json(json_out, report)
+    if json_path is not None:
+        write_json_out(json_path, report)
     if report["failed"]:  # named as they failed; the scores above are of the others
         raise DenoiseError(
             f"{len(report['failed'])} of {count} pairs could not be scored (named above)"
@@ -136,12 +212,11 @@ def score(
 @user_errors
 def run(
     inputs: Annotated[
-        # str, not Path: Path("") would turn an empty argument into the current folder.
-        list[str],
+        list[str],  # str, not Path: see given()
         typer.Argument(help="Photos (PNG 8/16-bit, JPEG, ...) or folders of them."),
     ],
     out_dir: Annotated[
-        str | None,  # str, not Path: -o "" must not become the current folder
+        str | None,
         typer.Option("-o", "--out-dir", help="Write outputs here instead of beside each input."),
     ] = None,
     model: Annotated[
@@ -210,15 +285,13 @@ def run(
 
     overlap = tile_overlap(tile, overlap)
     check_tiling(tile, overlap, command_line=True)  # before the model loads
-    if out_dir == "":
-        raise DenoiseError("-o/--out-dir is empty (an unset variable?)")
-    if out_dir is not None:
-        check_out_dir(Path(out_dir))
-    name, target = resolve_model(model, backend)
+    out_path = given_path(out_dir, "-o/--out-dir")
+    if out_path is not None:
+        check_out_dir(out_path)
+    name, target = resolve_model(given(model, "--model"), backend)
     options: dict[str, Any] = {}
-    if url == "":  # as -o: not quietly the default server, which may be someone else's
-        raise DenoiseError("--url is empty (an unset variable?)")
-    if url is not None:
+    # as -o: not quietly the default server, which may be someone else's
+    if given(url, "--url") is not None:
         if name != "triton":
             raise DenoiseError(f"--url applies to the triton backend, not {name}")
         options["url"] = url
@@ -241,7 +314,7 @@ def run(
         written = denoise_files(
             inputs,
             net,
-            out_dir=out_dir,
+            out_dir=out_path,
             tile=tile,
             overlap=overlap,
             overwrite=overwrite,
@@ -267,7 +340,7 @@ def run(
 @user_errors
 def serve(
     repo: Annotated[
-        Path | None,
+        str | None,
         typer.Option(help="Triton model repository (default: the project's model_repository)."),
     ] = None,
     http_port: Annotated[
@@ -289,10 +362,19 @@ def serve(
 ) -> None:
     """Serve the model repository with Triton in the foreground (Ctrl-C stops it)."""
     from denoise.model_choice import find_project
+    from denoise.triton.server import port_problems
     from denoise.triton.server import serve as serve_repository
 
-    repo = find_project() / REPOSITORY if repo is None else repo
-    serve_repository(repo, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary)
+    problems = port_problems(http_port, grpc_port)
+    if problems:  # named as the user gave them, not as the params' keys
+        text = "; ".join(problems).replace("http_port", "--http-port")
+        raise DenoiseError(text.replace("grpc_port", "--grpc-port"))
+
+    repo_path = given_path(repo, "--repo") or find_project() / REPOSITORY
+    binary = given(binary, "--binary")
+    serve_repository(
+        repo_path, model or (), http_port=http_port, grpc_port=grpc_port, binary=binary
+    )
 
 
 @app.command()
@@ -309,8 +391,8 @@ def bench(
         str,
         typer.Option(
             help="checkpoint: the trained weights; paper: the "
-            "paper-size network (NAFNet-w32) with perturbed random "
-            "weights."
+            "paper-size network (NAFNet-w32, or DnCNN 17x64 with --model dncnn) with perturbed "
+            "random weights."
         ),
     ] = "checkpoint",
     size: Annotated[int, typer.Option(help="Square input size in pixels.")] = 512,
@@ -337,7 +419,7 @@ def bench(
         int, typer.Option(help="Test images (centre crops) for the PSNR change.")
     ] = 10,
     test_dir: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             help=f"Noisy/clean pairs for the PSNR change (default: {TEST_DIR} where the "
             "pipeline has made it, else synthetic camera pairs)."
@@ -348,7 +430,7 @@ def bench(
         bool, typer.Option(help="Each path in a fresh process (own peak memory).")
     ] = True,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the results here as JSON.")
+        str | None, typer.Option("--json", help="Also write the results here as JSON.")
     ] = None,
 ) -> None:
     """Inference speed per backend and precision: images/s, ratio to eager FP32, PSNR change,
@@ -356,14 +438,13 @@ def bench(
     from denoise.bench import run_bench
     from denoise.bench.paths import available_paths
     from denoise.bench.report import failed_paths, format_table
-    from denoise.fileio import write_json
 
     names = [n.strip() for item in backends or [] for n in item.split(",") if n.strip()]
     if backends and not names:  # `--backends ,` (an empty shell variable): not "all of them"
         raise DenoiseError(f"--backends {' '.join(backends)!r} names no backend")
-    check_json_out(json_out)  # before minutes of measuring
+    json_path = json_out_path(json_out)  # before minutes of measuring
     report = run_bench(
-        model,
+        given(model, "--model"),
         arch=arch,
         size=size,
         batch=batch,
@@ -371,13 +452,13 @@ def bench(
         repeats=repeats,
         rounds=rounds,
         psnr_images=psnr_images,
-        test_dir=test_dir,
+        test_dir=given_path(test_dir, "--test-dir"),
         isolate=isolate,
         threads=threads or None,
     )
     typer.echo(format_table(report))
     typer.echo(f"paths available here: {', '.join(available_paths(opt_in=True))}")
-    if json_out is not None:
-        write_json(json_out, report)
+    if json_path is not None:
+        write_json_out(json_path, report)
     if failed_paths(report):
         raise typer.Exit(1)  # the measured paths are reported above; the failures listed there

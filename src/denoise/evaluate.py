@@ -37,7 +37,8 @@ from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, clear_stale_staging, write_bytes_atomic, write_json
 from denoise.infer import Backend, check_tiling, denoise_image, open_backend
 from denoise.metrics import SCORE_DECIMALS, psnr, ssim
-from denoise.params import checked_section
+from denoise.models.registry import model_names
+from denoise.params import checked_section, positive_finite
 from denoise.plots import comparison_strip, detailed_crop, psnr_bar_chart
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
@@ -248,18 +249,13 @@ class EvalParams:
         top = checked_section(cls, d, "evaluate")  # keys and the types of their values
         nlm = checked_section(NlmParams, top["nlm"], "evaluate.nlm")
         strip = checked_section(StripParams, top["strip"], "evaluate.strip")
-        p = cls(
-            tuple(top["models"]),
-            top["tile"],
-            top["overlap"],
-            NlmParams(
-                # as floats, also where params.yaml writes them as integers
-                h=tuple(float(h) for h in nlm.pop("h")),
-                h_color=tuple(float(h) for h in nlm.pop("h_color")),
-                **nlm,
-            ),
-            StripParams(**strip),
-        )
+        p = cls(top["models"], top["tile"], top["overlap"], NlmParams(**nlm), StripParams(**strip))
+        unknown = [m for m in p.models if m not in model_names()]
+        if unknown:  # none at all is allowed: the baselines alone
+            raise DenoiseError(
+                f"params.yaml evaluate.models: unknown {', '.join(unknown)}; known: "
+                f"{', '.join(model_names())}"
+            )
         try:  # here, not after the minutes the NLM grid takes
             check_tiling(p.tile, p.overlap)
         except DenoiseError as e:
@@ -273,6 +269,17 @@ class EvalParams:
             raise DenoiseError(
                 "params.yaml evaluate.nlm: h and h_color need at least one "
                 "value and val_patches must be >= 1"
+            )
+        if not positive_finite(*p.nlm.h, *p.nlm.h_color):
+            raise DenoiseError(
+                f"params.yaml evaluate.nlm: h {list(p.nlm.h)} and h_color {list(p.nlm.h_color)} "
+                "must be positive and finite"
+            )
+        windows = (p.nlm.template, p.nlm.search)
+        if not all(w >= 1 and w % 2 for w in windows) or p.nlm.search < p.nlm.template:
+            raise DenoiseError(  # search 0 would leave the noisy input as the "nlm" baseline
+                f"params.yaml evaluate.nlm: template {p.nlm.template} and search "
+                f"{p.nlm.search} must be odd sizes >= 1, search >= template"
             )
         return p
 

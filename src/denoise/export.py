@@ -28,7 +28,7 @@ from denoise.errors import DenoiseError, first_line
 from denoise.fileio import atomic_path, write_errors_named, write_json
 from denoise.infer import OnnxRuntimeBackend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_of
-from denoise.params import checked_section
+from denoise.params import SEED_RULE, checked_section, valid_seed
 from denoise.triton.repository import (
     INPUT_NAME,
     NETWORK_KEY,
@@ -60,7 +60,6 @@ class ExportSettings:
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> ExportSettings:
         s = checked_section(cls, section, "export")
-        s["parity_sizes"] = tuple(tuple(int(v) for v in hw) for hw in s["parity_sizes"])
         settings = cls(**s)
         problems = [
             msg
@@ -83,6 +82,7 @@ class ExportSettings:
                     settings.tolerance >= 0 and settings.python_threads >= 0,
                     "tolerance and python_threads must be >= 0",
                 ),
+                (valid_seed(settings.seed), f"seed {SEED_RULE}"),
             )
             if not ok
         ]

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -83,14 +84,16 @@ def _flush_rename(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path) -> Iterator[Path]:
+def atomic_path(target: str | Path, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success it replaces ``target``.
 
     Works for files and folders. On an exception the temporary is removed and ``target`` is
     left as it was. A folder being replaced is first renamed aside (into the temporary), so
     an interruption never leaves half of the old folder, only the old or the new one whole;
     a kill in the instant between the two renames leaves the old one whole in the hidden
-    temporary beside ``target`` (``.<name>.*.tmp/.replaced``).
+    temporary beside ``target`` (``.<name>.*.tmp/.replaced``). With ``replace`` false (files
+    only) a ``target`` that exists when the file is published, also one another process wrote
+    meanwhile, is a :class:`DenoiseError` and stays as it was.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,9 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
                     setattr(e, attr, name.replace(str(staged), str(target)))
             raise
         flush_to_disk(staged)
+        if not replace:
+            _publish_new(staged, target)
+            return
         try:
             if target.is_dir() and not target.is_symlink():
                 os.replace(target, aside)  # deleted with ``tmp`` below
@@ -122,6 +128,24 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class OutputExists(DenoiseError):
+    """A file at an output's name, written after the run checked it was free."""
+
+
+def _publish_new(staged: Path, target: Path) -> None:
+    """Put the file ``staged`` at ``target`` unless something is there: a hard link fails if
+    the name exists, where a check before a rename would leave a moment for another writer."""
+    try:
+        os.link(staged, target, follow_symlinks=False)
+    except FileExistsError:
+        raise OutputExists(f"{target}: already exists (written meanwhile?); not replaced") from None
+    except OSError:  # a file system without hard links (FAT, some network mounts)
+        if os.path.lexists(target):
+            raise OutputExists(f"{target}: already exists; not replaced") from None
+        os.replace(staged, target)
+    _flush_rename(target.parent)
 
 
 def clear_stale_staging(target: str | Path) -> None:
@@ -169,13 +193,14 @@ def check_free_space(folder: str | Path, needed: int, what: str) -> None:
         )
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, *, replace: bool = True) -> None:
     """Write a file atomically. A folder in its place is an error, never replaced; so is a
-    place that cannot be written (a file as parent, no permission)."""
+    place that cannot be written (a file as parent, no permission), and with ``replace``
+    false, a file there when the new one is complete."""
     path = Path(path)
     if path.is_dir():
         raise DenoiseError(f"{path}: is a folder; not replaced by a file")
-    with write_errors_named(path), atomic_path(path) as tmp:
+    with write_errors_named(path), atomic_path(path, replace=replace) as tmp:
         tmp.write_bytes(data)
 
 
@@ -190,10 +215,24 @@ def _json_safe(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented, key-sorted, strictly valid JSON (stable bytes for DVC)."""
+    return json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted, strictly valid JSON (stable bytes for DVC)."""
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=True, allow_nan=False)
-    write_bytes_atomic(path, (text + "\n").encode())
+    """Write :func:`json_text` of ``obj`` atomically (a link in its place is replaced, not
+    written through: DVC may link an output to its cache)."""
+    write_bytes_atomic(path, json_text(obj).encode())
+
+
+def is_stream(path: Path) -> bool:
+    """Whether ``path`` (links followed) is a character device or a pipe."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return stat.S_ISCHR(mode) or stat.S_ISFIFO(mode)
 
 
 def list_folder(folder: Path) -> list[Path]:
@@ -204,7 +243,7 @@ def list_folder(folder: Path) -> list[Path]:
         raise DenoiseError(f"{folder}: cannot read ({e.strerror or e})") from None
 
 
-JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")  # .jfif: browsers' downloads on Windows
 _NETPBM_SUFFIXES = (".ppm", ".pgm", ".pnm")
 IMAGE_SUFFIXES = (".png", *JPEG_SUFFIXES, ".tif", ".tiff", ".bmp", ".webp", *_NETPBM_SUFFIXES)
 _SIXTEEN_BIT_SUFFIXES = (".png", ".tif", ".tiff", *_NETPBM_SUFFIXES)
@@ -345,6 +384,28 @@ def tiff_alpha_is_opaque(data: bytes) -> bool:
     return alpha.dtype.kind in "ui" and bool((alpha == np.iinfo(alpha.dtype).max).all())
 
 
+def tiff_pages_problem(data: bytes) -> str | None:
+    """What keeps a TIFF's first page from being its photo (OpenCV decodes that page alone):
+    more full-resolution images than one, or a reduced-resolution preview first (the image
+    in a later page or a SubIFD). Masks and previews after the image are fine. None for any
+    other file, or one tifffile cannot list (the decoder then says what is wrong)."""
+    if data[:4] not in _TIFF_MAGIC:
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            kinds = [int(page.subfiletype) for page in tif.pages]
+    except Exception:
+        return None
+    images = sum(1 for kind in kinds if not kind & 0b101)  # bit 0: reduced; bit 2: a mask
+    if images > 1:
+        return f"a TIFF of {images} images; denoise reads one image a file"
+    if kinds and kinds[0] & 1:
+        return "a TIFF whose first page is a reduced-resolution preview; save the image first"
+    return None
+
+
 def planar_tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
     """A colour TIFF of more than 8 bits whose planes are stored one after another, decoded
     as ``(H, W, samples)`` BGR(A) like OpenCV's decodes, stored side up; None for any other
@@ -362,13 +423,16 @@ def planar_tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
             if not planar or page.samplesperpixel < 3:
                 return None
             kind = f"{page.bitspersample}-bit TIFF with its colour planes stored apart"
-            if page.photometric.name != "RGB":
-                raise DenoiseError(f"{path}: {kind}, {page.photometric.name}: expected RGB")
+            # tifffile gives a plain int for a missing tag or a code it does not know
+            photometric = getattr(page.photometric, "name", f"photometric {page.photometric}")
+            compression = getattr(page.compression, "name", f"code {page.compression}")
+            if photometric != "RGB":
+                raise DenoiseError(f"{path}: {kind}, {photometric}: expected RGB")
             try:
                 samples = page.asarray()  # (samples, H, W)
             except Exception as e:
                 raise DenoiseError(
-                    f"{path}: {kind} and {page.compression.name} compression: cannot be read "
+                    f"{path}: {kind} and {compression} compression: cannot be read "
                     f"({first_line(e)}); save it uncompressed, with zlib, or interleaved"
                 ) from None
     except DenoiseError:
@@ -448,8 +512,12 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     """
     path = Path(path)
     try:
-        if not path.exists():
+        if not os.path.lexists(path):
             raise DenoiseError(f"{path}: file not found")
+        try:
+            path.stat()  # a loop of links: "Too many levels of symbolic links", below
+        except FileNotFoundError:
+            raise DenoiseError(f"{path}: a link to nothing ({os.readlink(path)})") from None
         if not path.is_file():  # a device, a pipe (a folder is expanded before this)
             raise DenoiseError(f"{path}: not a regular file")
         data = path.read_bytes()
@@ -462,6 +530,9 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     cut = "JPEG" if is_truncated_jpeg(data) else "PNG" if is_truncated_png(data) else None
     if cut:
         raise DenoiseError(f"{path}: truncated {cut} (the image data stops before its end)")
+    pages = tiff_pages_problem(data)
+    if pages:  # the output would be of the first page alone
+        raise DenoiseError(f"{path}: {pages}")
     planar = planar_tiff_samples(path, data)
     img = _decode(path, data) if planar is None else planar
     if img is None:
@@ -509,17 +580,24 @@ def check_writable_type(path: str | Path) -> None:
     """A :class:`DenoiseError` if OpenCV has no encoder for ``path``'s suffix: checked before
     a photo is denoised, since its output keeps the input's type."""
     suffix = Path(path).suffix.lower() or ".png"
-    if not cv2.haveImageWriter(f"x{suffix}"):
+    if not cv2.haveImageWriter(f"x{_encoder_suffix(suffix)}"):
         raise DenoiseError(
             f"{path}: cannot write {suffix} images; convert the input to .png, .jpg or .tif"
         )
 
 
-# Pillow's subsampling codes (photo_metadata) -> OpenCV's JPEG sampling factors
-_JPEG_SAMPLING_FACTORS = {
-    0: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
-    1: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
-    2: cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+def _encoder_suffix(suffix: str) -> str:
+    """The suffix OpenCV's encoder knows for a file type (it knows no ``.jfif``)."""
+    return ".jpg" if suffix in JPEG_SUFFIXES else suffix
+
+
+_JPEG_SAMPLING_FACTORS = {  # PhotoMetadata.jpeg_subsampling -> OpenCV's setting
+    (1, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444,
+    (2, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_422,
+    (2, 2): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+    (1, 2): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,
+    (4, 1): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411,
+    (1, 4): cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440,  # 4:1:1 turned: no writer has it; all kept
 }
 
 
@@ -530,8 +608,10 @@ def write_image(
     grey: bool = False,
     metadata: PhotoMetadata = NO_METADATA,
     jpeg_quality: int = 95,
+    replace: bool = True,
 ) -> None:
-    """Write an ``(H, W, 3)`` RGB uint8/uint16 array atomically; the format follows the suffix.
+    """Write an ``(H, W, 3)`` RGB uint8/uint16 array atomically; the format follows the suffix
+    (``replace``: as :func:`write_bytes_atomic`'s).
 
     16-bit data is kept where the format holds it (PNG, TIFF) and rounded to 8 bits otherwise.
     ``grey`` writes one channel, the mean of the three. ``metadata`` (a :class:`Photo`'s, which
@@ -551,16 +631,17 @@ def write_image(
     params = []
     if suffix in JPEG_SUFFIXES:
         params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-        if metadata.jpeg_subsampling is not None:  # the original's; else OpenCV's 4:2:0
-            factor = _JPEG_SAMPLING_FACTORS[metadata.jpeg_subsampling]
+        sampling = metadata.jpeg_subsampling
+        factor = None if sampling is None else _JPEG_SAMPLING_FACTORS.get(sampling)
+        if factor is not None:  # the original's; else OpenCV's 4:2:0
             params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, factor]
     try:
-        ok, buf = cv2.imencode(suffix, pixels, params)
+        ok, buf = cv2.imencode(_encoder_suffix(suffix), pixels, params)
     except cv2.error:
         ok = False
     if not ok:
         raise DenoiseError(f"{path}: cannot write a {suffix} image (use .png, .jpg or .tif)")
-    write_bytes_atomic(path, embed_metadata(buf.tobytes(), metadata, grey=grey))
+    write_bytes_atomic(path, embed_metadata(buf.tobytes(), metadata, grey=grey), replace=replace)
 
 
 def write_rgb8(path: str | Path, img: np.ndarray) -> None:

@@ -30,7 +30,13 @@ from tqdm import tqdm
 from denoise.checkpoint import load_model
 from denoise.cpu_compile import compiled_for_cpu, cpu_compile_options
 from denoise.errors import BackendUnavailable, DenoiseError, first_line
-from denoise.fileio import IMAGE_SUFFIXES, check_writable_type, read_photo, write_image
+from denoise.fileio import (
+    IMAGE_SUFFIXES,
+    OutputExists,
+    check_writable_type,
+    read_photo,
+    write_image,
+)
 from denoise.fused.dwconv_gate import DwconvForm
 from denoise.fused.nafnet import fuse_nafnet
 from denoise.fused.pixelwise import PixelwiseForm
@@ -518,8 +524,14 @@ def expand_inputs(
     # under the first name given.
     first_names: dict[Path, Path] = {}
     for p in files:
-        first_names.setdefault(p.resolve(), p)
+        first_names.setdefault(_real(p), p)
     return list(first_names.values())
+
+
+def _real(path: Path) -> Path:
+    """``path`` with its links followed; a loop of links is left as it is (``resolve()`` would
+    raise, ending the run; reading or writing it fails alone, named)."""
+    return Path(os.path.realpath(path))
 
 
 def check_existing_outputs_rule(overwrite: bool, skip_existing: bool) -> None:
@@ -532,6 +544,9 @@ def check_out_dir(out_dir: Path) -> None:
     """A :class:`DenoiseError` if ``out_dir`` cannot hold outputs. Nothing is created here
     (the first output creates the folder), so a run that fails leaves no empty folder."""
     try:
+        if out_dir.is_symlink() and not out_dir.exists():
+            target = out_dir.readlink()
+            raise DenoiseError(f"{out_dir}: output folder is a link to nothing ({target})")
         if out_dir.exists() and not out_dir.is_dir():
             raise DenoiseError(f"{out_dir}: output folder is a file")
         existing = next(p for p in (out_dir, *out_dir.parents) if p.exists())
@@ -544,10 +559,18 @@ def check_out_dir(out_dir: Path) -> None:
 
 
 def _denoise_file(
-    src: Path, dst: Path, backend: Backend, *, tile: int, overlap: int, progress: bool
+    src: Path,
+    dst: Path,
+    backend: Backend,
+    *,
+    tile: int,
+    overlap: int,
+    overwrite: bool,
+    progress: bool,
 ) -> None:
     """Read ``src``, denoise it and write ``dst``: :func:`denoise_files`' work on one photo,
-    its checks of the paths done."""
+    its checks of the paths done (``dst`` is replaced only if ``overwrite``: another process
+    may write it while this one works)."""
     photo = None
     try:
         photo = read_photo(src)
@@ -559,7 +582,7 @@ def _denoise_file(
                 "(the default)"
             )
         out = denoise_image(photo.rgb, backend, tile=tile, overlap=overlap, progress=progress)
-        write_image(dst, out, grey=photo.grey, metadata=photo.metadata)
+        write_image(dst, out, grey=photo.grey, metadata=photo.metadata, replace=overwrite)
     except MemoryError:  # the photo's own buffers (the tile's fail as a DenoiseError)
         size = "this photo"
         if photo is not None:
@@ -608,24 +631,25 @@ def denoise_files(
         check_out_dir(Path(out_dir))
     files = expand_inputs(inputs, on_empty=on_error)
     written: list[Path] = []
-    sources: dict[Path, Path] = {p.resolve(): p for p in files}  # output or input -> input
+    sources: dict[Path, Path] = {_real(p): p for p in files}  # output or input -> input
     many = len(files) > 1
     bar = tqdm(files, desc="denoise", unit="photo", disable=not (progress and many))
     for done, src in enumerate(bar):
         dst = output_path(src, out_dir)
         try:
-            first = sources.setdefault(dst.resolve(), src)
+            first = sources.setdefault(_real(dst), src)
             if first is not src:
-                if first.resolve() == dst.resolve():
+                if _real(first) == _real(dst):
                     raise DenoiseError(f"{dst}: is an input of this run; not overwritten")
                 raise DenoiseError(f"{src}: same output {dst} as {first}; use separate -o folders")
             if dst.is_dir():  # before the work: --overwrite would not replace it either
                 raise DenoiseError(f"{dst}: is a folder; not replaced by an output")
-            if dst.exists() and skip_existing:
+            exists = os.path.lexists(dst)  # a link to nothing is there too
+            if exists and skip_existing:
                 if on_skipped is not None:
                     on_skipped(dst)
                 continue
-            if dst.exists() and not overwrite:
+            if exists and not overwrite:
                 raise DenoiseError(
                     f"{dst}: already exists (--overwrite replaces it, --skip-existing keeps it)"
                 )
@@ -633,7 +657,13 @@ def denoise_files(
             if out_dir is None and not os.access(dst.parent, os.W_OK | os.X_OK):
                 raise DenoiseError(f"{dst}: cannot be written ({dst.parent} is not writable)")
             _denoise_file(
-                src, dst, backend, tile=tile, overlap=overlap, progress=progress and not many
+                src,
+                dst,
+                backend,
+                tile=tile,
+                overlap=overlap,
+                overwrite=overwrite,
+                progress=progress and not many,
             )
         except BackendUnavailable as e:  # every later photo would wait and fail the same way
             left = len(files) - done
@@ -641,6 +671,10 @@ def denoise_files(
                 f"{e}; stopped with {left} of {len(files)} inputs not denoised ({src} on)"
             ) from None
         except (DenoiseError, OSError) as e:  # OSError: e.g. a folder without permission
+            if isinstance(e, OutputExists) and skip_existing:  # another run wrote it meanwhile
+                if on_skipped is not None:
+                    on_skipped(dst)
+                continue
             if on_error is None:
                 raise
             msg = str(e) if isinstance(e, DenoiseError) else f"{e.strerror or e}"

@@ -26,6 +26,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import Any
 
 ORIENTATION_TAG = 0x0112
 TIFF_HEADERS = (b"II*\x00", b"MM\x00*")  # how a TIFF file, and so an EXIF block, starts
@@ -45,9 +46,10 @@ class PhotoMetadata:
     orientation: int = 1
     icc_profile: bytes | None = None
     exif: bytes | None = None
-    #: A JPEG's chroma subsampling as Pillow names it (0: 4:4:4, 1: 4:2:2, 2: 4:2:0), kept by
-    #: a JPEG copy: 4:2:0 would halve the colour resolution of a 4:4:4 original.
-    jpeg_subsampling: int | None = None
+    #: A JPEG's chroma subsampling as its luma sampling factors (horizontal, vertical) beside
+    #: chroma's 1x1: (1, 1) 4:4:4, (2, 1) 4:2:2, (2, 2) 4:2:0, (1, 2) 4:4:0, (4, 1) 4:1:1. Kept
+    #: by a JPEG copy: 4:2:0 would halve the colour resolution of a 4:4:4 original.
+    jpeg_subsampling: tuple[int, int] | None = None
 
     def upright(self) -> PhotoMetadata:
         """The metadata of the same photo with its pixels turned upright.
@@ -58,7 +60,10 @@ class PhotoMetadata:
         if self.orientation == 1:
             return self
         exif = None if self.exif is None else _with_upright_orientation(self.exif, self.orientation)
-        return replace(self, orientation=1, exif=exif)
+        sampling = self.jpeg_subsampling
+        if sampling is not None and self.orientation >= 5:  # a quarter turn: the axes trade
+            sampling = (sampling[1], sampling[0])
+        return replace(self, orientation=1, exif=exif, jpeg_subsampling=sampling)
 
 
 NO_METADATA = PhotoMetadata()
@@ -98,10 +103,7 @@ def read_metadata(data: bytes) -> PhotoMetadata:
         try:
             with Image.open(io.BytesIO(data)) as im:
                 icc = im.info.get("icc_profile") or None
-                if im.format == "JPEG":
-                    from PIL import JpegImagePlugin
-
-                    subsampling = JpegImagePlugin.get_sampling(im)  # -1: none of the three
+                subsampling = _jpeg_sampling(im)
                 # For a PNG Pillow decodes the whole image to look for an EXIF chunk after
                 # the pixels: not worth it when there is none.
                 if im.format != "PNG" or b"eXIf" in data:
@@ -120,8 +122,21 @@ def read_metadata(data: bytes) -> PhotoMetadata:
         orientation=orientation,
         icc_profile=icc if isinstance(icc, bytes) else None,
         exif=exif,
-        jpeg_subsampling=subsampling if subsampling in (0, 1, 2) else None,
+        jpeg_subsampling=subsampling,
     )
+
+
+def _jpeg_sampling(im: Any) -> tuple[int, int] | None:
+    """A colour JPEG's luma sampling factors where both chroma components are 1x1; None for
+    any other image. Pillow opens a JPEG with a multi-picture preview (cameras' large
+    thumbnail, Ultra HDR) as an MPO, a JPEG too."""
+    from PIL import JpegImagePlugin
+
+    layers = getattr(im, "layer", None)
+    if not isinstance(im, JpegImagePlugin.JpegImageFile) or not layers or len(layers) != 3:
+        return None
+    (_, h, v, _), *chroma = layers
+    return (h, v) if all(layer[1:3] == (1, 1) for layer in chroma) else None
 
 
 _SHORT, _LONG = 3, 4  # TIFF field types

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 #: The exit code of a process ended by SIGTERM (128 + 15), and by Ctrl-C (128 + 2).
@@ -49,3 +49,18 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A callable that makes the process calling it get SIGTERM when its parent dies (Linux's
+    ``PR_SET_PDEATHSIG``), so a parent killed with SIGKILL leaves no server or worker running;
+    None where there is none. libc is loaded here, in the parent: as a ``preexec_fn`` it runs
+    between fork and exec, where nothing may be imported."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)

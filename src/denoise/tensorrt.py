@@ -19,8 +19,8 @@ LayerNorm: NAFNet's ``LayerNormalization`` layers are pinned to FP32 (with
 from __future__ import annotations
 
 import hashlib
+import json
 import re
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,8 +34,9 @@ from denoise.errors import DenoiseError, first_line
 from denoise.fileio import write_json
 from denoise.infer import OnnxRuntimeBackend, register_backend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
-from denoise.params import checked_section
+from denoise.params import checked_section, positive_finite
 from denoise.triton.repository import (
+    BUILD_SETTINGS_KEY,
     INPUT_NAME,
     OUTPUT_NAME,
     PLAN_FILE,
@@ -45,6 +46,7 @@ from denoise.triton.repository import (
     file_md5,
     model_config,
     reference_onnx,
+    remove_engine_unless_built_from,
     served_parameters,
     write_model,
 )
@@ -100,12 +102,23 @@ class TrtSettings:
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> TrtSettings:
         s = checked_section(cls, section, "trt")  # each shape: three integers
-        for key in ("min_shape", "opt_shape", "max_shape"):
-            s[key] = tuple(s[key])
         lo, opt, hi = s["min_shape"], s["opt_shape"], s["max_shape"]
-        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
-            raise DenoiseError("params.yaml trt: need min_shape <= opt_shape <= max_shape")
+        if min(lo) < 1 or not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise DenoiseError("params.yaml trt: need 1 <= min_shape <= opt_shape <= max_shape")
+        workspace = s["workspace_gb"]
+        if not positive_finite(workspace):
+            raise DenoiseError(
+                f"params.yaml trt.workspace_gb: must be > 0 and finite, got {workspace}"
+            )
+        for key, least in (("test_images", 1), ("test_crop", 0), ("latency_repeats", 1)):
+            if s[key] < least:  # test_crop 0: the whole image
+                raise DenoiseError(f"params.yaml trt.{key}: must be >= {least}, got {s[key]}")
         return cls(**s)
+
+    def build_md5(self) -> str:
+        """The MD5 of the settings an engine is built with (not those of its checks)."""
+        build = [self.fp16, self.min_shape, self.opt_shape, self.max_shape, self.workspace_gb]
+        return hashlib.md5(json.dumps(build).encode()).hexdigest()
 
     def profile(self) -> tuple[tuple[int, ...], ...]:
         """(min, opt, max) NCHW shapes of the optimisation profile."""
@@ -321,7 +334,11 @@ def _build_check_publish(
             platform="tensorrt_plan",
             max_batch_size=settings.max_shape[0],
             instance_kind="KIND_GPU",
-            parameters={**served, SOURCE_ONNX_KEY: file_md5(onnx_path)},
+            parameters={
+                **served,
+                SOURCE_ONNX_KEY: file_md5(onnx_path),
+                BUILD_SETTINGS_KEY: settings.build_md5(),
+            },
         )
         write_model(repository, TRT_MODEL, config, {PLAN_FILE: plan_path})
     report["status"] = "built"
@@ -332,23 +349,29 @@ def build_trt(
 ) -> dict[str, Any]:
     """The build-trt stage: build, check and publish ``denoise_trt``, or record a skip.
 
-    A ``denoise_trt`` entry left from an earlier ONNX is removed first, whatever happens next:
-    it would serve a stale model. Skipped (no TensorRT or no GPU): writes ``{"status":
-    "skipped", "reason": ...}`` and exits normally. Built: the engine must reach
-    ``min_psnr_vs_onnxruntime`` against onnxruntime on the test images (an FP16 NaN/overflow
-    shows up here), else nothing is published. A failure at any step writes ``{"status":
-    "failed", "reason": ...}`` with what was known by then.
+    A ``denoise_trt`` entry left from an earlier ONNX or other build settings (or of no known
+    ones) is removed first, whatever happens next: it would serve a stale model. One built
+    from the repository's ONNX with these settings stays (on a machine without TensorRT, it is
+    kept: it took a GPU to build, and nothing here can rebuild it). Skipped (no TensorRT or no
+    GPU): writes ``{"status": "skipped", "reason": ...}`` and exits normally. Built: the
+    engine must reach ``min_psnr_vs_onnxruntime`` against onnxruntime on the test images (an
+    FP16 NaN/overflow shows up here), else nothing is published. A failure at any step writes
+    ``{"status": "failed", "reason": ...}`` with what was known by then.
     """
     ok, why = tensorrt_status()
     target = Path(repository) / TRT_MODEL
-    stale = target.is_dir()
-    if stale:
-        shutil.rmtree(target)
+    try:
+        onnx_md5 = file_md5(reference_onnx(repository))
+    except DenoiseError:
+        onnx_md5 = ""  # no ONNX: no engine is of it
+    stale = remove_engine_unless_built_from(repository, onnx_md5, settings.build_md5())
     report: dict[str, Any] = {}
     if not ok:
         report.update(status="skipped", reason=why)
         if stale:
             report["removed_stale"] = str(target)
+        elif target.is_dir():
+            report["kept_engine"] = str(target)  # built from this ONNX by an earlier run
         write_json(metrics_path, report)
         print(f"build-trt: skipped: {why}")
         return report
@@ -356,7 +379,10 @@ def build_trt(
     try:
         _build_check_publish(repository, test_root, settings, report)
     except Exception as e:  # whatever failed, the metrics say so (not an earlier run's result)
-        write_json(metrics_path, {**report, "status": "failed", "reason": first_line(e)})
+        failed = {**report, "status": "failed", "reason": first_line(e)}
+        if target.is_dir():  # an earlier build of this ONNX and these settings, still served
+            failed["kept_engine"] = str(target)
+        write_json(metrics_path, failed)
         raise
     write_json(metrics_path, report)
     print(

@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from denoise.checkpoint import save_checkpoint
-from denoise.data.patch_store import RandomCropDataset, evenly_spaced
+from denoise.data.patch_store import CropTooLarge, RandomCropDataset, evenly_spaced
 from denoise.errors import DenoiseError
-from denoise.models.registry import build_model, check_rgb
+from denoise.models.registry import build_model
 from denoise.training import distributed
-from denoise.training.config import TrainConfig
+from denoise.training.config import SHARED_KEYS, TrainConfig
 from denoise.training.precision import amp_context, amp_precision, grad_scaler
 from denoise.training.recipe import LOSSES, build_optimizer, build_scheduler, optimizer_step
 from denoise.training.resume import (
@@ -120,21 +120,19 @@ def train_model(
 def _datasets(
     cfg: TrainConfig, train_dir: Path, val_dir: Path
 ) -> tuple[RandomCropDataset, RandomCropDataset]:
-    train_ds = RandomCropDataset(train_dir, cfg.crop, augment=True, seed=cfg.seed)
-    val_ds = RandomCropDataset(val_dir, cfg.val_crop, augment=False)
+    datasets = []
+    for key, folder, augment in (("crop", train_dir, True), ("val_crop", val_dir, False)):
+        try:
+            crop = getattr(cfg, key)
+            datasets.append(RandomCropDataset(folder, crop, augment=augment, seed=cfg.seed))
+        except CropTooLarge as e:  # the setting to change, beside the data it does not fit
+            where = "train" if key in SHARED_KEYS else f"train.{cfg.model}"
+            raise DenoiseError(f"params.yaml {where}.{key} {crop}: {e}") from None
+    train_ds, val_ds = datasets
     for split, ds, where in (("train", train_ds, train_dir), ("val", val_ds, val_dir)):
         if len(ds) == 0:
             raise DenoiseError(f"{where}: the {split} split has no patches (see crop_split params)")
     return train_ds, val_ds
-
-
-def _build_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    model = build_model(cfg.model, cfg.arch).to(device)
-    try:
-        check_rgb(model, cfg.model)
-    except DenoiseError as e:
-        raise DenoiseError(f"params.yaml train.{cfg.model}.arch: {e}") from None
-    return model
 
 
 def _resume_state(
@@ -219,7 +217,7 @@ def _train(
         },
     )
 
-    model = _build_model(cfg, d.device)
+    model = build_model(cfg.model, cfg.arch).to(d.device)  # checked with the params
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     scaler = grad_scaler(amp)

@@ -17,9 +17,11 @@ torch, weights and activations in bf16, channels_last):
 - the compute reached: MACs counted once by forward hooks (:func:`count_macs`), times images/s,
   as a share of the machine's peak measured in the same run (:mod:`denoise.flops`).
 
-Paths that need CUDA (fp16, CUDA graphs, the ``torch-bf16-cast-*`` paths, TensorRT) switch on
-by detection; the compiled paths are opt-in because compiling takes tens of seconds (minutes
-for ``torch-bf16-cast-autotune``). Torch paths run with ``cudnn_benchmark`` on.
+Paths that need CUDA (fp16, CUDA graphs, TensorRT) switch on by detection. Opt-in
+(``--backends``): the compiled paths, every ``torch-bf16-cast-*`` path among them, because
+compiling takes tens of seconds (minutes for ``torch-bf16-cast-autotune``); the inference form
+(``*fused*``); dynamic int8 (``onnxruntime-int8-dynamic``). Torch paths run with
+``cudnn_benchmark`` on.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import multiprocessing
+import os
 import resource
 import statistics
 import time
@@ -19,6 +20,7 @@ import torch
 from denoise.bench.paths import BenchPath
 from denoise.flops import strict_fp32
 from denoise.metrics import to_uint8
+from denoise.signals import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -168,10 +170,32 @@ def peak_rss_mb() -> float:
 
 
 def measure_isolated(job: Job) -> dict[str, Any]:
-    """:func:`measure` in a fresh spawned process, so its peak RSS is its own."""
+    """:func:`measure` in a fresh spawned process, so its peak RSS is its own.
+
+    The worker ends with the command: at once on Ctrl-C or SIGTERM (leaving the pool would
+    otherwise wait for the measurement, minutes for a compiled path), and through the kernel's
+    parent-death signal if the command is killed outright."""
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=ctx, initializer=_end_with_parent, initargs=(os.getpid(),)
+    )
+    try:
         return pool.submit(measure, job, True).result()
+    except BaseException:
+        for worker in list(pool._processes.values()):  # Python 3.14: pool.terminate_workers()
+            worker.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _end_with_parent(parent: int) -> None:
+    """The bench worker's first step: SIGTERM when the command dies, also if it already has."""
+    arm = die_with_parent()
+    if arm is not None:
+        arm()
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ class BenchPath:
     """One way of running the model: a backend of :mod:`denoise.infer` and its options.
 
     ``model_file`` says what the backend opens: the checkpoint, the FP32 ONNX export or an
-    int8-quantised ONNX file (``onnx-int8-static`` / ``onnx-int8-dynamic``).
+    int8-quantised ONNX file (``onnx-int8-static`` / ``onnx-int8-dynamic``) or a TensorRT engine
+    (``trt-plan``).
     """
 
     name: str

@@ -39,7 +39,7 @@ from denoise.fileio import (
     write_rgb8,
 )
 from denoise.metrics import SCORE_DECIMALS, psnr
-from denoise.params import check_keys, checked_section
+from denoise.params import check_keys, checked_section, positive_finite
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +64,18 @@ class SplitParams:
         """Parse and check the params section; every problem is a one-line DenoiseError."""
         d = checked_section(cls, d, "crop_split")  # no unknown or missing keys, checked types
         check_keys(d["weights"], SPLITS, SPLITS, "params.yaml crop_split.weights")
-        weights = {s: float(d["weights"][s]) for s in SPLITS}
+        weights = {s: d["weights"][s] for s in SPLITS}
         params = cls(
             d["seed"],
             weights,
-            tuple(d["val_scenes"]),
-            tuple(d["test_scenes"]),
+            d["val_scenes"],
+            d["test_scenes"],
             d["patch_size"],
             d["step"],
         )
-        if any(w <= 0 for w in weights.values()):
+        if not positive_finite(*weights.values(), sum(weights.values())):
             raise DenoiseError(
-                f"params.yaml crop_split.weights: {weights} must all be positive: "
+                f"params.yaml crop_split.weights: {weights} must all be positive and finite: "
                 "training needs train and val, evaluation needs test"
             )
         if params.patch_size < 1 or not 1 <= params.step <= params.patch_size:

@@ -104,6 +104,10 @@ def dihedral(img: np.ndarray, k: int) -> np.ndarray:
     return img[:, ::-1] if k >= 4 else img
 
 
+class CropTooLarge(DenoiseError):
+    """A crop larger than the stored patches (a setting to change, not the data)."""
+
+
 class RandomCropDataset(Dataset):
     """Random ``crop`` x ``crop`` sub-crops with random dihedral augmentation.
 
@@ -118,7 +122,7 @@ class RandomCropDataset(Dataset):
         self.noisy, self.clean = read_patch_store(split_dir)
         patch = self.noisy.shape[1]
         if crop > patch or crop > self.noisy.shape[2]:
-            raise DenoiseError(
+            raise CropTooLarge(
                 f"{split_dir}: crop {crop} is larger than the stored "
                 f"{self.noisy.shape[1]}x{self.noisy.shape[2]} patches"
             )

@@ -152,8 +152,19 @@ def archive_name(url: str) -> str:
 
 
 def _check_request(url: str, size: int, md5: str) -> None:
-    if urlparse(url).scheme not in ("http", "https"):
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https"):
         raise DenoiseError(f"{url}: not an http(s) URL; set data.sidd.url to the archive's URL")
+    try:  # urllib would raise these mid-request, as a traceback
+        url.encode("ascii")
+        (parts.hostname or "").encode("idna")
+    except UnicodeError:
+        raise DenoiseError(
+            f"{url}: not a valid URL (a character outside ASCII, percent-encode it; or an empty "
+            "part of the host name); fix data.sidd.url"
+        ) from None
+    if not parts.hostname:
+        raise DenoiseError(f"{url}: no host in the URL; fix data.sidd.url")
     if not isinstance(size, int) or size <= 0:
         raise DenoiseError(f"{url}: expected size must be a positive byte count, got {size!r}")
     if not _MD5.match(str(md5).lower()):
@@ -371,7 +382,13 @@ def download(
         _mark_verified(dest, size, md5)
         return dest
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in its place, no permission
+        raise DenoiseError(
+            f"{dest.parent}: cannot hold the download ({e.strerror or e}); check "
+            "data.sidd.cache_dir"
+        ) from None
     rejected = dest.with_name(dest.name + ".rejected")
     if rejected.exists() and not _mismatch(rejected, size, md5, progress=progress):
         # A download refused under a wrong data.sidd.md5 that has since been corrected.

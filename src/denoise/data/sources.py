@@ -132,8 +132,11 @@ def from_folder(cfg: FolderSource, out_dir: Path) -> None:
 
 def from_synthetic(cfg: SyntheticSource, out_dir: Path) -> None:
     # Imported here so the sidd path does not pay for (or depend on) the simulator.
-    from denoise.data.synthetic_camera import generate_dataset
+    from denoise.data.synthetic_camera import generate_dataset, settings_problem
 
+    problem = settings_problem(cfg.instances, cfg.height, cfg.width, cfg.seed)
+    if problem:  # named where the user changes it
+        raise DenoiseError(f"params.yaml data.synthetic: {problem}")
     made = generate_dataset(
         out_dir, instances=cfg.instances, height=cfg.height, width=cfg.width, seed=cfg.seed
     )
@@ -159,13 +162,13 @@ def fetch_raw(data: Mapping[str, Any], out_dir: Path, where: str) -> None:
     """Make ``out_dir`` from the ``data`` params section (``where`` names it in errors)."""
     if not isinstance(data, Mapping):
         raise DenoiseError(f"{where} data: expected a mapping of keys, got {data!r}")
-    source = data.get("source", "synthetic")
+    # a typo is an error, not a silently ignored key; no source is taken without a word
+    check_keys(data, ("source",), {"source", *SOURCES}, f"{where} data")
+    source = data["source"]
     if not isinstance(source, str) or source not in SOURCES:
         raise DenoiseError(
             f"{where}: unknown data.source {source!r}; expected one of {', '.join(SOURCES)}"
         )
-    # a typo is an error, not a silently ignored key
-    check_keys(data, (), {"source", *SOURCES}, f"{where} data")
     cls, make = SOURCES[source]
     cfg = cls(**checked_section(cls, data.get(source), f"data.{source}"))
     clear_stale_staging(out_dir)  # what a killed run left: as large as the data

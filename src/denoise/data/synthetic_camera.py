@@ -72,6 +72,7 @@ from denoise.data.sidd_layout import (
 from denoise.errors import DenoiseError
 from denoise.fileio import atomic_path, write_errors_named, write_rgb8
 from denoise.metrics import to_uint8
+from denoise.params import SEED_RULE, valid_seed
 
 ISOS = (50, 100, 200, 400, 800, 1600, 3200, 6400, 10000)
 ILLUMINANTS = (3200, 4400, 5500)
@@ -433,6 +434,17 @@ def simulate_pair(
 # ----------------------------------------------------------------------------- the dataset
 
 
+def settings_problem(instances: int, height: int, width: int, seed: int) -> str | None:
+    """What is wrong with the settings of :func:`generate_dataset` (None: nothing)."""
+    if not 1 <= instances <= 9999:
+        return f"instances {instances}: expected 1..9999"
+    if height < 16 or width < 16:
+        return f"image size {height}x{width}: expected >= 16x16"
+    if not valid_seed(seed):
+        return f"seed {seed}: {SEED_RULE}"
+    return None
+
+
 def generate_dataset(
     out_dir: str | Path,
     *,
@@ -448,12 +460,9 @@ def generate_dataset(
     ``Scene_Instances.txt``; ``out_dir`` is replaced atomically, so an interrupted run leaves
     the previous contents (or nothing). Deterministic in ``seed``.
     """
-    if not 1 <= instances <= 9999:
-        raise DenoiseError(f"synthetic camera: instances={instances}, expected 1..9999")
-    if height < 16 or width < 16:
-        raise DenoiseError(f"synthetic camera: image size {height}x{width}, expected >= 16x16")
-    if seed < 0:
-        raise DenoiseError(f"synthetic camera: seed={seed}, expected a non-negative integer")
+    problem = settings_problem(instances, height, width, seed)
+    if problem:
+        raise DenoiseError(f"synthetic camera: {problem}")
 
     made: list[Instance] = []
     with write_errors_named(out_dir), atomic_path(out_dir) as staged:

@@ -22,7 +22,7 @@ Three forms of the same function (``how``):
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 DwconvForm = Literal["triton", "conv", "shifted"]
-DWCONV_FORMS: tuple[DwconvForm, ...] = ("triton", "conv", "shifted")
+DWCONV_FORMS: tuple[DwconvForm, ...] = get_args(DwconvForm)
 
 
 def check_dwconv_form(how: str) -> None:

@@ -27,7 +27,7 @@ Two forms of each (``how``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from denoise.fused.dwconv_gate import HAS_TRITON
 
 PixelwiseForm = Literal["triton", "torch"]
-PIXELWISE_FORMS: tuple[PixelwiseForm, ...] = ("triton", "torch")
+PIXELWISE_FORMS: tuple[PixelwiseForm, ...] = get_args(PixelwiseForm)
 TailWeights = tuple[
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]

@@ -32,6 +32,9 @@ class DnCNN(nn.Module):
         self, in_nc: int = 3, out_nc: int = 3, nc: int = 64, nb: int = 17, batch_norm: bool = True
     ) -> None:
         super().__init__()
+        for key, value in (("in_nc", in_nc), ("out_nc", out_nc), ("nc", nc)):
+            if value < 1:
+                raise ValueError(f"{key} must be >= 1, got {value}")
         if nb < 2:
             raise ValueError(f"DnCNN needs at least 2 layers, got nb={nb}")
         layers: list[nn.Module] = [

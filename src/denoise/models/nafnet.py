@@ -102,6 +102,13 @@ class NAFNet(nn.Module):
         dec_blk_nums: Sequence[int] = (),
     ) -> None:
         super().__init__()
+        least = [("img_channel", img_channel, 1), ("width", width, 1)]
+        least += [("middle_blk_num", middle_blk_num, 0)]
+        least += [(f"enc_blk_nums[{i}]", n, 0) for i, n in enumerate(enc_blk_nums)]
+        least += [(f"dec_blk_nums[{i}]", n, 0) for i, n in enumerate(dec_blk_nums)]
+        for key, value, minimum in least:
+            if value < minimum:
+                raise ValueError(f"{key} must be >= {minimum}, got {value}")
         if len(enc_blk_nums) != len(dec_blk_nums):  # the ending would get the wrong width
             raise ValueError(
                 f"enc_blk_nums {list(enc_blk_nums)} and dec_blk_nums {list(dec_blk_nums)} "

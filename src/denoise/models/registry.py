@@ -35,7 +35,8 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def _model_class(name: str) -> type[nn.Module]:
+def model_class(name: str) -> type[nn.Module]:
+    """The class registered as ``name``; an unknown name is a :class:`DenoiseError`."""
     if name not in model_names():
         raise DenoiseError(f"unknown model {name!r}; known: {', '.join(model_names())}")
     return MODELS[name]
@@ -43,11 +44,11 @@ def _model_class(name: str) -> type[nn.Module]:
 
 def build_model(name: str, config: dict[str, Any] | None = None) -> nn.Module:
     """Instantiate network ``name`` with constructor arguments ``config``."""
-    cls = _model_class(name)
+    cls = model_class(name)
     try:
         return cls(**(config or {}))
     except (TypeError, ValueError) as e:  # a misspelt or mistyped arch entry in params.yaml
-        raise DenoiseError(f"model {name}: bad config {config}: {e}") from None
+        raise DenoiseError(f"{name} config: {e}") from None  # the config itself: too long
 
 
 def check_rgb(model: nn.Module, name: str) -> None:
@@ -74,7 +75,7 @@ def infer_architecture(
     _register_all()
     candidates = [name] if name is not None else list(MODELS)
     for candidate in candidates:
-        cls = _model_class(candidate)
+        cls = model_class(candidate)
         config = cls.config_from_state_dict(state_dict)  # type: ignore[attr-defined]
         if config is not None:
             return candidate, config

@@ -6,9 +6,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from denoise.errors import DenoiseError
-from denoise.models.registry import model_names
-from denoise.params import checked_section, required_fields
+from denoise.models.registry import build_model, check_rgb, model_class, model_names
+from denoise.params import (
+    SEED_RULE,
+    checked_arguments,
+    checked_section,
+    required_fields,
+    valid_seed,
+)
 
 #: Keys of the shared ``train`` section that are not per-model sections.
 SHARED_KEYS = (
@@ -76,13 +84,18 @@ class TrainConfig:
         ):
             if keys:
                 raise DenoiseError(f"params.yaml {where}: missing {', '.join(keys)}")
-        if "betas" in merged:
-            merged["betas"] = tuple(merged["betas"])
+        arch_where = f"params.yaml train.{model}.arch"
+        merged["arch"] = checked_arguments(model_class(model), merged["arch"], arch_where)
         cfg = cls(**merged)
         for key, problem in cfg.problems():  # the first, named where it was written
             shared = key in SHARED_KEYS and key not in train[model]
             where = "train" if shared else f"train.{model}"
             raise DenoiseError(f"params.yaml {where}.{key}: {problem}")
+        try:  # the network, built on no memory: a bad arch is named before any data is read
+            with torch.device("meta"):
+                check_rgb(build_model(model, cfg.arch), model)
+        except DenoiseError as e:
+            raise DenoiseError(f"{arch_where}: {e}") from None
         return cfg
 
     def problems(self) -> list[tuple[str, str]]:
@@ -92,6 +105,7 @@ class TrainConfig:
         checks = [(key, getattr(self, key) > 0, "must be > 0") for key in positive]
         non_negative = ("weight_decay", "eta_min", "grad_clip", "num_workers", "val_patches")
         checks += [(key, getattr(self, key) >= 0, "must be >= 0") for key in non_negative]
+        from denoise.training.distributed import DEVICE_FORM, DEVICE_RULE
         from denoise.training.recipe import LOSSES, OPTIMIZERS  # recipe imports this module
 
         checks += [
@@ -102,6 +116,8 @@ class TrainConfig:
                 "must be two numbers in [0, 1)",
             ),
             ("loss", self.loss in LOSSES, f"must be one of {', '.join(LOSSES)}"),
+            ("seed", valid_seed(self.seed), SEED_RULE),
+            ("device", DEVICE_FORM.fullmatch(self.device) is not None, DEVICE_RULE),
             ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
         ]
         return [(key, f"{rule}, got {getattr(self, key)!r}") for key, ok, rule in checks if not ok]

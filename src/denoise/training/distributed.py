@@ -8,12 +8,13 @@ a no-op and the run is a plain single process.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from denoise.errors import DenoiseError
+from denoise.errors import DenoiseError, first_line
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,16 @@ def launch() -> Launch:
     return Launch(values.get("RANK", 0), world, values.get("LOCAL_RANK", 0))
 
 
+#: What ``train.device`` may say.
+DEVICE_FORM = re.compile(r"auto|cpu|cuda(:[0-9]+)?", re.ASCII)
+DEVICE_RULE = "must be auto, cpu, cuda or cuda:N"
+
+
 def pick_device(requested: str, local_rank: int, world: int = 1) -> torch.device:
     """``auto`` or ``cuda`` mean one GPU per local rank (CUDA when available, else CPU for
     ``auto``); ``cuda:N`` pins a single-process run to GPU N."""
+    if not DEVICE_FORM.fullmatch(requested):
+        raise DenoiseError(f"params.yaml train.device: {DEVICE_RULE}, got {requested!r}")
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
@@ -78,10 +86,6 @@ def pick_device(requested: str, local_rank: int, world: int = 1) -> torch.device
                 "one GPU; use device: cuda (one GPU per local rank)"
             )
         return torch.device(requested if ":" in requested else f"cuda:{local_rank}")
-    if requested != "cpu":
-        raise DenoiseError(
-            f"params.yaml train.device: must be auto, cpu, cuda or cuda:N, got {requested!r}"
-        )
     return torch.device("cpu")
 
 
@@ -95,7 +99,21 @@ def setup(requested_device: str) -> Dist:
         return Dist(0, 1, device, owns_group=False)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except (ValueError, RuntimeError) as e:  # e.g. WORLD_SIZE set by hand, no MASTER_ADDR
+            hint = (
+                ""
+                if os.environ.get("MASTER_ADDR")
+                else (
+                    "; WORLD_SIZE is set but MASTER_ADDR is not: start training with torchrun, "
+                    "or unset WORLD_SIZE and RANK"
+                )
+            )
+            raise DenoiseError(
+                f"torch.distributed could not start with WORLD_SIZE={started.world} "
+                f"({first_line(e)}){hint}"
+            ) from None
     return Dist(dist.get_rank(), dist.get_world_size(), device, owns_group=owns)
 
 

@@ -2,9 +2,9 @@
 
 Writes under ``dvclive/<model>/``: ``params.yaml``, ``metrics.json`` (latest values),
 ``plots/metrics/{train/loss,train/lr,val/psnr,val/ssim}.tsv`` and one validation strip
-``plots/images/val/<iteration>.png`` (noisy | denoised | clean) per validation. The step is
-the training iteration. ``dvcyaml=None`` and ``save_dvc_exp=False``: inside ``dvc repro`` the
-pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
+``plots/images/val/<iteration, 7 digits>.png`` (noisy | denoised | clean) per validation. The
+step is the training iteration. ``dvcyaml=None`` and ``save_dvc_exp=False``: inside ``dvc
+repro`` the pipeline's dvc.yaml declares these files, DVCLive must not rewrite it.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import numpy as np
 from denoise.errors import BackendUnavailable, DenoiseError, first_line
 from denoise.infer import register_backend
 from denoise.padding import PAD_MULTIPLE_KEY, pad_multiple_value
-from denoise.triton.address import DEFAULT_URL
+from denoise.triton.address import DEFAULT_URL, HTTP_PORT
 from denoise.triton.repository import INPUT_NAME, NETWORK_KEY, OUTPUT_NAME, PYTHON_MODEL
 
 
@@ -91,6 +91,11 @@ class TritonBackend:
             self._client = self._connect(tls, PROBE_TIMEOUT_S)
             ready = self._client.is_model_ready(model_name, **self._probe_timeout)
         except Exception as e:
+            if type(e).__name__ == "HTTPParseError":  # something answers, in another protocol
+                raise DenoiseError(
+                    f"{where}: answers, but not over HTTP (Triton's gRPC port? --url takes the "
+                    f"HTTP port, {HTTP_PORT} by default)"
+                ) from None
             raise DenoiseError(f"{where}: Triton server not reachable ({first_line(e)})") from None
         if not ready:
             served = ", ".join(self._ready_models()) or "none"

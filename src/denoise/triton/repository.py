@@ -26,10 +26,13 @@ ONNX_ROUTES = {"onnx": ONNX_MODEL, "python": PYTHON_MODEL}
 VERSION = "1"
 ONNX_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
-THREADS_KEY = "intra_op_threads"  # the python route's onnxruntime threads (0: all cores)
+# the python route's onnxruntime threads (0: one per physical core)
+THREADS_KEY = "intra_op_threads"
 PYTHON_MODEL_TEMPLATE = Path(__file__).with_name("python_model.py")
-# The TensorRT engine's config parameter: the MD5 of the ONNX file it was built from.
+# The TensorRT engine's config parameters: the MD5 of the ONNX file it was built from, and of
+# the settings it was built with (precision, optimisation profile, workspace).
 SOURCE_ONNX_KEY = "source_onnx_md5"
+BUILD_SETTINGS_KEY = "build_settings_md5"
 # The network the weights are (a models.registry name): the export records it in the ONNX
 # file's metadata and every model served from that file carries it in its config, so a client
 # that asks for ``dncnn`` is refused by a server holding a NAFNet instead of answered by it.
@@ -200,18 +203,25 @@ def file_md5(path: str | Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def remove_engine_unless_built_from(repository: str | Path, onnx_md5: str) -> bool:
+def remove_engine_unless_built_from(
+    repository: str | Path, onnx_md5: str, settings_md5: str | None = None
+) -> bool:
     """Remove the TensorRT engine unless its config says it was built from the ONNX file
-    whose MD5 is ``onnx_md5``; True if it was removed. Served beside a new ONNX, an engine
-    of the old one would answer with the old network."""
+    whose MD5 is ``onnx_md5`` (and, if given, with the settings whose MD5 is
+    ``settings_md5``); True if it was removed. Served beside a new ONNX, an engine of the old
+    one would answer with the old network."""
     engine = Path(repository) / TRT_MODEL
     if not engine.is_dir():
         return False
+    expected = {SOURCE_ONNX_KEY: onnx_md5}
+    if settings_md5 is not None:
+        expected[BUILD_SETTINGS_KEY] = settings_md5
     try:
-        built_from = config_parameter((engine / "config.pbtxt").read_text(), SOURCE_ONNX_KEY)
+        config = (engine / "config.pbtxt").read_text()
+        built = {key: config_parameter(config, key) for key in expected}
     except OSError:
-        built_from = None
-    if built_from == onnx_md5:
+        built = {}
+    if built == expected:
         return False
     shutil.rmtree(engine)
     return True

@@ -17,13 +17,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from denoise.errors import DenoiseError
-from denoise.signals import Terminated, sigterm_as_interrupt
+from denoise.signals import Terminated, die_with_parent, sigterm_as_interrupt
 from denoise.triton.address import GRPC_PORT, HOST, HTTP_PORT
 from denoise.triton.repository import PYTHON_MODEL
 
@@ -164,20 +164,6 @@ def _bundled_env(root: Path) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies (Linux), so a
-    killed stage never leaves a server holding the ports. libc is loaded here, in the parent:
-    the child between fork and exec must not import anything."""
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-    return lambda: prctl(pr_set_pdeathsig, sigterm)
-
-
 class TritonServer:
     """A tritonserver process serving ``models`` of ``repository`` (a private copy of them).
 
@@ -274,10 +260,16 @@ class TritonServer:
         if not self.repository.is_dir():
             raise DenoiseError(f"{self.repository}: model repository not found")
         for model in self.models:
-            if not (self.repository / model / "config.pbtxt").is_file():
-                raise DenoiseError(
-                    f"{self.repository / model}: no config.pbtxt (model not in the repository)"
-                )
+            folder = self.repository / model
+            if not (folder / "config.pbtxt").is_file():
+                raise DenoiseError(f"{folder}: no config.pbtxt (model not in the repository)")
+            try:
+                config = (folder / "config.pbtxt").read_text(errors="replace")
+            except OSError as e:
+                raise DenoiseError(f"{folder}: cannot read config.pbtxt ({e.strerror})") from None
+            python = re.search(r'^\s*backend\s*:\s*"python"', config, re.MULTILINE)
+            if python and not any(folder.glob("*/model.py")):  # the server would wait, silent
+                raise DenoiseError(f"{folder}: a python-backend model without <version>/model.py")
         for label, port in zip(("http", "grpc"), self.requested_ports, strict=True):
             if port and port_in_use(port):
                 raise DenoiseError(f"{HOST}:{port}: port already in use (triton {label} port)")
@@ -306,15 +298,18 @@ class TritonServer:
                 backend_dir = _bundled_backend_dir(root, workdir)
                 env = _bundled_env(root)
             t0 = time.perf_counter()
-            self.process = subprocess.Popen(
-                self.command(snapshot, backend_dir),
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent(),
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.command(snapshot, backend_dir),
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent(),  # a killed stage leaves no server on the ports
+                )
+            except OSError as e:  # not an executable of this machine, a bad #! line
+                raise DenoiseError(f"{self.binary.path}: cannot run ({e.strerror or e})") from None
             self._reader = threading.Thread(target=self._read_log, daemon=True)
             self._reader.start()
             self._wait_ready()
@@ -347,7 +342,17 @@ class TritonServer:
             errors = [ln for ln in lines if "error" in ln.lower()]
         if not errors:
             return "no error in the server log"
-        return re.sub(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ", "", errors[-1]).strip()
+        reason = re.sub(r"^[EIW]\d{4} [\d:.]+ +\d+ \S+\] ", "", errors[-1]).strip()
+        return self._as_repository(reason)
+
+    def _as_repository(self, text: str) -> str:
+        """``text`` naming the user's repository where the server named its private snapshot,
+        a folder gone once the command ends."""
+        if self._workdir is None:
+            return text
+        return text.replace(
+            str(Path(self._workdir.name) / "model_repository"), str(self.repository)
+        )
 
     def _wait_ready(self) -> None:
         import tritonclient.http as httpclient
@@ -404,7 +409,7 @@ class TritonServer:
             entry = entries.get(name, {})
             if entry.get("state") in ("READY", "LOADING", "UNLOADING"):
                 continue
-            reason = entry.get("reason") or self._log_reason()
+            reason = self._as_repository(entry.get("reason") or "") or self._log_reason()
             raise DenoiseError(
                 f"{self.repository / name}: model not ready: {reason.splitlines()[0]}"
             )
@@ -413,18 +418,21 @@ class TritonServer:
         """Stop the whole process group (server and python stubs): SIGTERM, then SIGKILL;
         then remove any shared-memory region of its own left behind."""
         proc, self.process = self.process, None
+        interrupted: KeyboardInterrupt | None = None
         if proc is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            # Stubs are in the same group; make sure none outlives the server.
+                pass
+            except KeyboardInterrupt as e:  # a second Ctrl-C: no more waiting, but stopped
+                interrupted = e
+            # SIGKILL for one that did not stop in time, and for stubs (same group) that would
+            # outlive the server.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             if self._reader is not None:
                 self._reader.join(timeout=5.0)
             for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
@@ -432,6 +440,8 @@ class TritonServer:
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
+        if interrupted is not None:
+            raise interrupted
 
     def wait(self) -> int:
         """Block until the server exits (foreground ``denoise serve``); returns its code."""

@@ -40,7 +40,6 @@ class SmokeSettings:
     @classmethod
     def from_params(cls, section: dict[str, Any]) -> SmokeSettings:
         s = checked_section(cls, section, "triton")
-        s["models"] = tuple(s["models"])
         settings = cls(**s)
         problems = port_problems(settings.http_port, settings.grpc_port) + [
             msg
@@ -50,9 +49,10 @@ class SmokeSettings:
                     "images, repeats and clients must be >= 1",
                 ),
                 (
-                    settings.warmup >= 0 and settings.tolerance >= 0,
-                    "warmup and tolerance must be >= 0",
+                    min(settings.warmup, settings.tolerance, settings.crop) >= 0,
+                    "warmup, tolerance and crop must be >= 0",
                 ),
+                (bool(settings.models), "models must name at least one model"),
                 (settings.startup_timeout_s > 0, "startup_timeout_s must be > 0"),
             )
             if not ok
