@@ -9,6 +9,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -72,6 +73,19 @@ class Recorder:
         assert batch.dtype == np.float32 and batch.min() >= 0.0 and batch.max() <= 1.0
         self.shapes.append(batch.shape)
         return batch.copy()
+
+
+def _denoise_reporting(
+    inputs: list[Path], backend: Any, **options: Any
+) -> tuple[list[Path], list[str]]:
+    """:func:`denoise_files` at tile 0 without progress, with the error messages it reports
+    (as ``denoise run`` prints them): ``(written, errors)``."""
+    errors: list[str] = []
+    written = denoise_files(
+        inputs, backend, tile=0, overlap=0, progress=False,
+        on_error=lambda path, message: errors.append(message), **options,
+    )  # fmt: skip
+    return written, errors
 
 
 @pytest.mark.parametrize(
@@ -499,11 +513,7 @@ def test_an_output_another_process_writes_meanwhile_is_not_replaced(tmp_path: Pa
             write_image(dst, np.full((4, 4, 3), 9, np.uint8))  # the other run's output
             return super().__call__(batch)
 
-    errors: list[str] = []
-    written = denoise_files(
-        [photo], OtherWriterMeanwhile(), tile=0, overlap=0, out_dir=tmp_path / "out",
-        progress=False, on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting([photo], OtherWriterMeanwhile(), out_dir=dst.parent)
     assert written == [] and errors == [f"{dst}: already exists (written meanwhile?); not replaced"]
     assert read_image(dst, keep16=True).shape == (4, 4, 3)  # the other run's, whole
     assert [p.name for p in dst.parent.iterdir()] == [dst.name]  # no staging left
@@ -531,22 +541,15 @@ def test_links_to_nothing_and_loops_are_named_not_a_traceback(tmp_path: Path) ->
     write_image(good, np.zeros((8, 8, 3), np.uint8))
     loop = tmp_path / "loop.png"
     loop.symlink_to(loop)
-    errors: list[str] = []
     out = tmp_path / "out"
-    written = denoise_files(
-        [loop, good], Recorder(), tile=0, overlap=0, out_dir=out, progress=False,
-        on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting([loop, good], Recorder(), out_dir=out)
     assert written == [out / "good_denoised.png"]
     assert errors == [f"{loop}: cannot read (Too many levels of symbolic links)"]
     dangling = tmp_path / "out2" / "good_denoised.png"
     dangling.parent.mkdir()
     dangling.symlink_to(tmp_path / "nowhere.png")
-    errors.clear()
-    assert denoise_files(
-        [good], Recorder(), tile=0, overlap=0, out_dir=dangling.parent, progress=False,
-        on_error=lambda p, m: errors.append(m),
-    ) == []  # fmt: skip
+    written, errors = _denoise_reporting([good], Recorder(), out_dir=dangling.parent)
+    assert written == []
     assert errors == [
         f"{dangling}: already exists (--overwrite replaces it, --skip-existing keeps it)"
     ]
@@ -573,12 +576,10 @@ def test_a_read_only_input_folder_is_refused_before_the_work(
         "access",
         lambda path, mode: Path(path) != tmp_path / "ro" and real_access(path, mode),
     )
-    errors: list[str] = []
     recorder = Recorder()
-    written = denoise_files(
-        [tmp_path / "ro" / "x.png", tmp_path / "rw" / "x.png"], recorder, tile=0, overlap=0,
-        progress=False, on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting(
+        [tmp_path / "ro" / "x.png", tmp_path / "rw" / "x.png"], recorder
+    )
     assert written == [tmp_path / "rw" / "x_denoised.png"] and len(recorder.shapes) == 1
     ro = tmp_path / "ro"
     assert errors == [f"{ro / 'x_denoised.png'}: cannot be written ({ro} is not writable)"]
@@ -589,11 +590,7 @@ def test_an_input_is_never_overwritten_by_another_inputs_output(tmp_path: Path) 
     write_image(x, np.zeros((8, 8, 3), np.uint8))
     write_image(x_out, np.full((5, 5, 3), 7, np.uint8))
     before = x_out.read_bytes()
-    errors: list[str] = []
-    written = denoise_files(
-        [x, x_out], Recorder(), tile=0, overlap=0, overwrite=True, progress=False,
-        on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting([x, x_out], Recorder(), overwrite=True)
     assert written == [tmp_path / "x_denoised_denoised.png"]
     assert errors == [f"{x_out}: is an input of this run; not overwritten"]
     assert x_out.read_bytes() == before
@@ -675,11 +672,9 @@ def test_a_photo_too_big_for_memory_is_skipped_by_name(
         return real_zeros(shape, *args, **kwargs)
 
     monkeypatch.setattr(np, "zeros", zeros)
-    errors: list[str] = []
-    written = denoise_files(
-        [tmp_path / "huge.png", tmp_path / "small.png"], Recorder(), tile=0, overlap=0,
-        out_dir=tmp_path / "out", progress=False, on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting(
+        [tmp_path / "huge.png", tmp_path / "small.png"], Recorder(), out_dir=tmp_path / "out"
+    )
     assert written == [tmp_path / "out" / "small_denoised.png"]
     assert errors == [
         f"{tmp_path / 'huge.png'}: not enough memory for a 40x30 photo (0 MP): besides the "
@@ -695,12 +690,11 @@ def test_a_16bit_photo_is_refused_where_the_network_would_keep_fewer_bits(tmp_pa
     write_image(tmp_path / "deep.png", deep)
     write_image(tmp_path / "eight.png", (deep // 257).astype(np.uint8))
     model = tiny_model("dncnn", scale=0.05)
-    errors: list[str] = []
-    written = denoise_files(
-        [tmp_path / "deep.png", tmp_path / "eight.png"], TorchBackend(model, precision="bf16"),
-        tile=0, overlap=0, out_dir=tmp_path / "bf16", progress=False,
-        on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    written, errors = _denoise_reporting(
+        [tmp_path / "deep.png", tmp_path / "eight.png"],
+        TorchBackend(model, precision="bf16"),
+        out_dir=tmp_path / "bf16",
+    )
     assert written == [tmp_path / "bf16" / "eight_denoised.png"]
     assert errors == [
         f"{tmp_path / 'deep.png'}: a 16-bit photo would keep only 8 bits through the network "
@@ -746,11 +740,8 @@ def test_output_names_keep_the_type_and_give_one_to_an_input_without_a_suffix() 
 
 def test_an_output_type_without_an_encoder_is_refused_before_the_work(tmp_path: Path) -> None:
     (tmp_path / "anim.gif").write_bytes(b"GIF89a not read: refused before")
-    backend, errors = Recorder(), []
-    written = denoise_files(
-        [tmp_path / "anim.gif"], backend, tile=0, overlap=0, progress=False,
-        on_error=lambda p, m: errors.append(m),
-    )  # fmt: skip
+    backend = Recorder()
+    written, errors = _denoise_reporting([tmp_path / "anim.gif"], backend)
     assert written == [] and backend.shapes == []
     assert errors == [  # named by the file the user gave
         f"{tmp_path / 'anim.gif'}: cannot write .gif images; convert the input to "
