@@ -34,6 +34,9 @@ left of ``--budget``), so a step that fails or runs over keeps the others' resul
    network's speed, first: it is the verdict); the CUDA tests of the inference form and the
    per-pixel kernels; the kernels per level (``pixelwise_speed.py``); the profile of the
    compiled inference form.
+13. ``pipelined``: ``pipelined_throughput.py``: the fastest path with the host copies on
+   streams of their own, overlapped with the network, beside the bench's end-to-end and
+   on-GPU figures.
 
 Steps 1-6 fill one device call's budget, so each later step is for a call of its own: a cold
 H100 took 74-80 s per compiled path, and max-autotune was still compiling after 283 s::
@@ -43,6 +46,7 @@ H100 took 74-80 s per compiled path, and max-autotune was still compiling after 
     python benchmarks/gpu_check.py OUT_DIR --steps shift --budget 440
     python benchmarks/gpu_check.py OUT_DIR --steps kernel fused --budget 560
     python benchmarks/gpu_check.py OUT_DIR --steps pixelwise --budget 560
+    python benchmarks/gpu_check.py OUT_DIR --steps pipelined --budget 240
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
 needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
@@ -226,6 +230,7 @@ def main() -> None:
             "fused",
             "shift",
             "pixelwise",
+            "pipelined",
         ],
         help="only these steps (default: all)",
     )
@@ -351,13 +356,17 @@ def main() -> None:
     pixelwise_tests = [*tests[:-1], "pixelwise_kernels_on_cuda or fused_nafnet_on_cuda or autocast"]
     runner.run("pixelwise-tests", pixelwise_tests, 110)
     speed_json = str(out / "pixelwise_speed.json")
-    runner.run("pixelwise-speed", [py, "benchmarks/pixelwise_speed.py", "--json", speed_json], 80)
+    runner.run("pixelwise-speed", [py, "benchmarks/pixelwise_speed.py", "--json", speed_json], 120)
     pixelwise_profile = [
         "torch-bf16-fused-compile",
         "--json",
         str(out / "gpu_profile_pixelwise.json"),
     ]
     runner.run("pixelwise-profile", [*profile, *pixelwise_profile], 70)
+
+    # Cold, the path compiles for about 65 s; the three forms then take seconds.
+    pipelined = [py, "benchmarks/pipelined_throughput.py", "--json"]
+    runner.run("pipelined", [*pipelined, str(out / "pipelined_throughput.json")], 220)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

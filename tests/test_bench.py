@@ -610,14 +610,14 @@ def test_on_gpu_times_get_their_own_rate_share_and_column() -> None:
 
 
 def test_torch_backend_forward_stays_on_the_device_and_matches_call(tiny_ckpt: Path) -> None:
-    from denoise.bench.measurement import _device_times
+    from denoise.bench.measurement import device_times
 
     backend = open_backend("torch", tiny_ckpt, device="cpu", channels_last=True)
     x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
     y = backend.forward(backend.prepare(x))
     assert isinstance(y, torch.Tensor) and y.is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_array_equal(y.numpy(), backend(x))
-    assert _device_times(backend, x, 3) == []  # the network-alone timing is for CUDA only
+    assert device_times(backend, x, 3) == []  # the network-alone timing is for CUDA only
 
 
 def test_rounds_pool_the_calls_and_keep_each_rounds_ratio() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from tiny_models import save_tiny
+from tiny_models import save_tiny, tiny_model
 
 from denoise.data.patch_store import read_patch_store, write_patch_store
 from denoise.params import load_params
@@ -193,6 +193,32 @@ def test_pixelwise_kernels_compile_for_an_h100_on_tensor_cores() -> None:
             used = pixelwise_resources(which, channels, blocks)
             assert used["spill_bytes"] == 0, used
             assert used["hgmma" if blocks.pixels >= 64 else "hmma"] > 0, used
+
+
+@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", True), ("fp32", False)])
+def test_pipelined_batches_reach_the_network_as_the_bench_prepares_them(
+    precision: str, channels_last: bool
+) -> None:
+    """The pipelined loop makes the network's input on the GPU from 8-bit or float32 pixels;
+    it must be the tensor :meth:`TorchBackend.prepare` makes (values, dtype and memory layout:
+    another layout would recompile the path), and the output round as ``to_uint8`` rounds."""
+    import torch
+
+    from denoise.infer import TorchBackend
+    from denoise.metrics import to_uint8
+
+    pipelined = _script("pipelined_throughput")
+    backend = TorchBackend(tiny_model("nafnet"), precision=precision, channels_last=channels_last)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 24), dtype=np.uint8)
+    want = backend.prepare(pixels.astype(np.float32) / 255.0)
+    for given in (torch.from_numpy(pixels), torch.from_numpy(pixels.astype(np.float32) / 255.0)):
+        got = pipelined.network_input(backend, given)
+        assert got.dtype == want.dtype and got.stride() == want.stride()
+        assert torch.equal(got, want)
+        assert got.data_ptr() != given.data_ptr()  # the input buffer may be refilled at once
+    y = torch.rand(2, 3, 16, 24) * 1.2 - 0.1
+    got8 = pipelined.network_output(y.to(backend.dtype), torch.uint8).numpy()
+    assert np.array_equal(got8, to_uint8(y.to(backend.dtype).float().numpy()))
 
 
 @pytest.mark.parametrize("steps", [None, {"train"}])

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from tiny_models import tiny_model
+from torch._inductor.exc import InductorError
 
 from denoise.errors import DenoiseError
 from denoise.fused.dwconv_gate import dwconv_gate, dwconv_gate_reference, dwconv_gate_shifted
@@ -208,11 +209,26 @@ def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16(dwconv: str) 
     assert 0 < fused < 2 * plain
 
 
+# Inductor before torch 2.12 raised its own tiling exception wrongly (pytorch/pytorch#178676,
+# fixed by #178886): on an H100 with torch 2.11 the shifted form's compile at this test's shape
+# ended in "CantSplit.__init__() missing 2 required positional arguments".
+INDUCTOR_CANT_SPLIT = pytest.mark.xfail(
+    torch.torch_version.TorchVersion(torch.__version__) < "2.12",
+    reason="torch < 2.12: inductor's CantSplit bug (pytorch/pytorch#178676)",
+    raises=InductorError,
+)
+
+
 @needs_cuda
 @needs_triton
 @pytest.mark.parametrize(
     ("dwconv", "pixelwise"),
-    [("triton", "triton"), ("triton", "torch"), ("conv", "triton"), ("shifted", "torch")],
+    [
+        ("triton", "triton"),
+        ("triton", "torch"),
+        ("conv", "triton"),
+        pytest.param("shifted", "torch", marks=INDUCTOR_CANT_SPLIT),
+    ],
 )
 def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str, pixelwise: str) -> None:
     """Each depthwise and per-pixel form on CUDA, checked the same way (no TF32 in the FP32

@@ -86,7 +86,7 @@ def _measure(job: Job, fresh_process: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         backend(x)
         times.append(time.perf_counter() - t0)
-    device_times = _device_times(backend, x, job.repeats)
+    on_device = device_times(backend, x, job.repeats)
     outputs, nonfinite = [], 0
     imgs = job.psnr_inputs
     for i in range(0, len(imgs), job.batch):
@@ -108,14 +108,14 @@ def _measure(job: Job, fresh_process: bool) -> dict[str, Any]:
         "nonfinite_fraction": nonfinite / stacked.size,
         "peak_rss_mb": peak_rss_mb() if own_peak else None,
     }
-    if device_times:
-        result["device_times_s"] = device_times
+    if on_device:
+        result["device_times_s"] = on_device
     if torch.cuda.is_available():
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
-def _device_times(backend: Any, x: np.ndarray, repeats: int) -> list[float]:
+def device_times(backend: Any, x: np.ndarray, repeats: int) -> list[float]:
     """On CUDA, the network alone: ``repeats`` timed forwards of a batch already on the GPU.
 
     The end-to-end times above also copy the batch to the GPU and the result back from
