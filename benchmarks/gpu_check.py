@@ -49,7 +49,10 @@ H100 took 74-80 s per compiled path, and max-autotune was still compiling after 
     python benchmarks/gpu_check.py OUT_DIR --steps pipelined --budget 240
 
 Everything lands in OUT_DIR: ``gpu_check.log`` (all output) and one JSON per step. Nothing here
-needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run).
+needs a GPU to run: on a CPU machine the CUDA-only paths are left out (a dry run). Beside the
+GPU machine's own torch it needs the project's dependencies (params.yaml is read with
+ruamel.yaml, which the H100 machines' Python lacked: the pure-Python package was copied from
+``.venv`` and put on ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -365,8 +368,8 @@ def main() -> None:
     runner.run("pixelwise-profile", [*profile, *pixelwise_profile], 70)
 
     # Cold, the path compiles for about 65 s; the three forms then take seconds.
-    pipelined = [py, "benchmarks/pipelined_throughput.py", "--json"]
-    runner.run("pipelined", [*pipelined, str(out / "pipelined_throughput.json")], 220)
+    pipelined = [py, "benchmarks/pipelined_throughput.py", *bench[2:]]  # --size, --batch, ...
+    runner.run("pipelined", [*pipelined, "--json", str(out / "pipelined_throughput.json")], 220)
 
     print("\n".join(runner.summary))
     for path in sorted(out.glob("inference_gpu*.json")):

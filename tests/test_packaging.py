@@ -13,35 +13,51 @@ REPO = Path(__file__).resolve().parents[1]
 # Imported only where a GPU set-up provides them (each import is guarded), or inside Triton's
 # python backend process.
 GPU_ONLY = {"tensorrt", "triton", "triton_python_backend_utils"}
+# Imported only by the pipeline's stages (training's tracking, evaluate's charts), inside the
+# functions that use them: declared in the ``pipeline`` extra, so `pip install .` for the
+# `denoise` command does not pull DVC (DVCLive requires it).
+PIPELINE_ONLY = {"dvclive", "matplotlib"}
 
 
 def _name(requirement: str) -> str:
     return re.split(r"[\[<>=!~;\s]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _imported_modules() -> set[str]:
+def _imported(node: ast.AST) -> set[str]:
+    if isinstance(node, ast.Import):
+        return {alias.name.split(".")[0] for alias in node.names}
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return {node.module.split(".")[0]}
+    return set()
+
+
+def _imported_modules(top_level_only: bool = False) -> set[str]:
+    """Third-party modules imported anywhere in the package, or only at its modules' top
+    level (run when the module is imported, not when a function is called)."""
     found: set[str] = set()
     for path in (REPO / "src" / "denoise").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
+        tree = ast.parse(path.read_text(), str(path))
+        nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
+        for node in nodes:
+            found |= _imported(node)
     return found - set(sys.stdlib_module_names) - {"denoise", "__future__"}
 
 
 def test_pyproject_declares_every_package_the_code_imports() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"]}
+    pipeline = {_name(r) for r in project["optional-dependencies"]["pipeline"]}
     distributions = importlib.metadata.packages_distributions()
     modules = _imported_modules()
-    assert {"cv2", "PIL", "scipy", "tritonclient"} <= modules  # the walk sees lazy imports
+    assert {"cv2", "PIL", "scipy", "tritonclient", *PIPELINE_ONLY} <= modules  # lazy ones too
     missing = {
         module: distributions.get(module)
         for module in modules - GPU_ONLY
-        if not declared & {_name(d) for d in distributions.get(module, [])}
+        if not (declared | (pipeline if module in PIPELINE_ONLY else set()))
+        & {_name(d) for d in distributions.get(module, [])}
     }
     assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
+    assert not PIPELINE_ONLY & _imported_modules(top_level_only=True)
 
 
 def test_requirements_pin_every_declared_package() -> None:

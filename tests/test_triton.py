@@ -332,6 +332,35 @@ def test_a_binary_that_cannot_run_is_one_line(repository: Path, tmp_path: Path) 
     assert server.process is None
 
 
+def test_missing_libraries_are_what_the_dynamic_linker_cannot_find(tmp_path: Path) -> None:
+    """The bundled stub, copied away from the wheel, finds the CUDA runtime it ships only
+    through the server's environment (its run path is relative to where it lies)."""
+    root = server_module._pytriton_root()
+    assert root is not None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = tmp_path / "triton_python_backend_stub"
+    shutil.copy2(root / "python_backend_stubs" / version / stub.name, stub)
+    missing = server_module.missing_libraries(stub, {"PATH": os.environ["PATH"]})
+    assert missing and all(name.startswith("libcudart") for name in missing), missing
+    assert server_module.missing_libraries(stub, server_module._bundled_env(root)) == []
+    assert server_module.missing_libraries(tmp_path / "nothing", dict(os.environ)) == []
+
+
+def test_a_stub_without_a_shared_libpython_is_refused_before_the_server_starts(
+    repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Python's shared library every Python model failed to load, the reason deep in
+    the server's log; the one line names the library and how to get it."""
+    wanted = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    monkeypatch.setattr(server_module, "missing_libraries", lambda program, env: [wanted])
+    server = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=0)
+    if not server.binary.bundled:
+        pytest.fail("the test needs the bundled server (nvidia-pytriton)")
+    with pytest.raises(DenoiseError, match=rf"triton_python_backend_stub: cannot load {wanted} "):
+        server.start()
+    assert server.process is None
+
+
 def test_request_to_a_stopped_server(repository: Path) -> None:
     (port,) = free_ports(1)
     with pytest.raises(

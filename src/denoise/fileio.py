@@ -384,20 +384,36 @@ def tiff_alpha_is_opaque(data: bytes) -> bool:
     return alpha.dtype.kind in "ui" and bool((alpha == np.iinfo(alpha.dtype).max).all())
 
 
-def tiff_pages_problem(data: bytes) -> str | None:
-    """What keeps a TIFF's first page from being its photo (OpenCV decodes that page alone):
-    more full-resolution images than one, or a reduced-resolution preview first (the image
-    in a later page or a SubIFD). Masks and previews after the image are fine. None for any
-    other file, or one tifffile cannot list (the decoder then says what is wrong)."""
+def tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
+    """The photo of a TIFF that OpenCV would decode wrongly; None for any other file (OpenCV
+    decodes it), or one tifffile cannot parse (OpenCV's decoder then says what is wrong).
+
+    Refused, naming the file, as the output would not be the photo: a TIFF of more
+    full-resolution images than one, or with a reduced-resolution preview first (OpenCV
+    decodes the first page alone; masks and previews after the image are fine), and a colour
+    TIFF of more than 8 bits with its planes stored apart that tifffile cannot decode (LZW or
+    JPEG inside need a codec package this project does not install). One it can decode is
+    returned as ``(H, W, samples)`` BGR(A) like OpenCV's decodes, stored side up: OpenCV 4.11
+    misreads those (the first plane as if interleaved, the rest zero). The file is parsed once.
+    """
     if data[:4] not in _TIFF_MAGIC:
         return None
     import tifffile
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            kinds = [int(page.subfiletype) for page in tif.pages]
-    except Exception:
+            problem = _tiff_pages_problem([int(page.subfiletype) for page in tif.pages])
+            if problem:
+                raise DenoiseError(f"{path}: {problem}")
+            return _planar_samples(path, tif.pages[0])
+    except DenoiseError:
+        raise
+    except Exception:  # a TIFF tifffile cannot parse at all: OpenCV's decoder judges it
         return None
+
+
+def _tiff_pages_problem(kinds: list[int]) -> str | None:
+    """What keeps a TIFF's first page from being its photo, from its pages' NewSubfileType."""
     images = sum(1 for kind in kinds if not kind & 0b101)  # bit 0: reduced; bit 2: a mask
     if images > 1:
         return f"a TIFF of {images} images; denoise reads one image a file"
@@ -406,39 +422,23 @@ def tiff_pages_problem(data: bytes) -> str | None:
     return None
 
 
-def planar_tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
-    """A colour TIFF of more than 8 bits whose planes are stored one after another, decoded
-    as ``(H, W, samples)`` BGR(A) like OpenCV's decodes, stored side up; None for any other
-    file. OpenCV 4.11 misreads these (the first plane as if interleaved, the rest zero), so
-    one tifffile cannot decode either (LZW or JPEG inside need a codec package this project
-    does not install) is refused, naming the file, rather than passed on garbled."""
-    if data[:4] not in _TIFF_MAGIC:
+def _planar_samples(path: Path, page: Any) -> np.ndarray | None:
+    """A colour page of more than 8 bits with its planes stored apart, decoded; else None."""
+    if int(page.planarconfig) != 2 or page.bitspersample <= 8 or page.samplesperpixel < 3:
         return None
-    import tifffile
-
+    kind = f"{page.bitspersample}-bit TIFF with its colour planes stored apart"
+    # tifffile gives a plain int for a missing tag or a code it does not know
+    photometric = getattr(page.photometric, "name", f"photometric {page.photometric}")
+    compression = getattr(page.compression, "name", f"code {page.compression}")
+    if photometric != "RGB":
+        raise DenoiseError(f"{path}: {kind}, {photometric}: expected RGB")
     try:
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            page = tif.pages[0]
-            planar = int(page.planarconfig) == 2 and page.bitspersample > 8
-            if not planar or page.samplesperpixel < 3:
-                return None
-            kind = f"{page.bitspersample}-bit TIFF with its colour planes stored apart"
-            # tifffile gives a plain int for a missing tag or a code it does not know
-            photometric = getattr(page.photometric, "name", f"photometric {page.photometric}")
-            compression = getattr(page.compression, "name", f"code {page.compression}")
-            if photometric != "RGB":
-                raise DenoiseError(f"{path}: {kind}, {photometric}: expected RGB")
-            try:
-                samples = page.asarray()  # (samples, H, W)
-            except Exception as e:
-                raise DenoiseError(
-                    f"{path}: {kind} and {compression} compression: cannot be read "
-                    f"({first_line(e)}); save it uncompressed, with zlib, or interleaved"
-                ) from None
-    except DenoiseError:
-        raise
-    except Exception:  # a TIFF tifffile cannot parse at all: OpenCV's decoder judges it
-        return None
+        samples = page.asarray()  # (samples, H, W)
+    except Exception as e:
+        raise DenoiseError(
+            f"{path}: {kind} and {compression} compression: cannot be read "
+            f"({first_line(e)}); save it uncompressed, with zlib, or interleaved"
+        ) from None
     rgb = np.moveaxis(samples, 0, -1)
     order = [2, 1, 0, *range(3, rgb.shape[2])]  # RGB(A) -> BGR(A)
     return np.ascontiguousarray(rgb[..., order])
@@ -530,11 +530,8 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
     cut = "JPEG" if is_truncated_jpeg(data) else "PNG" if is_truncated_png(data) else None
     if cut:
         raise DenoiseError(f"{path}: truncated {cut} (the image data stops before its end)")
-    pages = tiff_pages_problem(data)
-    if pages:  # the output would be of the first page alone
-        raise DenoiseError(f"{path}: {pages}")
-    planar = planar_tiff_samples(path, data)
-    img = _decode(path, data) if planar is None else planar
+    samples = tiff_samples(path, data)
+    img = _decode(path, data) if samples is None else samples
     if img is None:
         raise DenoiseError(f"{path}: not a readable image")
     expected = "8/16-bit RGB" if keep16 else "8-bit RGB"
@@ -560,7 +557,7 @@ def read_photo(path: str | Path, *, keep16: bool = True, allow_convert: bool = T
         img = cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2BGR)
     metadata = read_metadata(data)
     # OpenCV's TIFF decoder applies the orientation tag itself; the others leave it to us.
-    turned = 1 if data[:4] in _TIFF_MAGIC and planar is None else metadata.orientation
+    turned = 1 if data[:4] in _TIFF_MAGIC and samples is None else metadata.orientation
     upright = _ORIENT.get(turned, lambda a: a)(img)
     rgb = np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(upright), cv2.COLOR_BGR2RGB))
     return Photo(rgb=rgb, grey=grey, metadata=metadata.upright())

@@ -9,11 +9,12 @@ registers. Runs on CUDA, and on CPU tensors under ``TRITON_INTERPRET=1`` (the te
 The kernel has two forms of its row loop. ``_rows`` loads each output's nine neighbours, so
 every input is loaded nine times, from the caches after the first; on an H100 it reached a
 quarter of the memory bandwidth. ``_rolling_rows`` loads each input row once per horizontal
-shift and keeps three rows of sums; checked under the interpreter, compiled for an H100
-without spills, not yet timed on a GPU. Which form, and which block sizes, the network runs
-is measured, not assumed: called without ``blocks``, :func:`dwconv_gate_triton` has Triton's
-autotuner time the shape's :func:`tuning_candidates` of both forms the first time it meets
-the shape, and keeps the fastest (``benchmarks/dwconv_gate_speed.py`` times them one by one).
+shift and keeps three rows of sums; on an H100 it ran 1.45-1.85x the row form's best at
+NAFNet-w32's five levels (benchmarks/results/h100/dwconv_gate_speed_tuned.json). Which
+form, and which block sizes, the network runs is measured, not assumed: called without
+``blocks``, :func:`dwconv_gate_triton` has Triton's autotuner time the shape's
+:func:`tuning_candidates` of both forms the first time it meets the shape, and keeps the
+fastest (``benchmarks/dwconv_gate_speed.py`` times them one by one).
 """
 
 from __future__ import annotations
@@ -231,9 +232,10 @@ def block_sizes(height: int, width: int, channels: int, rolling: bool = False) -
 # What Triton's autotuner times, beside each form's block_sizes, at each new shape. The row
 # form: the two block sizes that were fastest at some level of NAFNet-w32 on an H100, and one
 # within 2% at the smallest (benchmarks/results/h100/dwconv_gate_speed*.json). The rolling
-# form, not yet timed on a GPU: its default and sizes with fewer registers, with and without
-# prefetch; compiled for an H100, only 16x32x32x4s2 spills, 16 bytes
-# (benchmarks/results/triton_kernel_resources.json).
+# form: its default and sizes with fewer registers, with and without prefetch; compiled for
+# an H100, only 16x32x32x4s2 spills, 16 bytes (benchmarks/results/triton_kernel_resources.json).
+# On an H100 the tuner chose the rolling form at every level of NAFNet-w32: 16x16x32x4s3 at
+# the two largest, 16x16x64x4 at the others (dwconv_gate_speed_tuned.json).
 TUNING_CANDIDATES: tuple[Blocks, ...] = (
     Blocks(1, 64, 32, 4),
     Blocks(8, 32, 64, 4),

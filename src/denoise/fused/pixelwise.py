@@ -42,8 +42,11 @@ TailWeights = tuple[
 # The widths the ``"triton"`` form sends to the kernels (they take any power of two from 16).
 # Every program reads all of a block's weights (8 C^2 bytes in bf16 for the tail) for its
 # pixels, against 6 C bytes of activations per pixel, so the weights' share grows with the
-# width; the deeper levels of NAFNet-w32 (256 and 512 channels, small images) stay with
-# cuBLAS until ``benchmarks/pixelwise_speed.py`` shows the kernels ahead there on a GPU.
+# width. On an H100 (NAFNet-w32, batch 8, two runs: benchmarks/results/h100/pixelwise_speed.json
+# and gpu_check_pixelwise.log) the kernels ran 1.4-2.2x (head) and 2.2-4.6x (tail) the
+# compiled PyTorch form at 32-128 channels; at 256 the head ran 0.77-0.80x and the tail
+# 1.85-2.38x, at 512 (one run) 1.12x and 0.88x, so those widths stay with cuBLAS (the tail
+# alone at 256 is untried in the network).
 KERNEL_WIDTHS = (16, 32, 64, 128)
 # The dtypes the ``"triton"`` form sends to the kernels: their products run on the tensor
 # cores. In FP32 (``ieee`` products, no TF32) they are multiply-add loops that spill when

@@ -149,6 +149,38 @@ def _bundled_backend_dir(root: Path, workdir: Path) -> Path:
     return workdir / "backends"
 
 
+def missing_libraries(program: Path, env: dict[str, str]) -> list[str]:
+    """The shared libraries ``program`` needs that the dynamic linker cannot find in ``env``
+    (``ldd``'s "not found"); empty where ``ldd`` cannot tell (not installed, not an ELF)."""
+    try:
+        done = subprocess.run(
+            ["ldd", str(program)], env=env, capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [
+        line.split("=>")[0].strip()
+        for line in done.stdout.splitlines()
+        if "=>" in line and line.split("=>")[1].strip() == "not found"
+    ]
+
+
+def _check_stub_loads(stub: Path, env: dict[str, str]) -> None:
+    """Refuse, naming the library, a stub the dynamic linker cannot load: every Python model
+    would otherwise fail to load with the reason deep in the server's log."""
+    missing = missing_libraries(stub, env)
+    if not missing:
+        return
+    hint = ""
+    if any(name.startswith("libpython") for name in missing):
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        hint = (
+            f" (Python's shared library: Debian/Ubuntu `apt install libpython{version}`; "
+            "pyenv: build Python with PYTHON_CONFIGURE_OPTS=--enable-shared)"
+        )
+    raise DenoiseError(f"{stub}: cannot load {', '.join(missing)}{hint}")
+
+
 def _bundled_env(root: Path) -> dict[str, str]:
     """Environment for the bundled server and its python stub (see the module docstring)."""
     env = dict(os.environ)
@@ -297,6 +329,7 @@ class TritonServer:
                 root = self.binary.path.parent.parent
                 backend_dir = _bundled_backend_dir(root, workdir)
                 env = _bundled_env(root)
+                _check_stub_loads(backend_dir / "python" / "triton_python_backend_stub", env)
             t0 = time.perf_counter()
             try:
                 self.process = subprocess.Popen(
