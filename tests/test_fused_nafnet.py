@@ -213,12 +213,7 @@ def test_bf16_inference_form_is_as_close_to_fp32_as_nafnet_in_bf16(dwconv: str) 
 @needs_triton
 @pytest.mark.parametrize(
     ("dwconv", "pixelwise"),
-    [
-        ("triton", "triton"),
-        ("triton", "torch"),
-        ("conv", "triton"),
-        ("shifted", "torch"),
-    ],
+    [("triton", "triton"), ("triton", "torch"), ("conv", "triton"), ("shifted", "torch")],
 )
 def test_fused_nafnet_on_cuda(monkeypatch: pytest.MonkeyPatch, dwconv: str, pixelwise: str) -> None:
     """Each depthwise and per-pixel form on CUDA, checked the same way (no TF32 in the FP32

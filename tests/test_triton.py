@@ -341,7 +341,7 @@ def test_missing_libraries_are_what_the_dynamic_linker_cannot_find(tmp_path: Pat
     stub = tmp_path / "triton_python_backend_stub"
     shutil.copy2(root / "python_backend_stubs" / version / stub.name, stub)
     missing = server_module.missing_libraries(stub, {"PATH": os.environ["PATH"]})
-    assert missing and all(name.startswith("libcudart") for name in missing), missing
+    assert any(name.startswith("libcudart") for name in missing), missing
     assert server_module.missing_libraries(stub, server_module._bundled_env(root)) == []
     assert server_module.missing_libraries(tmp_path / "nothing", dict(os.environ)) == []
 

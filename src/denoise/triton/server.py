@@ -130,16 +130,19 @@ def port_in_use(port: int, host: str = HOST) -> bool:
     return False
 
 
-def _bundled_backend_dir(root: Path, workdir: Path) -> Path:
-    """A backend folder for the bundled server with the stub of *this* Python version.
-
-    pytriton ships one stub per Python minor version beside the backend; Triton looks for it
-    at ``<backend-directory>/python/triton_python_backend_stub``.
-    """
+def _bundled_stub(root: Path) -> Path:
+    """pytriton's python backend stub for *this* Python version (it ships one per minor)."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise DenoiseError(f"{stub}: no Triton python backend stub for Python {version}")
+    return stub
+
+
+def _bundled_backend_dir(root: Path, workdir: Path) -> Path:
+    """A backend folder for the bundled server with the stub of *this* Python version: Triton
+    looks for it at ``<backend-directory>/python/triton_python_backend_stub``."""
+    stub = _bundled_stub(root)
     backend = workdir / "backends" / "python"
     backend.mkdir(parents=True)
     for item in (root / "backends" / "python").iterdir():
@@ -329,7 +332,7 @@ class TritonServer:
                 root = self.binary.path.parent.parent
                 backend_dir = _bundled_backend_dir(root, workdir)
                 env = _bundled_env(root)
-                _check_stub_loads(backend_dir / "python" / "triton_python_backend_stub", env)
+                _check_stub_loads(_bundled_stub(root), env)
             t0 = time.perf_counter()
             try:
                 self.process = subprocess.Popen(
