@@ -70,3 +70,23 @@ def test_requirements_pin_every_declared_package() -> None:
     # Exact pins, except numpy's range (< 2 for Triton's python backend).
     assert [line for line in listed.values() if "==" not in line] == ["numpy>=1.26,<2"]
     assert listed["torch"] == "torch==2.13.0"  # an unpinned torch pulls a multi-GB CUDA build
+
+
+def _pins(*files: str) -> dict[str, str]:
+    pins = {}
+    for file in files:
+        for line in (REPO / file).read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                name, version = line.split("==")
+                pins[_name(name)] = version.strip()
+    return pins
+
+
+def test_constraints_hold_every_pin_and_leave_torch_to_requirements() -> None:
+    """constraints.txt (the tested environment, transitive packages too) agrees with every
+    exact pin; torch stays out (its CPU and CUDA builds differ in their local version)."""
+    constraints = _pins("constraints.txt")
+    pins = _pins("requirements.txt", "requirements-dev.txt")
+    assert "torch" not in constraints and pins.pop("torch") == "2.13.0"
+    assert len(constraints) > 2 * len(pins)  # the transitive ones, not only the direct ones
+    assert {name: v for name, v in pins.items() if constraints.get(name) != v} == {}
