@@ -11,11 +11,15 @@ STAMP  := $(VENV)/.installed
 env: $(STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml
-	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info < (3, 13))' || \
-	  { echo "error: Python 3.11 or 3.12 is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1) (make PYTHON=python3.12 ...)"; exit 1; }
-	@# A venv without pip is what a failed `python3 -m venv` leaves (no ensurepip): made afresh.
-	$(BIN)/python -m pip --version >/dev/null 2>&1 || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || \
-	  { rm -rf $(VENV); echo "error: $(PYTHON) -m venv failed (Debian/Ubuntu: apt install python3-venv)"; exit 1; }; }
+	@# A venv without pip gets it from ensurepip (`uv venv` makes them); where that fails too (what
+	@# a failed `python3 -m venv` leaves: Debian without python3-venv) it is made afresh.
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null 2>&1 || { \
+	  $(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info < (3, 13))' || \
+	    { echo "error: Python 3.11 or 3.12 is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1) (make PYTHON=python3.12 ...)"; exit 1; }; \
+	  test ! -e $(VENV) || echo "note: $(VENV) has no pip and ensurepip failed there: made afresh"; \
+	  rm -rf $(VENV); echo "$(PYTHON) -m venv $(VENV)"; \
+	  $(PYTHON) -m venv $(VENV) || \
+	    { rm -rf $(VENV); echo "error: $(PYTHON) -m venv failed (Debian/Ubuntu: apt install python3-venv)"; exit 1; }; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt -r requirements-dev.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .

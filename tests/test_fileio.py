@@ -454,6 +454,27 @@ def test_a_planar_16_bit_tiff_that_cannot_be_decoded_is_refused_not_garbled(
     )
 
 
+def test_a_planar_16_bit_tiff_with_a_damaged_later_page_is_still_its_first_page(
+    tmp_path: Path,
+) -> None:
+    """Cut short inside a trailing preview's header: listing the pages fails, but the photo
+    (first page, planes stored apart, which OpenCV misreads) is whole and must be read as it is,
+    not handed to OpenCV."""
+    import tifffile
+
+    image = np.random.default_rng(0).integers(0, 65536, (8, 10, 3), dtype=np.uint16)
+    whole = tmp_path / "whole.tif"
+    with tifffile.TiffWriter(whole) as tif:
+        tif.write(image.transpose(2, 0, 1), photometric="rgb", planarconfig="separate")
+        tif.write(np.zeros((4, 5, 3), np.uint8), photometric="rgb", subfiletype=1)
+    with tifffile.TiffFile(whole) as tif:
+        second = tif.pages[1].offset
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole.read_bytes()[: second + 1])
+    np.testing.assert_array_equal(read_photo(whole).rgb, image)
+    np.testing.assert_array_equal(read_photo(cut).rgb, image)
+
+
 def test_a_tiff_of_several_images_is_refused_a_preview_page_is_not(tmp_path: Path) -> None:
     """OpenCV decodes the first page alone: a 3-page TIFF came back as a 1-page output, and
     one whose first page is a preview as that preview."""

@@ -402,7 +402,11 @@ def tiff_samples(path: Path, data: bytes) -> np.ndarray | None:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            problem = _tiff_pages_problem([int(page.subfiletype) for page in tif.pages])
+            try:
+                kinds = [int(page.subfiletype) for page in tif.pages]
+            except Exception:  # a later page damaged (a file cut short): the first still counts
+                kinds = []
+            problem = _tiff_pages_problem(kinds)
             if problem:
                 raise DenoiseError(f"{path}: {problem}")
             return _planar_samples(path, tif.pages[0])
