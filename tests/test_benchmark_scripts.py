@@ -195,9 +195,13 @@ def test_pixelwise_kernels_compile_for_an_h100_on_tensor_cores() -> None:
             assert used["hgmma" if blocks.pixels >= 64 else "hmma"] > 0, used
 
 
-@pytest.mark.parametrize(("precision", "channels_last"), [("bf16", True), ("fp32", False)])
+@pytest.mark.parametrize(
+    ("precision", "amp", "channels_last"),
+    [("bf16", False, True), ("bf16", True, True), ("fp32", False, False)],
+    ids=["bf16-cast", "bf16-autocast", "fp32"],
+)
 def test_pipelined_batches_reach_the_network_as_the_bench_prepares_them(
-    precision: str, channels_last: bool
+    precision: str, amp: bool, channels_last: bool
 ) -> None:
     """The pipelined loop makes the network's input on the GPU from 8-bit or float32 pixels;
     it must be the tensor :meth:`TorchBackend.prepare` makes (values, dtype and memory layout:
@@ -208,17 +212,24 @@ def test_pipelined_batches_reach_the_network_as_the_bench_prepares_them(
     from denoise.metrics import to_uint8
 
     pipelined = _script("pipelined_throughput")
-    backend = TorchBackend(tiny_model("nafnet"), precision=precision, channels_last=channels_last)
+    backend = TorchBackend(
+        tiny_model("nafnet"), precision=precision, amp=amp, channels_last=channels_last
+    )
     pixels = np.random.default_rng(0).integers(0, 256, (2, 3, 16, 24), dtype=np.uint8)
     want = backend.prepare(pixels.astype(np.float32) / 255.0)
-    for given in (torch.from_numpy(pixels), torch.from_numpy(pixels.astype(np.float32) / 255.0)):
+    assert want.dtype == (torch.float32 if amp or precision == "fp32" else torch.bfloat16)
+    for host in (torch.from_numpy(pixels), torch.from_numpy(pixels.astype(np.float32) / 255.0)):
+        given = host.to(backend.device)  # as the loop's device buffers
         got = pipelined.network_input(backend, given)
         assert got.dtype == want.dtype and got.stride() == want.stride()
         assert torch.equal(got, want)
         assert got.data_ptr() != given.data_ptr()  # the input buffer may be refilled at once
-    y = torch.rand(2, 3, 16, 24) * 1.2 - 0.1
-    got8 = pipelined.network_output(y.to(backend.dtype), torch.uint8).numpy()
-    assert np.array_equal(got8, to_uint8(y.to(backend.dtype).float().numpy()))
+    y = (torch.rand(2, 3, 16, 24) * 1.2 - 0.1).to(backend.dtype)
+    got8 = pipelined.network_output(y, torch.uint8).numpy()
+    assert np.array_equal(got8, to_uint8(y.float().numpy()))
+    got32 = pipelined.network_output(y.float(), torch.float32)
+    # a copy: the network's output buffer is overwritten by the next batch (CUDA graphs)
+    assert torch.equal(got32, y.float()) and got32.data_ptr() != y.float().data_ptr()
 
 
 @pytest.mark.parametrize("steps", [None, {"train"}])

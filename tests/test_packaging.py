@@ -9,6 +9,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
 REPO = Path(__file__).resolve().parents[1]
 # Imported only where a GPU set-up provides them (each import is guarded), or inside Triton's
 # python backend process.
@@ -31,14 +33,23 @@ def _imported(node: ast.AST) -> set[str]:
     return set()
 
 
-def _imported_modules(top_level_only: bool = False) -> set[str]:
-    """Third-party modules imported anywhere in the package, or only at its modules' top
-    level (run when the module is imported, not when a function is called)."""
+def _run_on_import(node: ast.AST) -> list[ast.AST]:
+    """``node`` and every statement below it that runs when its module is imported: all but
+    the bodies of functions and lambdas (a class body, an ``if``, a ``try`` run)."""
+    found = [node]
+    for child in ast.iter_child_nodes(node):
+        if not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            found += _run_on_import(child)
+    return found
+
+
+def _imported_modules(on_import_only: bool = False) -> set[str]:
+    """Third-party modules imported anywhere in the package, or only by what runs when its
+    modules are imported (not when a function is called)."""
     found: set[str] = set()
     for path in (REPO / "src" / "denoise").rglob("*.py"):
         tree = ast.parse(path.read_text(), str(path))
-        nodes = ast.iter_child_nodes(tree) if top_level_only else ast.walk(tree)
-        for node in nodes:
+        for node in _run_on_import(tree) if on_import_only else ast.walk(tree):
             found |= _imported(node)
     return found - set(sys.stdlib_module_names) - {"denoise", "__future__"}
 
@@ -57,7 +68,7 @@ def test_pyproject_declares_every_package_the_code_imports() -> None:
         & {_name(d) for d in distributions.get(module, [])}
     }
     assert not missing, f"imported but not in pyproject.toml's dependencies: {missing}"
-    assert not PIPELINE_ONLY & _imported_modules(top_level_only=True)
+    assert not PIPELINE_ONLY & _imported_modules(on_import_only=True)
 
 
 def test_requirements_pin_every_declared_package() -> None:
@@ -72,21 +83,28 @@ def test_requirements_pin_every_declared_package() -> None:
     assert listed["torch"] == "torch==2.13.0"  # an unpinned torch pulls a multi-GB CUDA build
 
 
-def _pins(*files: str) -> dict[str, str]:
-    pins = {}
+def _requirements(*files: str) -> dict[str, Requirement]:
+    found = {}
     for file in files:
         for line in (REPO / file).read_text().splitlines():
-            if "==" in line and not line.startswith("#"):
-                name, version = line.split("==")
-                pins[_name(name)] = version.strip()
-    return pins
+            if line.strip() and not line.startswith("#"):
+                requirement = Requirement(line)
+                found[_name(requirement.name)] = requirement
+    return found
 
 
 def test_constraints_hold_every_pin_and_leave_torch_to_requirements() -> None:
-    """constraints.txt (the tested environment, transitive packages too) agrees with every
-    exact pin; torch stays out (its CPU and CUDA builds differ in their local version)."""
-    constraints = _pins("constraints.txt")
-    pins = _pins("requirements.txt", "requirements-dev.txt")
-    assert "torch" not in constraints and pins.pop("torch") == "2.13.0"
-    assert len(constraints) > 2 * len(pins)  # the transitive ones, not only the direct ones
-    assert {name: v for name, v in pins.items() if constraints.get(name) != v} == {}
+    """constraints.txt (the tested environment, transitive packages too) satisfies every
+    requirement (numpy's range too); torch stays out (its CPU and CUDA builds differ in their
+    local version)."""
+    constraints = _requirements("constraints.txt")
+    wanted = _requirements("requirements.txt", "requirements-dev.txt")
+    assert "torch" not in constraints and str(wanted.pop("torch").specifier) == "==2.13.0"
+    assert len(constraints) > 2 * len(wanted)  # the transitive ones, not only the direct ones
+    tested = {name: next(iter(c.specifier)).version for name, c in constraints.items()}
+    assert all(str(c.specifier).startswith("==") for c in constraints.values())
+    assert {
+        name: (str(r.specifier), tested.get(name))
+        for name, r in wanted.items()
+        if tested.get(name) is None or not r.specifier.contains(tested[name])
+    } == {}

@@ -352,13 +352,24 @@ def test_a_stub_without_a_shared_libpython_is_refused_before_the_server_starts(
     """Without Python's shared library every Python model failed to load, the reason deep in
     the server's log; the one line names the library and how to get it."""
     wanted = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
-    monkeypatch.setattr(server_module, "missing_libraries", lambda program, env: [wanted])
+    asked: list[tuple[Path, dict[str, str]]] = []
+
+    def missing(program: Path, env: dict[str, str]) -> list[str]:
+        asked.append((program, env))
+        return [wanted]
+
+    monkeypatch.setattr(server_module, "missing_libraries", missing)
     server = TritonServer(repository, [PYTHON_MODEL], http_port=0, grpc_port=0)
     if not server.binary.bundled:
         pytest.fail("the test needs the bundled server (nvidia-pytriton)")
-    with pytest.raises(DenoiseError, match=rf"triton_python_backend_stub: cannot load {wanted} "):
+    root = server.binary.path.parent.parent
+    stub = server_module._bundled_stub(root)  # the wheel's, not the server's temporary copy
+    with pytest.raises(DenoiseError, match=rf"^{re.escape(str(stub))}: cannot load {wanted} \("):
         server.start()
     assert server.process is None
+    ((program, env),) = asked
+    assert program == stub  # checked with the environment the server runs in
+    assert str(root.parent.parent / "nvidia_pytriton.libs") in env["LD_LIBRARY_PATH"].split(":")
 
 
 def test_request_to_a_stopped_server(repository: Path) -> None:
