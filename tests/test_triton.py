@@ -470,7 +470,8 @@ def test_waiting_requests_run_as_one_batch_each_getting_its_own_rows(
 ) -> None:
     """Dynamic batching: requests sent together while the model is busy are joined (fewer
     model runs than images); each answer must still be its own input's output, also where
-    waiting requests differ in size."""
+    waiting requests differ in size. Whether a burst finds the model busy depends on how the
+    machine schedules the threads (once in CI, all twelve ran alone), so up to three bursts."""
     import concurrent.futures
     import threading
 
@@ -485,15 +486,22 @@ def test_waiting_requests_run_as_one_batch_each_getting_its_own_rows(
             start.wait()
             return client(inputs[k])
 
-    with contextlib.closing(TritonBackend(server.http_url, "http", PYTHON_MODEL)) as stats:
-        before = stats.counts()
-        with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
-            outputs = list(pool.map(send, range(len(inputs))))
-        after = stats.counts(at_least=before[0] + len(inputs))
-        images, runs = (a - b for a, b in zip(after, before, strict=True))
-    assert images == len(inputs) and runs < images  # at least two requests ran as one
-    for x, y in zip(inputs, outputs, strict=True):
-        assert np.abs(y - local_onnxruntime(repository, x)).max() <= 1e-5
+    bursts = []
+    for _ in range(3):
+        with contextlib.closing(TritonBackend(server.http_url, "http", PYTHON_MODEL)) as stats:
+            before = stats.counts()
+            with concurrent.futures.ThreadPoolExecutor(len(inputs)) as pool:
+                outputs = list(pool.map(send, range(len(inputs))))
+            after = stats.counts(at_least=before[0] + len(inputs))
+            images, runs = (a - b for a, b in zip(after, before, strict=True))
+        assert images == len(inputs)
+        for x, y in zip(inputs, outputs, strict=True):
+            assert np.abs(y - local_onnxruntime(repository, x)).max() <= 1e-5
+        bursts.append(runs)
+        if runs < images:  # at least two requests ran as one
+            break
+        start.reset()
+    assert bursts[-1] < len(inputs), f"model runs per burst of {len(inputs)}: {bursts}"
 
 
 def test_server_rejects_a_wrong_shape_itself(server: TritonServer) -> None:
