@@ -147,18 +147,17 @@ def write_json_out(path: Path, report: dict[str, Any]) -> None:
     """Write ``--json``'s file: replaced atomically, or written through
     (:func:`_written_through`); into this process's own stdout or stderr as that stream, after
     what it printed (opened anew, the file it goes to would be cut to the JSON)."""
-    from denoise.fileio import json_text, write_errors_named, write_json
+    from denoise.fileio import is_stream, json_text, write_errors_named, write_json
 
-    if not _written_through(path):
-        write_json(path, report)
-        return
     stream = _own_stream(path)
     if stream is not None:
         stream.write(json_text(report))
         stream.flush()
-        return
-    with write_errors_named(path), path.open("w") as f:
-        f.write(json_text(report))
+    elif is_stream(path):
+        with write_errors_named(path), path.open("w") as f:
+            f.write(json_text(report))
+    else:
+        write_json(path, report)
 
 
 @app.command()
